@@ -1,0 +1,38 @@
+"""lf-multilr: per-module learning rates for LLaMA-Factory's multimodal fine-tuning.
+
+Installing the package activates it (see ``_boot``). :func:`apply` and :func:`revert` do the same by hand.
+This module imports nothing heavy: it is imported at every interpreter start-up.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__version__ = "0.1.0"
+
+
+def apply() -> bool:
+    """Activate lf-multilr in this interpreter: patch LLaMA-Factory now or when it is imported.
+
+    Idempotent. Returns False (and changes nothing) when ``LF_MULTILR_DISABLE`` is set.
+    """
+    from . import _boot
+
+    if _boot.disabled():
+        return False
+    from .patches import enable
+
+    enable()
+    _boot.install()
+    return True
+
+
+def revert() -> None:
+    """Undo :func:`apply` exactly: every patched name gets its original object back. Idempotent."""
+    from . import _boot
+
+    _boot.uninstall()
+    if "lf_multilr.patches" in sys.modules:
+        from .patches import disable
+
+        disable()

@@ -1,0 +1,174 @@
+"""Param groups: one set per module, split inside each module the way the replaced path splits.
+
+The default path (HF's) splits a module into decay / no-decay by HF's decay-name rule. With LoRA+
+(``loraplus_lr_ratio``) each module is split the way LLaMA-Factory's LoRA+ optimizer splits the whole model:
+``lora_A`` (and everything else) at the module's LR, ``lora_B`` and 1-D tensors at LR x ratio, LoRA embedding
+B matrices at ``loraplus_lr_embedding``. Every trainable parameter lands in exactly one group, frozen ones in
+none, and no group is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+from .keys import FREEZE_FLAG, MODULES, OTHER, Settings, frozen_fix
+from .modules import ModuleMap
+
+ORDER: tuple[str, ...] = (*MODULES, OTHER)
+
+
+@dataclass(frozen=True)
+class LoraPlus:
+    """LoRA+ settings as LLaMA-Factory takes them."""
+
+    ratio: float
+    embedding_lr: float
+
+
+@dataclass
+class ModuleRow:
+    """What one module holds and what it trains at."""
+
+    module: str
+    lr: float
+    weight_decay: float
+    tensors: int = 0
+    params: int = 0
+    trainable_tensors: int = 0
+    trainable_params: int = 0
+
+    @property
+    def trainable(self) -> bool:
+        return self.trainable_tensors > 0
+
+
+@dataclass
+class GroupPlan:
+    """The param groups for an optimizer and the per-module account of them."""
+
+    module_map: ModuleMap
+    rows: dict[str, ModuleRow]
+    param_groups: list[dict[str, Any]]
+    other_names: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def model_type(self) -> str:
+        return self.module_map.model_type
+
+    @property
+    def frozen(self) -> tuple[int, int]:
+        """(tensors, parameters) that train in no group."""
+        rows = self.rows.values()
+        return (
+            sum(r.tensors - r.trainable_tensors for r in rows),
+            sum(r.params - r.trainable_params for r in rows),
+        )
+
+
+def numel(param: torch.Tensor) -> int:
+    """Element count, the full one under DeepSpeed ZeRO-3 where ``param`` holds only a shard."""
+    return int(getattr(param, "ds_numel", 0) or param.numel())
+
+
+def _role(name: str, param: torch.Tensor, decay: Collection[str], loraplus: LoraPlus | None) -> tuple[str, float | None, bool]:
+    """(role, lr scale or None for an absolute lr, whether weight decay applies)."""
+    if loraplus is None:
+        return ("decay", 1.0, True) if name in decay else ("no_decay", 1.0, False)
+    if "lora_embedding_B" in name:
+        return "embedding", None, True
+    if "lora_B" in name or param.ndim == 1:
+        return ("lora_b", loraplus.ratio, True) if name in decay else ("lora_b_nodecay", loraplus.ratio, False)
+    return "lora_a", 1.0, True
+
+
+def build_plan(
+    named_parameters: Iterable[tuple[str, torch.Tensor]],
+    module_map: ModuleMap,
+    settings: Settings,
+    learning_rate: float,
+    weight_decay: float,
+    decay_names: Collection[str],
+    loraplus: LoraPlus | None = None,
+) -> GroupPlan:
+    """Group every trainable parameter by module and role; see the module docstring."""
+    resolved = settings.resolve(learning_rate, weight_decay)
+    rows = {module: ModuleRow(module, *resolved[module]) for module in ORDER}
+    buckets: dict[tuple[str, str], dict[str, Any]] = {}
+    other_names: list[str] = []
+    trainable_ids: set[int] = set()
+    for name, param in named_parameters:
+        module = module_map.owner(name)
+        row = rows[module]
+        row.tensors += 1
+        row.params += numel(param)
+        if not param.requires_grad:
+            continue
+        row.trainable_tensors += 1
+        row.trainable_params += numel(param)
+        trainable_ids.add(id(param))
+        if module == OTHER:
+            other_names.append(name)
+        role, scale, decays = _role(name, param, decay_names, loraplus)
+        bucket = buckets.get((module, role))
+        if bucket is None:
+            lr = loraplus.embedding_lr if scale is None and loraplus is not None else row.lr * (scale or 1.0)
+            bucket = buckets[(module, role)] = {
+                "params": [],
+                "lr": lr,
+                "weight_decay": row.weight_decay if decays else 0.0,
+                "module": module,
+                "name": f"{module}/{role}",
+                "lr_scale": scale,
+            }
+        bucket["params"].append(param)
+
+    roles = ("decay", "no_decay", "lora_a", "lora_b", "lora_b_nodecay", "embedding")
+    param_groups = [buckets[(m, r)] for m in ORDER for r in roles if (m, r) in buckets]
+    grouped = [id(p) for group in param_groups for p in group["params"]]
+    if len(grouped) != len(set(grouped)) or set(grouped) != trainable_ids:
+        raise RuntimeError("lf-multilr: internal error: a trainable parameter is not in exactly one param group")
+    return GroupPlan(module_map, rows, param_groups, other_names)
+
+
+def check_plan(plan: GroupPlan, settings: Settings, finetuning_type: str) -> None:
+    """Refuse keys that set a module with nothing to train; add warnings for legal but costly choices."""
+    for module in MODULES:
+        row, keys = plan.rows[module], settings.explicit(module)
+        if not keys or row.trainable:
+            continue
+        key = keys[0]
+        keys_text = ", ".join(plan.module_map.keys[module])
+        if row.tensors == 0:
+            raise ConfigError(
+                key,
+                settings.values[key],
+                f"model type `{plan.model_type}` has no {module}: LLaMA-Factory's registry keys for it "
+                f"({keys_text}) match none of its parameters",
+                "remove the key",
+            )
+        raise ConfigError(
+            key,
+            settings.values[key],
+            f"the {module} is frozen in this run ({row.tensors} tensors, none trainable), so its value would do nothing",
+            f"{frozen_fix(module, finetuning_type)}, or remove the key",
+        )
+    for module in MODULES:
+        row = plan.rows[module]
+        if row.trainable and row.lr == 0 and settings.values[f"{module}_lr"] is not None:
+            plan.warnings.append(
+                f"{module}_lr is 0: the {module} is held still but still costs gradients and optimizer state; "
+                f"`{FREEZE_FLAG[module]}: true` is cheaper."
+            )
+    if plan.rows[OTHER].trainable:
+        shown = ", ".join(plan.other_names[:3]) + (", ..." if len(plan.other_names) > 3 else "")
+        plan.warnings.append(
+            f"{plan.rows[OTHER].trainable_tensors} trainable tensors belong to no module and train at "
+            f"learning_rate / weight_decay in group `other` ({shown})."
+        )
+

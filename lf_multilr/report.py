@@ -1,0 +1,37 @@
+"""The start-of-training table: per module its tensors, parameters, LR and weight decay."""
+
+from __future__ import annotations
+
+from .groups import ORDER, GroupPlan
+
+
+def human(count: int) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if count >= size:
+            return f"{count / size:.2f}{unit}"
+    return str(count)
+
+
+def format_table(plan: GroupPlan) -> str:
+    """One line per module that has parameters, then the frozen total and any warnings."""
+    lines = [
+        f"lf-multilr param groups for model type `{plan.model_type}`:",
+        f"  {'module':<22} {'tensors':>8} {'params':>9} {'trainable':>10} {'lr':>10} {'weight_decay':>13}",
+    ]
+    for module in ORDER:
+        row = plan.rows[module]
+        if row.tensors == 0:
+            continue
+        if row.trainable:
+            lr, wd = f"{row.lr:.3e}", f"{row.weight_decay:g}"
+        else:
+            lr, wd = "frozen", "-"
+        lines.append(
+            f"  {module:<22} {row.trainable_tensors:>8} {human(row.trainable_params):>9} "
+            f"{'yes' if row.trainable else 'no':>10} {lr:>10} {wd:>13}"
+        )
+    tensors, params = plan.frozen
+    lines.append(f"  frozen: {tensors} tensors, {human(params)} params; groups: {len(plan.param_groups)}")
+    lines.extend(f"  warning: {warning}" for warning in plan.warnings)
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""The mechanics of patching: replace a name in its owner and in every module that imported it directly,
+remember the original, and put it back exactly on revert (in reverse order, never with ``importlib.reload``)."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place lf-multilr touches.
+
+    ``owner.attr`` is replaced by ``patch(original)``; ``importers`` are the modules that bound the name with
+    ``from owner import attr`` and are rebound too. The patch is applied when ``trigger`` (default: owner) is
+    imported. ``stock_safe`` targets are applied on unverified LLaMA-Factory versions as well (they only add
+    the keys and refuse them); the others only on verified versions.
+    """
+
+    owner: str
+    attr: str
+    patch: Callable[[Any], Any]
+    importers: tuple[str, ...] = ()
+    signature: tuple[str, ...] | None = None
+    trigger: str = ""
+    stock_safe: bool = False
+    verified: tuple[str, ...] = ()
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.owner}.{self.attr}"
+
+    @property
+    def trigger_module(self) -> str:
+        return self.trigger or self.owner
+
+    def resolve(self) -> tuple[Any, str, Any]:
+        """(container, attribute name, current object) in the imported owner module."""
+        container: Any = sys.modules[self.owner]
+        *path, name = self.attr.split(".")
+        for part in path:
+            container = getattr(container, part)
+        current = container.__dict__[name] if isinstance(container, type) else getattr(container, name)
+        return container, name, current
+
+    def mismatch(self, original: Any) -> str | None:
+        """Why ``original`` does not have the shape this patch was written for, or None."""
+        if self.signature is None:
+            return None
+        try:
+            names = tuple(inspect.signature(original).parameters)
+        except (TypeError, ValueError):
+            return f"{self.dotted} is not a function"
+        if names[: len(self.signature)] != self.signature:
+            return f"{self.dotted} takes {names}, expected {self.signature}"
+        return None
+
+
+@dataclass
+class _Applied:
+    target: Target
+    container: Any
+    name: str
+    original: Any
+    replacement: Any
+
+
+_applied: dict[str, _Applied] = {}
+
+
+def is_applied(target: Target) -> bool:
+    return target.dotted in _applied
+
+
+def original_of(target: Target) -> Any:
+    return _applied[target.dotted].original
+
+
+def apply(target: Target) -> None:
+    """Patch ``target`` (its owner must be imported). Idempotent; raises if the target's shape changed."""
+    if target.dotted in _applied:
+        return
+    container, name, original = target.resolve()
+    problem = target.mismatch(original)
+    if problem:
+        raise RuntimeError(problem)
+    replacement = target.patch(original)
+    setattr(container, name, replacement)
+    for importer in target.importers:
+        module = sys.modules.get(importer)
+        if module is not None and getattr(module, name, None) is original:
+            setattr(module, name, replacement)
+    _applied[target.dotted] = _Applied(target, container, name, original, replacement)
+
+
+def revert_all() -> None:
+    """Put every original back, last patch first."""
+    for applied in reversed(list(_applied.values())):
+        setattr(applied.container, applied.name, applied.original)
+        for importer in applied.target.importers:
+            module = sys.modules.get(importer)
+            if module is not None and getattr(module, applied.name, None) is applied.replacement:
+                setattr(module, applied.name, applied.original)
+    _applied.clear()

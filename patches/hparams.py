@@ -1,0 +1,163 @@
+"""The keys in LLaMA-Factory's argument parser, and the checks that run before any weight is loaded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import field, make_dataclass
+from functools import wraps
+from typing import Any, Optional
+
+from lf_multilr.errors import ConfigError
+from lf_multilr.keys import FREEZE_FLAG, KEYS, MODULES, Settings, frozen_fix
+
+from . import versions
+from .registry import config_model_type, known_types, module_map
+
+#: LLaMA-Factory flags that build an optimizer of their own, which would silently drop the module groups.
+OWN_OPTIMIZER_FLAGS: tuple[str, ...] = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
+
+_classes: dict[type, type] = {}
+
+
+def keyed_class(base: type) -> type:
+    """``base`` (LLaMA-Factory's FinetuningArguments) plus lf-multilr's keys, checked in ``__post_init__``."""
+    if base in _classes:
+        return _classes[base]
+
+    def __post_init__(self: Any) -> None:
+        base.__post_init__(self)  # type: ignore[attr-defined]
+        for key, value in Settings.read(self).values.items():
+            setattr(self, key, value)
+
+    fields = [(key.name, Optional[float], field(default=None, metadata={"help": key.help})) for key in KEYS]
+    cls = make_dataclass(
+        base.__name__,
+        fields,
+        bases=(base,),
+        namespace={"__post_init__": __post_init__, "__doc__": base.__doc__, "__module__": __name__},
+    )
+    cls.__qualname__ = base.__name__
+    _classes[base] = cls
+    return cls
+
+
+def with_keys(classes: list[type]) -> list[type]:
+    """A copy of a parser's dataclass list with FinetuningArguments swapped for the keyed subclass."""
+    return [keyed_class(cls) if cls.__name__ == "FinetuningArguments" else cls for cls in classes]
+
+
+def first_set(settings: Settings) -> tuple[str, Any]:
+    key = settings.set_keys()[0]
+    return key, settings.values[key]
+
+
+def refuse_own_optimizers(settings: Settings, finetuning_args: Any) -> None:
+    for flag in OWN_OPTIMIZER_FLAGS:
+        if getattr(finetuning_args, flag, False):
+            key, value = first_set(settings)
+            raise ConfigError(
+                key,
+                value,
+                f"`{flag}: true` builds an optimizer of its own, which would drop the per-module groups",
+                f"remove `{flag}` or the lf-multilr keys ({', '.join(settings.set_keys())})",
+            )
+
+
+def _deepspeed_config(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.strip().startswith("{"):
+        return json.loads(value)
+    if isinstance(value, str):
+        with open(value, encoding="utf-8") as handle:
+            return json.load(handle)
+    return {}
+
+
+def refuse_deepspeed_blocks(settings: Settings, training_args: Any) -> None:
+    if not getattr(training_args, "deepspeed", None):
+        return
+    config = _deepspeed_config(training_args.deepspeed)
+    for block in ("optimizer", "scheduler"):
+        if block in config:
+            key, value = first_set(settings)
+            raise ConfigError(
+                key,
+                value,
+                f"the DeepSpeed config {training_args.deepspeed!r} has a `{block}` block, and DeepSpeed then builds "
+                "one flat param group and ignores the per-module ones",
+                f"remove the `{block}` block from the DeepSpeed config (LLaMA-Factory's examples have none)",
+            )
+
+
+def _read_model_type(model_args: Any) -> str | None:
+    """The model type from the model's config.json alone, or None when it cannot be read without loading more."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            trust_remote_code=getattr(model_args, "trust_remote_code", False),
+            cache_dir=getattr(model_args, "cache_dir", None),
+            revision=getattr(model_args, "model_revision", "main"),
+            token=getattr(model_args, "hf_hub_token", None),
+        )
+    except Exception:  # noqa: BLE001 - the optimizer-time check still runs on the loaded model
+        return None
+    return config_model_type(config)
+
+
+def preflight(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
+    """Everything that can be refused before the model loads."""
+    key, value = first_set(settings)
+    if not versions.llamafactory_verified():
+        raise ConfigError(
+            key,
+            value,
+            f"LLaMA-Factory {versions.llamafactory_version()} is outside lf-multilr's verified range "
+            f"({versions.VERIFIED_RANGE})",
+            f"install a verified version (pip install 'llamafactory{versions.VERIFIED_RANGE}') or remove the lf-multilr keys",
+        )
+    refuse_own_optimizers(settings, finetuning_args)
+    refuse_deepspeed_blocks(settings, training_args)
+    model_type = _read_model_type(model_args)
+    if model_type is not None and module_map(model_type) is None:
+        raise ConfigError(
+            key,
+            value,
+            f"model type `{model_type}` is not in LLaMA-Factory's composite-model registry, so it has no vision "
+            "tower, projector or language model to tell apart (a text-only model is all language model)",
+            "for a text-only model set `learning_rate` instead; for a multimodal model the registry does not know, "
+            "register it first (llamafactory.model.model_utils.visual._register_composite_model) "
+            f"or use a registered type ({', '.join(known_types())})",
+        )
+    for module in MODULES:
+        keys = settings.explicit(module)
+        if keys and getattr(finetuning_args, FREEZE_FLAG[module], False):
+            raise ConfigError(
+                keys[0],
+                settings.values[keys[0]],
+                f"`{FREEZE_FLAG[module]}: true` freezes the {module}, so its value would do nothing",
+                f"{frozen_fix(module, finetuning_args.finetuning_type)}, or remove the key",
+            )
+    projector_keys = settings.explicit("multi_modal_projector")
+    if projector_keys and finetuning_args.finetuning_type == "lora" and not finetuning_args.additional_target:
+        raise ConfigError(
+            projector_keys[0],
+            settings.values[projector_keys[0]],
+            "under LoRA the projector has nothing trainable unless it is a full copy in `additional_target`",
+            f"{frozen_fix('multi_modal_projector', 'lora')}, or remove the key",
+        )
+
+
+def wrap_get_train_args(original: Any) -> Any:
+    @wraps(original)
+    def get_train_args(*args: Any, **kwargs: Any) -> Any:
+        parsed = original(*args, **kwargs)
+        model_args, _, training_args, finetuning_args, _ = parsed
+        settings = Settings.read(finetuning_args)
+        if settings.any_set:
+            preflight(settings, model_args, training_args, finetuning_args)
+        return parsed
+
+    return get_train_args

@@ -1,0 +1,48 @@
+"""LLaMA-Factory's composite-model registry, read into lf-multilr's :class:`ModuleMap`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lf_multilr.modules import ModuleMap
+
+
+def _composite_models() -> dict[str, Any]:
+    from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
+
+    return COMPOSITE_MODELS
+
+
+def known_types() -> list[str]:
+    return sorted(_composite_models())
+
+
+def module_map(model_type: str | None) -> ModuleMap | None:
+    """The registry's keys for ``model_type``, or None when the registry does not know it."""
+    entry = _composite_models().get(model_type or "")
+    if entry is None:
+        return None
+    projector = getattr(entry, "projector_keys", None)
+    if projector is None:  # LLaMA-Factory < 0.9.5 has a single `projector_key`
+        projector = [entry.projector_key]
+    return ModuleMap.of(str(model_type), projector, entry.vision_model_keys, entry.language_model_keys)
+
+
+def config_model_type(config: Any) -> str | None:
+    """The model type LLaMA-Factory will see: the config's own, or a registered sub-config's (omni thinkers)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in _composite_models():
+        return model_type
+    for name in ("thinker_config",):
+        sub = getattr(config, name, None)
+        if getattr(sub, "model_type", None) in _composite_models():
+            return sub.model_type
+    return model_type
+
+
+def model_config(model: Any) -> Any:
+    """The HF config of a model, through PEFT and value-head wrappers."""
+    config = getattr(model, "config", None)
+    if config is None and hasattr(model, "pretrained_model"):
+        config = getattr(model.pretrained_model, "config", None)
+    return config

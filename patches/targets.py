@@ -1,0 +1,58 @@
+"""Every place lf-multilr touches, in one table. ``tests/test_targets.py`` keeps it true."""
+
+from __future__ import annotations
+
+from . import hparams, logs, optimizer
+from ._patching import Target
+from .versions import VERIFIED_LLAMAFACTORY, VERIFIED_TRANSFORMERS
+
+_STAGE_TRAINERS = tuple(f"llamafactory.train.{stage}.trainer" for stage in ("sft", "pt", "rm", "dpo", "kto", "ppo"))
+
+TARGETS: tuple[Target, ...] = (
+    Target(
+        "llamafactory.hparams.parser",
+        "_TRAIN_ARGS",
+        hparams.with_keys,
+        stock_safe=True,
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        "llamafactory.hparams.parser",
+        "_TRAIN_MCA_ARGS",
+        hparams.with_keys,
+        stock_safe=True,
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        "llamafactory.hparams.parser",
+        "get_train_args",
+        hparams.wrap_get_train_args,
+        importers=("llamafactory.hparams", "llamafactory.train.tuner", "llamafactory.train.test_utils"),
+        signature=("args",),
+        stock_safe=True,
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        "llamafactory.train.trainer_utils",
+        "create_custom_optimizer",
+        optimizer.wrap_create_custom_optimizer,
+        importers=_STAGE_TRAINERS,
+        signature=("model", "training_args", "finetuning_args"),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        "llamafactory.train.callbacks",
+        "LogCallback.on_log",
+        logs.wrap_log_callback_on_log,
+        signature=("self", "args", "state", "control"),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        "transformers.trainer",
+        "Trainer.log",
+        logs.wrap_trainer_log,
+        signature=("self", "logs"),
+        trigger="llamafactory.train.trainer_utils",
+        verified=VERIFIED_TRANSFORMERS,
+    ),
+)

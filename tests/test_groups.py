@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from lf_multilr.errors import ConfigError
+from lf_multilr.groups import LoraPlus, build_plan, check_plan
+from lf_multilr.keys import KEY_NAMES, Settings
+from lf_multilr.metrics import module_lrs
+from lf_multilr.report import format_table
+from toy import QWEN2_VL, Toy, decay_names
+
+LRS = {"vision_tower_lr": 1e-3, "multi_modal_projector_lr": 1e-2, "language_model_lr": 1e-1}
+
+
+def settings(**values):
+    return Settings({**dict.fromkeys(KEY_NAMES), **values})
+
+
+def plan_of(model, loraplus=None, **values):
+    return build_plan(model.named_parameters(), QWEN2_VL, settings(**values), 1e-4, 0.05, decay_names(model), loraplus)
+
+
+def test_every_trainable_parameter_is_in_exactly_one_group_and_frozen_in_none():
+    model = Toy()
+    model.model.visual.blocks[0].requires_grad_(False)
+    plan = plan_of(model, **LRS)
+    grouped = [id(p) for g in plan.param_groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)
+    assert all(g["params"] for g in plan.param_groups)
+    assert plan.frozen == (4, sum(p.numel() for p in model.model.visual.blocks[0].parameters()))
+
+
+def test_groups_carry_module_lr_and_decay_split_language_model_first():
+    plan = plan_of(Toy(), **LRS, vision_tower_weight_decay=0.3)
+    names = [g["name"] for g in plan.param_groups]
+    assert names == [
+        "language_model/decay", "language_model/no_decay",
+        "vision_tower/decay", "vision_tower/no_decay",
+        "multi_modal_projector/decay", "multi_modal_projector/no_decay",
+        "other/decay", "other/no_decay",
+    ]
+    by_name = {g["name"]: g for g in plan.param_groups}
+    assert by_name["vision_tower/decay"]["lr"] == 1e-3 and by_name["vision_tower/decay"]["weight_decay"] == 0.3
+    assert by_name["vision_tower/no_decay"]["weight_decay"] == 0.0
+    assert by_name["language_model/decay"]["weight_decay"] == 0.05
+    assert by_name["other/decay"]["lr"] == 1e-4
+    assert module_lrs(plan.param_groups) == {
+        "lr/language_model": 1e-1, "lr/vision_tower": 1e-3, "lr/multi_modal_projector": 1e-2, "lr/other": 1e-4,
+    }
+
+
+def test_loraplus_split_inside_each_module():
+    class Lora(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lora_A = torch.nn.Linear(4, 2, bias=False)
+            self.lora_B = torch.nn.Linear(2, 4, bias=False)
+            self.lora_embedding_B = torch.nn.Parameter(torch.zeros(3, 2))
+
+    model = torch.nn.Module()
+    model.language_model = Lora()
+    model.visual = torch.nn.Module()
+    model.visual.blocks = Lora()
+    names = {n for n, _ in model.named_parameters()}
+    plan = build_plan(model.named_parameters(), QWEN2_VL, settings(vision_tower_lr=1e-5), 1e-4, 0.0, names, LoraPlus(16.0, 1e-6))
+    lrs = {g["name"]: g["lr"] for g in plan.param_groups}
+    assert lrs == pytest.approx({
+        "language_model/lora_a": 1e-4, "language_model/lora_b": 1.6e-3, "language_model/embedding": 1e-6,
+        "vision_tower/lora_a": 1e-5, "vision_tower/lora_b": 1.6e-4, "vision_tower/embedding": 1e-6,
+    })
+    assert module_lrs(plan.param_groups) == pytest.approx({"lr/language_model": 1e-4, "lr/vision_tower": 1e-5})
+
+
+def test_one_adamw_step_moves_each_tensor_by_its_module_lr():
+    model = Toy()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plan = plan_of(model, **LRS)
+    for group in plan.param_groups:
+        group["weight_decay"] = 0.0
+    optimizer = torch.optim.AdamW(plan.param_groups, lr=1e-4)
+    model(torch.randn(3, 4), torch.tensor([1, 2, 3])).backward()
+    optimizer.step()
+    expected = {"vision_tower": 1e-3, "multi_modal_projector": 1e-2, "language_model": 1e-1, "other": 1e-4}
+    for name, param in model.named_parameters():
+        step = (param.detach() - before[name]).abs().max().item()
+        if step:  # tensors without gradient (unused embedding rows aside) do not move
+            assert step == pytest.approx(expected[QWEN2_VL.owner(name)], rel=1e-3), name
+
+
+def test_a_module_lr_on_a_frozen_module_is_refused_with_the_flag_to_flip():
+    model = Toy()
+    model.model.visual.requires_grad_(False)
+    plan = plan_of(model, vision_tower_lr=1e-5)
+    with pytest.raises(ConfigError, match=r"vision_tower_lr: 1e-05.*frozen.*freeze_vision_tower: false"):
+        check_plan(plan, settings(vision_tower_lr=1e-5), "full")
+
+
+def test_a_projector_lr_under_lora_without_a_copy_points_at_additional_target():
+    model = Toy()
+    model.model.visual.merger.requires_grad_(False)
+    with pytest.raises(ConfigError, match="additional_target"):
+        check_plan(plan_of(model), settings(multi_modal_projector_lr=1e-5), "lora")
+
+
+def test_a_module_the_model_does_not_have_is_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    plan = build_plan(model.named_parameters(), QWEN2_VL, settings(vision_tower_lr=1e-5), 1e-4, 0.0, set())
+    with pytest.raises(ConfigError, match="has no vision_tower.*visual.patch_embed, visual.blocks"):
+        check_plan(plan, settings(vision_tower_lr=1e-5), "full")
+
+
+def test_zero_is_a_real_value_with_a_warning_and_other_is_reported():
+    plan = plan_of(Toy(), vision_tower_lr=0.0)
+    check_plan(plan, settings(vision_tower_lr=0.0), "full")
+    assert any("vision_tower_lr is 0" in w and "freeze_vision_tower: true" in w for w in plan.warnings)
+    assert any("group `other`" in w and "v_head.weight" in w for w in plan.warnings)
+    table = format_table(plan)
+    assert "vision_tower" in table and "0.000e+00" in table and "other" in table

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+
+from lf_multilr.errors import ConfigError
+from lf_multilr.keys import KEY_NAMES, KEYS, Settings, check_value
+
+LR = KEYS[0]
+
+
+def test_key_names_follow_the_freeze_family():
+    assert KEY_NAMES == (
+        "vision_tower_lr",
+        "multi_modal_projector_lr",
+        "language_model_lr",
+        "vision_tower_weight_decay",
+        "multi_modal_projector_weight_decay",
+        "language_model_weight_decay",
+    )
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), (0, 0.0), (1e-5, 1e-5), ("2e-6", 2e-6), (" 3 ", 3.0)])
+def test_accepted_values(value, expected):
+    assert check_value(LR, value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [(-1e-5, "cannot be negative"), (math.nan, "not a finite"), (math.inf, "not a finite"), ("fast", "not a number"),
+     (True, "boolean"), ([1e-5], "list")],
+)
+def test_refused_values_name_key_value_why_and_fix(value, why):
+    with pytest.raises(ConfigError) as error:
+        check_value(LR, value)
+    message = str(error.value)
+    assert "vision_tower_lr" in message and repr(value) in message and why in message and "Fix:" in message
+
+
+def test_weight_decay_message_speaks_of_weight_decay():
+    with pytest.raises(ConfigError, match="a weight decay cannot be negative.*inherit `weight_decay`"):
+        check_value(KEYS[3], -0.1)
+
+
+def test_resolve_inherits_unset_keys():
+    settings = Settings({**dict.fromkeys(KEY_NAMES), "vision_tower_lr": 1e-6, "language_model_weight_decay": 0.0})
+    resolved = settings.resolve(1e-4, 0.1)
+    assert resolved["vision_tower"] == (1e-6, 0.1)
+    assert resolved["multi_modal_projector"] == (1e-4, 0.1)
+    assert resolved["language_model"] == (1e-4, 0.0)
+    assert resolved["other"] == (1e-4, 0.1)
+    assert settings.any_set and settings.explicit("vision_tower") == ["vision_tower_lr"]
+    assert not Settings(dict.fromkeys(KEY_NAMES)).any_set

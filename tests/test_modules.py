@@ -1,0 +1,46 @@
+import pytest
+
+from lf_multilr.modules import ModuleMap, normalize
+from toy import QWEN2_VL
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("model.visual.blocks.0.attn.qkv.weight", "model.visual.blocks.0.attn.qkv.weight"),
+        ("base_model.model.model.visual.merger.mlp.0.lora_A.default.weight", "model.visual.merger.mlp.0.lora_A.default.weight"),
+        ("pretrained_model.base_model.model.lm_head.weight", "lm_head.weight"),
+        ("module.model.language_model.layers.0.mlp.up_proj.weight", "model.language_model.layers.0.mlp.up_proj.weight"),
+        ("_fsdp_wrapped_module.model._fsdp_wrapped_module.visual.blocks.1.norm1.weight", "model.visual.blocks.1.norm1.weight"),
+        ("model.layers.0._checkpoint_wrapped_module.mlp.weight", "model.layers.0.mlp.weight"),
+    ],
+)
+def test_normalize_removes_wrapper_prefixes(name, expected):
+    assert normalize(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("model.visual.patch_embed.proj.weight", "vision_tower"),
+        ("model.visual.blocks.3.mlp.fc1.bias", "vision_tower"),
+        ("model.visual.merger.ln_q.weight", "multi_modal_projector"),
+        ("base_model.model.model.visual.merger.modules_to_save.default.mlp.0.weight", "multi_modal_projector"),
+        ("model.language_model.layers.0.self_attn.q_proj.weight", "language_model"),
+        ("lm_head.weight", "language_model"),
+        ("v_head.summary.weight", "other"),
+    ],
+)
+def test_owner_follows_the_registry_keys(name, module):
+    assert QWEN2_VL.owner(name) == module
+
+
+def test_projector_beats_vision_where_keys_overlap():
+    omni = ModuleMap.of("omni", ["visual.merger", "audio_tower.proj"], ["visual.blocks", "audio_tower"], ["model", "lm_head"])
+    assert omni.owner("thinker.audio_tower.proj.weight") == "multi_modal_projector"
+    assert omni.owner("thinker.audio_tower.layers.0.fc1.weight") == "vision_tower"
+
+
+def test_a_catch_all_language_key_cannot_match_through_a_wrapper():
+    omni = ModuleMap.of("omni", ["merger"], ["visual"], ["model"])
+    assert omni.owner("base_model.model.v_head.weight") == "other"

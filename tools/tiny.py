@@ -1,0 +1,363 @@
+"""Deterministic, offline builder of tiny random multimodal models and a tiny dataset.
+
+Builds, without any network access, randomly initialised ~200k-parameter versions of three
+vision-language families that LLaMA-Factory can train on a CPU in seconds:
+
+* ``qwen2_vl`` / ``qwen2_5_vl``: Qwen2-VL / Qwen2.5-VL (template ``qwen2_vl`` for both).
+  Text: hidden 64, 2 layers, 4 heads (2 KV), head_dim 16. Vision: depth 2, width 32, patch 14,
+  spatial merge 2, temporal patch 2. The image processor is capped at 56x56..112x112 pixels,
+  so an image becomes 4-16 ``<|image_pad|>`` tokens.
+* ``llava``: llava-1.5 style (template ``llava``). CLIP vision tower (hidden 32, 2 layers,
+  image 56 px, patch 14 -> 16 image tokens) + Llama text model (hidden 64, 2 layers).
+
+Each model directory holds ``config.json``, float32 ``model.safetensors``, ``generation_config.json``,
+the tokenizer, the processor configs and a chat template. The tokenizer is a byte-level BPE
+(~400 tokens) trained on the in-file ``CORPUS`` with all 256 bytes as initial alphabet (so any text
+encodes), followed by the family's special tokens in their canonical order.
+``build_dataset`` writes PIL-drawn shape images and ``dataset_info.json`` declaring ``tiny_mm``
+(sharegpt, 8 single-image, 1 two-image, 1 text-only sample), ``tiny_text`` (alpaca),
+``tiny_mm_pref`` (sharegpt ranking, for dpo/rm) and ``tiny_mm_kto`` (sharegpt with kto_tag).
+
+Gotchas:
+
+* Determinism: BPE training runs single-threaded (``RAYON_NUM_THREADS=1`` is set before
+  ``tokenizers`` is imported) and weights come from ``torch.manual_seed(seed)``; two builds with
+  the same seed are byte-identical.
+* Special tokens are appended to the trained vocab *before* the tokenizer is built, otherwise
+  their ids come out in an odd order.
+* Qwen ``mrope_section`` must sum to head_dim / 2 ([2, 3, 3] for head_dim 16) or the first
+  forward crashes.
+* LLaVA uses ``vision_feature_layer=-1`` with the ``default`` strategy (CLS dropped,
+  ``num_additional_image_tokens=1``), so every vision tensor except CLIP's ``post_layernorm``
+  receives a gradient.
+* The tokenizer of ``llava`` is a generic ``PreTrainedTokenizerFast`` (with ``<s>`` added by
+  ``add_bos_token``): transformers 5's ``LlamaTokenizer`` rebuilds a SentencePiece-style pipeline
+  that does not match byte-level merges.
+* Training: use ``cutoff_len >= 128`` (shorter cuts image tokens: "Image features and image tokens
+  do not match") and fp32 on CPU. Under LoRA the projector stays frozen unless
+  ``additional_target: merger`` (Qwen) or ``multi_modal_projector`` (LLaVA).
+* After one full fine-tuning step with the vision tower unfrozen, every tensor changes except
+  ``vision_tower.vision_model.post_layernorm.{weight,bias}`` (llava, unused with layer -1) and the
+  CLIP attention ``k_proj.bias`` tensors (llava): without rotary embeddings a key bias shifts all
+  attention scores of a query equally, so softmax makes its gradient (numerically) zero.
+
+Usage::
+
+    python tools/tiny.py model --family qwen2_vl --out DIR [--seed 0]
+    python tools/tiny.py data --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ["RAYON_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # noqa: E402
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava")
+
+CORPUS = (
+    "The quick brown fox jumps over the lazy dog. A red square, a green circle and a blue triangle "
+    "are drawn on a white background. What shape is in the picture? It is a yellow circle.",
+    "Describe the image in one sentence. The image shows a small purple square next to an orange "
+    "triangle. Which colour is bigger? The left one is larger than the right one.",
+    "You are a helpful assistant. Answer the question briefly and politely. Count the shapes, name "
+    "their colours, and say where they are: top, bottom, left, right or centre.",
+    "Numbers such as 0 1 2 3 4 5 6 7 8 9 10 and words like yes, no, maybe, many, few, none, "
+    "first, second, third appear in short answers. Thank you for asking!",
+)
+BPE_SIZE = 400
+QWEN_SPECIALS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)  # fmt: skip
+QWEN25_EXTRAS = (
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+)  # fmt: skip
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'video' %}"
+    "<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}{{ '</s>' if message['role'] == 'assistant' else ' ' }}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 1024}  # fmt: skip
+QWEN_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
+QWEN_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
+
+
+def _train_bpe(prefix: tuple[str, ...], suffix: tuple[str, ...]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train a byte-level BPE on ``CORPUS``; return (vocab, merges) with ``prefix`` tokens first and
+    ``suffix`` tokens last, i.e. the special tokens in their canonical positions."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    bpe = json.loads(tokenizer.to_str())["model"]
+    learned = sorted(bpe["vocab"], key=bpe["vocab"].__getitem__)
+    vocab = {token: i for i, token in enumerate([*prefix, *learned, *suffix])}
+    return vocab, [tuple(merge) for merge in bpe["merges"]]
+
+
+def _qwen_tokenizer(family: str) -> Qwen2Tokenizer:
+    extras = QWEN25_EXTRAS if family == "qwen2_5_vl" else ()
+    vocab, merges = _train_bpe((), QWEN_SPECIALS + extras)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIALS[1:])})
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in extras])
+    return tokenizer
+
+
+def _llava_tokenizer() -> PreTrainedTokenizerFast:
+    vocab, merges = _train_bpe(("<unk>", "<s>", "</s>"), ("<image>", "<pad>"))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        additional_special_tokens=["<image>"], add_bos_token=True, model_max_length=TEXT["max_position_embeddings"],
+    )  # fmt: skip
+
+
+def _padded_vocab(tokenizer: Any) -> int:
+    return -(-len(tokenizer) // 8) * 8
+
+
+def _build_qwen(family: str) -> tuple[torch.nn.Module, Any]:
+    tokenizer = _qwen_tokenizer(family)
+    ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>")
+           for name in ("image_pad", "video_pad", "vision_start", "vision_end", "im_end", "endoftext")}  # fmt: skip
+    text = {**TEXT, "vocab_size": _padded_vocab(tokenizer), "rope_parameters": dict(QWEN_ROPE),
+            "bos_token_id": None, "eos_token_id": ids["im_end"], "pad_token_id": ids["endoftext"]}  # fmt: skip
+    vision = {"depth": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    tokens = {"image_token_id": ids["image_pad"], "video_token_id": ids["video_pad"],
+              "vision_start_token_id": ids["vision_start"], "vision_end_token_id": ids["vision_end"]}  # fmt: skip
+    if family == "qwen2_vl":
+        vision.update(embed_dim=32, hidden_size=TEXT["hidden_size"], mlp_ratio=4)
+        config, model_cls, processor_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    else:  # window 112 px = 4x4 merged tokens; layer 0 windowed, layer 1 full attention
+        vision.update(hidden_size=32, intermediate_size=128, out_hidden_size=TEXT["hidden_size"], window_size=112,
+                      fullatt_block_indexes=[1], tokens_per_second=2)  # fmt: skip
+        config, model_cls, processor_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    model = model_cls(config(text_config=text, vision_config=vision, tie_word_embeddings=False, **tokens))
+    processor = processor_cls(
+        image_processor=Qwen2VLImageProcessor(**QWEN_PIXELS),
+        video_processor=Qwen2VLVideoProcessor(**QWEN_PIXELS),
+        tokenizer=tokenizer,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def _build_llava() -> tuple[torch.nn.Module, Any]:
+    tokenizer = _llava_tokenizer()
+    image_size, patch_size = 56, 14
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=patch_size, projection_dim=32)  # fmt: skip
+    text = LlamaConfig(**TEXT, vocab_size=_padded_vocab(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(image_size // patch_size) ** 2,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        ),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    return LlavaForConditionalGeneration(config), processor
+
+
+def build_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a loadable tiny random model of ``family`` (one of ``FAMILIES``) to ``out_dir``."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    model, processor = _build_llava() if family == "llava" else _build_qwen(family)
+    model.to(torch.float32).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (230, 200, 20)}
+SIZES = ((56, 56), (84, 56), (112, 84), (112, 112), (56, 112), (84, 84), (98, 70), (70, 98))
+
+
+def _draw(path: Path, shape: str, colour: str, size: tuple[int, int]) -> None:
+    """Draw one ``colour`` ``shape`` centred on a white ``size`` canvas and save it as PNG."""
+    width, height = size
+    image = Image.new("RGB", size, (255, 255, 255))
+    box = (width // 5, height // 5, width - width // 5, height - height // 5)
+    draw = ImageDraw.Draw(image)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(width // 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fill)
+    image.save(path)
+
+
+def _chat(*turns: str) -> list[dict[str, str]]:
+    roles = ("user", "assistant")
+    return [{"role": roles[i % 2], "content": text} for i, text in enumerate(turns)]
+
+
+SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+TEXT_SAMPLES = (
+    ("Say hello.", "", "Hello!"),
+    ("Add the numbers.", "2 and 3", "5"),
+    ("Name a colour.", "", "Blue."),
+    ("Name a shape with three sides.", "", "A triangle."),
+    ("Is the sky green?", "", "No, it is blue."),
+    ("Repeat the word.", "circle", "circle"),
+    ("Count to three.", "", "1 2 3"),
+    ("Answer politely.", "Thank you!", "You are welcome."),
+)
+
+
+def build_dataset(out_dir: str | Path) -> Path:
+    """Write images, data files and ``dataset_info.json`` (tiny_mm, tiny_text, tiny_mm_pref,
+    tiny_mm_kto) to ``out_dir``; image paths are relative to it (LLaMA-Factory's media_dir)."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    items = []
+    for i, size in enumerate(SIZES):
+        shape, colour = SHAPES[i % len(SHAPES)], list(COLOURS)[i % len(COLOURS)]
+        name = f"images/{i}_{colour}_{shape}.png"
+        _draw(out / name, shape, colour, size)
+        items.append((name, shape, colour))
+
+    questions = ("What is in the picture?", "Describe the image.", "Which colour is the shape?")
+    mm = [
+        {"messages": _chat(f"<image>{questions[i % 3]}", f"A {colour} {shape}."), "images": [name]}
+        for i, (name, shape, colour) in enumerate(items)
+    ]
+    (a, shape_a, colour_a), (b, shape_b, colour_b) = items[0], items[1]
+    mm.append({"messages": _chat("<image><image>Compare the two images.",
+                                 f"The first is a {colour_a} {shape_a}, the second a {colour_b} {shape_b}."),
+               "images": [a, b]})  # fmt: skip
+    mm.append({"messages": _chat("Which shape has four equal sides?", "A square.", "And three?", "A triangle."),
+               "images": []})  # fmt: skip
+
+    def answer(text: str) -> dict[str, str]:
+        return {"role": "assistant", "content": text}
+
+    def wrong(shape: str) -> str:
+        return SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)]
+
+    pref = [
+        {"messages": _chat("<image>What is in the picture?"), "images": [name],
+         "chosen": answer(f"A {colour} {shape}."), "rejected": answer(f"A {colour} {wrong(shape)}.")}
+        for name, shape, colour in items[:6]
+    ]  # fmt: skip
+    kto = [
+        {"messages": _chat("<image>What is in the picture?", f"A {colour} {shape if j % 2 else wrong(shape)}."),
+         "images": [name], "label": bool(j % 2)}
+        for j, (name, shape, colour) in enumerate(items[:6])
+    ]  # fmt: skip
+    text = [{"instruction": q, "input": x, "output": y} for q, x, y in TEXT_SAMPLES]
+
+    files = {"tiny_mm": mm, "tiny_text": text, "tiny_mm_pref": pref, "tiny_mm_kto": kto}
+    for name, rows in files.items():
+        (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    mm_columns = {"messages": "messages", "images": "images"}
+    info = {
+        "tiny_mm": {"file_name": "tiny_mm.json", "formatting": "sharegpt", "columns": mm_columns,
+                    "tags": SHAREGPT_TAGS},
+        "tiny_text": {"file_name": "tiny_text.json",
+                      "columns": {"prompt": "instruction", "query": "input", "response": "output"}},
+        "tiny_mm_pref": {"file_name": "tiny_mm_pref.json", "formatting": "sharegpt", "ranking": True,
+                         "columns": {**mm_columns, "chosen": "chosen", "rejected": "rejected"},
+                         "tags": SHAREGPT_TAGS},
+        "tiny_mm_kto": {"file_name": "tiny_mm_kto.json", "formatting": "sharegpt",
+                        "columns": {**mm_columns, "kto_tag": "label"}, "tags": SHAREGPT_TAGS},
+    }  # fmt: skip
+    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    model = commands.add_parser("model", help="build a tiny random model")
+    model.add_argument("--family", choices=FAMILIES, required=True)
+    model.add_argument("--out", type=Path, required=True)
+    model.add_argument("--seed", type=int, default=0)
+    data = commands.add_parser("data", help="build the tiny dataset")
+    data.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    path = build_model(args.family, args.out, args.seed) if args.command == "model" else build_dataset(args.out)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
