@@ -13,8 +13,8 @@ def human(count: int) -> str:
     return str(count)
 
 
-def format_table(plan: GroupPlan) -> str:
-    """One line per module that has parameters, then the frozen total and any warnings."""
+def format_table(plan: GroupPlan, warnings: bool = True) -> str:
+    """One line per module that has parameters, then the frozen total and (optionally) the warnings."""
     lines = [
         f"lf-multilr param groups for model type `{plan.model_type}`:",
         f"  {'module':<22} {'tensors':>8} {'params':>9} {'trainable':>10} {'lr':>10} {'weight_decay':>13}",
@@ -33,5 +33,6 @@ def format_table(plan: GroupPlan) -> str:
         )
     tensors, params = plan.frozen
     lines.append(f"  frozen: {tensors} tensors, {human(params)} params; groups: {len(plan.param_groups)}")
-    lines.extend(f"  warning: {warning}" for warning in plan.warnings)
+    if warnings:
+        lines.extend(f"  warning: {warning}" for warning in plan.warnings)
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from lf_multilr.errors import ConfigError
 from lf_multilr.groups import GroupPlan, LoraPlus, build_plan, check_plan
 from lf_multilr.keys import Settings
 from lf_multilr.report import format_table
+from lf_multilr.schedule import per_group_kwargs
 
 from .hparams import first_set, refuse_own_optimizers
 from .registry import config_model_type, known_types, model_config, module_map
@@ -97,8 +98,19 @@ def wrap_create_custom_optimizer(original: Any) -> Any:
         plan = plan_for(model, training_args, finetuning_args, settings)
         cls, kwargs = optimizer_cls_and_kwargs(training_args, model, settings)
         optimizer = cls(plan.param_groups, **kwargs)
+        scheduler_type = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+        scheduler_kwargs = per_group_kwargs(
+            scheduler_type,
+            training_args.lr_scheduler_kwargs,
+            float(training_args.learning_rate),
+            [group["lr"] for group in optimizer.param_groups],
+        )
+        if scheduler_kwargs is not None:
+            training_args.lr_scheduler_kwargs = scheduler_kwargs
         logger = _logger()
-        logger.info_rank0(format_table(plan))
+        logger.info_rank0(format_table(plan, warnings=False))
+        for warning in plan.warnings:
+            logger.warning_rank0(f"lf-multilr: {warning}")
         return optimizer
 
     return create_custom_optimizer
