@@ -36,10 +36,16 @@ Gotchas:
 * Training: use ``cutoff_len >= 128`` (shorter cuts image tokens: "Image features and image tokens
   do not match") and fp32 on CPU. Under LoRA the projector stays frozen unless
   ``additional_target: merger`` (Qwen) or ``multi_modal_projector`` (LLaVA).
-* After one full fine-tuning step with the vision tower unfrozen, every tensor changes except
-  ``vision_tower.vision_model.post_layernorm.{weight,bias}`` (llava, unused with layer -1) and the
-  CLIP attention ``k_proj.bias`` tensors (llava): without rotary embeddings a key bias shifts all
-  attention scores of a query equally, so softmax makes its gradient (numerically) zero.
+* After one full fine-tuning step with the vision tower unfrozen (lr 1e-3, Adam), every tensor
+  changes except, for ``llava``, CLIP's ``post_layernorm.{weight,bias}`` (unused with layer -1).
+  The ``llava`` CLIP attention ``k_proj.bias`` tensors change only by ~1e-7: without rotary
+  embeddings a key bias shifts all scores of a query equally, so its true gradient is zero and
+  Adam only amplifies rounding noise. Qwen has no such case (rotary embeddings in both towers).
+* transformers 5 saves checkpoints in the original hub layout (e.g. ``visual.*``, ``model.*`` for
+  Qwen; ``vision_tower.*``, ``language_model.model.*`` for llava), not the in-memory module names.
+* Known LLaMA-Factory 0.9.5 + transformers 5.6 limitations (not caused by these models):
+  ``stage: kto`` fails for Qwen (its KTO trainer drops ``mm_token_type_ids``) but works for llava;
+  ``stage: rm`` fails for llava (value head looks for ``model.language_model``) but works for Qwen.
 
 Usage::
 
@@ -53,7 +59,6 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 os.environ["RAYON_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -68,7 +73,10 @@ from transformers import (  # noqa: E402
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
+    ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
@@ -94,15 +102,14 @@ CORPUS = (
     "first, second, third appear in short answers. Thank you for asking!",
 )
 BPE_SIZE = 400
-QWEN_SPECIALS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-)  # fmt: skip
-QWEN25_EXTRAS = (
-    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-)  # fmt: skip
+QWEN_SPECIALS = tuple(
+    f"<|{name}|>"
+    for name in "endoftext im_start im_end object_ref_start object_ref_end box_start box_end quad_start quad_end "
+    "vision_start vision_end vision_pad image_pad video_pad".split()
+)
+QWEN25_EXTRAS = ("<tool_call>", "</tool_call>") + tuple(
+    f"<|{name}|>" for name in "fim_prefix fim_middle fim_suffix fim_pad repo_name file_sep".split()
+)
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
@@ -119,16 +126,20 @@ LLAVA_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% endif %}{{ '</s>' if message['role'] == 'assistant' else ' ' }}"
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
-TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 1024}  # fmt: skip
+TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+}
 QWEN_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
 QWEN_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
 
 
-def _train_bpe(prefix: tuple[str, ...], suffix: tuple[str, ...]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Train a byte-level BPE on ``CORPUS``; return (vocab, merges) with ``prefix`` tokens first and
-    ``suffix`` tokens last, i.e. the special tokens in their canonical positions."""
-    tokenizer = Tokenizer(models.BPE())
+def _byte_level(tokenizer: Tokenizer) -> Tokenizer:
+    """Give ``tokenizer`` Qwen2's byte-level pipeline (NFC, Qwen2 split regex, byte-level bytes)."""
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -136,6 +147,17 @@ def _train_bpe(prefix: tuple[str, ...], suffix: tuple[str, ...]) -> tuple[dict[s
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def _train_bpe(prefix: tuple[str, ...], suffix: tuple[str, ...]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train a byte-level BPE on ``CORPUS`` and return its (vocab, merges).
+
+    ``prefix`` tokens get the first ids and ``suffix`` tokens the last ones, i.e. the special tokens
+    sit at their canonical positions and are part of the vocab before any tokenizer is built.
+    """
+    tokenizer = _byte_level(Tokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(
         vocab_size=BPE_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
@@ -147,10 +169,16 @@ def _train_bpe(prefix: tuple[str, ...], suffix: tuple[str, ...]) -> tuple[dict[s
 
 
 def _qwen_tokenizer(family: str) -> Qwen2Tokenizer:
+    """Qwen2 tokenizer: learned BPE, then the Qwen special tokens (eos ``<|im_end|>``, pad ``<|endoftext|>``)."""
     extras = QWEN25_EXTRAS if family == "qwen2_5_vl" else ()
     vocab, merges = _train_bpe((), QWEN_SPECIALS + extras)
     tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=TEXT["max_position_embeddings"],
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIALS[1:])})
     tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in extras])
@@ -158,41 +186,59 @@ def _qwen_tokenizer(family: str) -> Qwen2Tokenizer:
 
 
 def _llava_tokenizer() -> PreTrainedTokenizerFast:
+    """Llama-style tokenizer: ``<unk> <s> </s>``, learned BPE, ``<image> <pad>``; prepends ``<s>``."""
     vocab, merges = _train_bpe(("<unk>", "<s>", "</s>"), ("<image>", "<pad>"))
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        additional_special_tokens=["<image>"], add_bos_token=True, model_max_length=TEXT["max_position_embeddings"],
-    )  # fmt: skip
+        tokenizer_object=_byte_level(Tokenizer(models.BPE(vocab=vocab, merges=merges))),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=["<image>"],
+        add_bos_token=True,
+        model_max_length=TEXT["max_position_embeddings"],
+    )
 
 
-def _padded_vocab(tokenizer: Any) -> int:
+def _padded_vocab(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Vocabulary size for the embedding: ``len(tokenizer)`` rounded up to a multiple of 8."""
     return -(-len(tokenizer) // 8) * 8
 
 
-def _build_qwen(family: str) -> tuple[torch.nn.Module, Any]:
+def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Random Qwen2-VL or Qwen2.5-VL model and its processor (image + video processor, tokenizer)."""
     tokenizer = _qwen_tokenizer(family)
-    ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>")
-           for name in ("image_pad", "video_pad", "vision_start", "vision_end", "im_end", "endoftext")}  # fmt: skip
-    text = {**TEXT, "vocab_size": _padded_vocab(tokenizer), "rope_parameters": dict(QWEN_ROPE),
-            "bos_token_id": None, "eos_token_id": ids["im_end"], "pad_token_id": ids["endoftext"]}  # fmt: skip
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(f"<|{name}|>")
+        for name in ("image_pad", "video_pad", "vision_start", "vision_end", "im_end", "endoftext")
+    }
+    text = {
+        **TEXT,
+        "vocab_size": _padded_vocab(tokenizer),
+        "rope_parameters": dict(QWEN_ROPE),
+        "bos_token_id": None,
+        "eos_token_id": ids["im_end"],
+        "pad_token_id": ids["endoftext"],
+    }
     vision = {"depth": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
-    tokens = {"image_token_id": ids["image_pad"], "video_token_id": ids["video_pad"],
-              "vision_start_token_id": ids["vision_start"], "vision_end_token_id": ids["vision_end"]}  # fmt: skip
+    tokens = {
+        "image_token_id": ids["image_pad"],
+        "video_token_id": ids["video_pad"],
+        "vision_start_token_id": ids["vision_start"],
+        "vision_end_token_id": ids["vision_end"],
+    }
     if family == "qwen2_vl":
         vision.update(embed_dim=32, hidden_size=TEXT["hidden_size"], mlp_ratio=4)
         config, model_cls, processor_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     else:  # window 112 px = 4x4 merged tokens; layer 0 windowed, layer 1 full attention
-        vision.update(hidden_size=32, intermediate_size=128, out_hidden_size=TEXT["hidden_size"], window_size=112,
-                      fullatt_block_indexes=[1], tokens_per_second=2)  # fmt: skip
+        vision.update(
+            hidden_size=32,
+            intermediate_size=128,
+            out_hidden_size=TEXT["hidden_size"],
+            window_size=112,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
+        )
         config, model_cls, processor_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     model = model_cls(config(text_config=text, vision_config=vision, tie_word_embeddings=False, **tokens))
     processor = processor_cls(
@@ -204,13 +250,26 @@ def _build_qwen(family: str) -> tuple[torch.nn.Module, Any]:
     return model, processor
 
 
-def _build_llava() -> tuple[torch.nn.Module, Any]:
+def _build_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Random llava-1.5 style model (CLIP tower, MLP projector, Llama) and its LlavaProcessor."""
     tokenizer = _llava_tokenizer()
     image_size, patch_size = 56, 14
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=image_size, patch_size=patch_size, projection_dim=32)  # fmt: skip
-    text = LlamaConfig(**TEXT, vocab_size=_padded_vocab(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        **TEXT,
+        vocab_size=_padded_vocab(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -267,6 +326,7 @@ def _draw(path: Path, shape: str, colour: str, size: tuple[int, int]) -> None:
 
 
 def _chat(*turns: str) -> list[dict[str, str]]:
+    """Alternate user/assistant messages in sharegpt ``role``/``content`` form."""
     roles = ("user", "assistant")
     return [{"role": roles[i % 2], "content": text} for i, text in enumerate(turns)]
 
@@ -285,8 +345,11 @@ TEXT_SAMPLES = (
 
 
 def build_dataset(out_dir: str | Path) -> Path:
-    """Write images, data files and ``dataset_info.json`` (tiny_mm, tiny_text, tiny_mm_pref,
-    tiny_mm_kto) to ``out_dir``; image paths are relative to it (LLaMA-Factory's media_dir)."""
+    """Write images, data files and ``dataset_info.json`` to ``out_dir``.
+
+    Declares ``tiny_mm``, ``tiny_text``, ``tiny_mm_pref`` and ``tiny_mm_kto``; image paths are relative to
+    ``out_dir``, which LLaMA-Factory uses as ``media_dir`` by default (``dataset_dir: out_dir``).
+    """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     items = []
@@ -302,11 +365,18 @@ def build_dataset(out_dir: str | Path) -> Path:
         for i, (name, shape, colour) in enumerate(items)
     ]
     (a, shape_a, colour_a), (b, shape_b, colour_b) = items[0], items[1]
-    mm.append({"messages": _chat("<image><image>Compare the two images.",
-                                 f"The first is a {colour_a} {shape_a}, the second a {colour_b} {shape_b}."),
-               "images": [a, b]})  # fmt: skip
-    mm.append({"messages": _chat("Which shape has four equal sides?", "A square.", "And three?", "A triangle."),
-               "images": []})  # fmt: skip
+    mm.append(
+        {
+            "messages": _chat(
+                "<image><image>Compare the two images.",
+                f"The first is a {colour_a} {shape_a}, the second a {colour_b} {shape_b}.",
+            ),
+            "images": [a, b],
+        }
+    )
+    mm.append(
+        {"messages": _chat("Which shape has four equal sides?", "A square.", "And three?", "A triangle."), "images": []}
+    )
 
     def answer(text: str) -> dict[str, str]:
         return {"role": "assistant", "content": text}
@@ -315,15 +385,22 @@ def build_dataset(out_dir: str | Path) -> Path:
         return SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)]
 
     pref = [
-        {"messages": _chat("<image>What is in the picture?"), "images": [name],
-         "chosen": answer(f"A {colour} {shape}."), "rejected": answer(f"A {colour} {wrong(shape)}.")}
+        {
+            "messages": _chat("<image>What is in the picture?"),
+            "images": [name],
+            "chosen": answer(f"A {colour} {shape}."),
+            "rejected": answer(f"A {colour} {wrong(shape)}."),
+        }
         for name, shape, colour in items[:6]
-    ]  # fmt: skip
+    ]
     kto = [
-        {"messages": _chat("<image>What is in the picture?", f"A {colour} {shape if j % 2 else wrong(shape)}."),
-         "images": [name], "label": bool(j % 2)}
+        {
+            "messages": _chat("<image>What is in the picture?", f"A {colour} {shape if j % 2 else wrong(shape)}."),
+            "images": [name],
+            "label": bool(j % 2),
+        }
         for j, (name, shape, colour) in enumerate(items[:6])
-    ]  # fmt: skip
+    ]
     text = [{"instruction": q, "input": x, "output": y} for q, x, y in TEXT_SAMPLES]
 
     files = {"tiny_mm": mm, "tiny_text": text, "tiny_mm_pref": pref, "tiny_mm_kto": kto}
@@ -331,21 +408,36 @@ def build_dataset(out_dir: str | Path) -> Path:
         (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     mm_columns = {"messages": "messages", "images": "images"}
     info = {
-        "tiny_mm": {"file_name": "tiny_mm.json", "formatting": "sharegpt", "columns": mm_columns,
-                    "tags": SHAREGPT_TAGS},
-        "tiny_text": {"file_name": "tiny_text.json",
-                      "columns": {"prompt": "instruction", "query": "input", "response": "output"}},
-        "tiny_mm_pref": {"file_name": "tiny_mm_pref.json", "formatting": "sharegpt", "ranking": True,
-                         "columns": {**mm_columns, "chosen": "chosen", "rejected": "rejected"},
-                         "tags": SHAREGPT_TAGS},
-        "tiny_mm_kto": {"file_name": "tiny_mm_kto.json", "formatting": "sharegpt",
-                        "columns": {**mm_columns, "kto_tag": "label"}, "tags": SHAREGPT_TAGS},
-    }  # fmt: skip
+        "tiny_mm": {
+            "file_name": "tiny_mm.json",
+            "formatting": "sharegpt",
+            "columns": mm_columns,
+            "tags": SHAREGPT_TAGS,
+        },
+        "tiny_text": {
+            "file_name": "tiny_text.json",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        },
+        "tiny_mm_pref": {
+            "file_name": "tiny_mm_pref.json",
+            "formatting": "sharegpt",
+            "ranking": True,
+            "columns": {**mm_columns, "chosen": "chosen", "rejected": "rejected"},
+            "tags": SHAREGPT_TAGS,
+        },
+        "tiny_mm_kto": {
+            "file_name": "tiny_mm_kto.json",
+            "formatting": "sharegpt",
+            "columns": {**mm_columns, "kto_tag": "label"},
+            "tags": SHAREGPT_TAGS,
+        },
+    }
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: ``model --family F --out DIR [--seed N]`` or ``data --out DIR``; prints the path."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     model = commands.add_parser("model", help="build a tiny random model")

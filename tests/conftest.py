@@ -1,0 +1,44 @@
+"""Shared fixtures: a clean environment for subprocesses, and the project's tiny models and data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BIN = Path(sys.executable).parent
+INHERITED_OUT = ("FORCE_TORCHRUN", "USE_V1", "CUDA_VISIBLE_DEVICES", "NPROC_PER_NODE", "LF_MULTILR_DISABLE", "USE_MCA")
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """An environment for a CPU training subprocess: one thread, offline, its own HF_HOME."""
+    env = {key: value for key, value in os.environ.items() if key not in INHERITED_OUT}
+    env.update(
+        OMP_NUM_THREADS="1",
+        HF_HOME=str(home),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        DISABLE_VERSION_CHECK="0",
+        PYTHONWARNINGS="ignore",
+    )
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "hf_home"
+    home.mkdir()
+    return clean_env(home)

@@ -1,0 +1,69 @@
+"""Activation by install, in fresh interpreters: every import order, the kill switch, explicit activation."""
+
+import sys
+
+from conftest import BIN, run
+
+PY = sys.executable
+PROBE = """
+import sys
+from lf_multilr import patches
+from llamafactory.hparams import get_train_args
+import llamafactory.train.sft.trainer as sft
+print(len(patches.applied()), hasattr(sft.create_custom_optimizer, "__wrapped__"))
+"""
+
+
+def test_python_starts_silently_and_light(env):
+    for extra in ({}, {"LF_MULTILR_DISABLE": "1"}):
+        result = run([PY, "-c", "pass"], {**env, **extra})
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    probe = "import sys; print(sorted(m for m in ('torch', 'llamafactory', 'transformers', 'lf_multilr.patches') if m in sys.modules), 'lf_multilr._boot' in sys.modules)"
+    result = run([PY, "-c", probe], env)
+    assert result.stdout.split() == ["[]", "True"]
+
+
+def test_hook_patches_when_llamafactory_is_imported(env):
+    result = run([PY, "-c", PROBE], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["6", "True"]
+
+
+def test_apply_after_llamafactory_was_imported_rebinds_the_importers(env):
+    code = "import os; del os.environ['LF_MULTILR_DISABLE']\nimport llamafactory.train.tuner\nimport lf_multilr\nassert lf_multilr.apply()\n" + PROBE
+    result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["6", "True"]
+
+
+def test_kill_switch_gives_stock_llamafactory_and_its_unknown_key_error(env, tmp_path):
+    code = "import lf_multilr\nassert not lf_multilr.apply()\n" + PROBE.replace("from lf_multilr import patches", "import lf_multilr.patches as patches")
+    result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "False"]
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: some/model\nstage: sft\noutput_dir: out\nvision_tower_lr: 1.0e-5\n")
+    result = run([str(BIN / "llamafactory-cli"), "train", str(config)], {**env, "LF_MULTILR_DISABLE": "1"}, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Some keys are not used by the HfArgumentParser: ['vision_tower_lr']" in result.stderr
+    assert "lf-multilr" not in result.stdout + result.stderr
+
+
+def test_unverified_llamafactory_warns_once_and_refuses_keys(env):
+    code = """
+import llamafactory.extras.env as lf_env
+lf_env.VERSION = "0.9.1"
+from llamafactory.hparams import parser
+import llamafactory.train.tuner
+from lf_multilr import patches
+print(sorted(t.rsplit(".", 1)[-1] for t in patches.applied()))
+try:
+    parser.get_train_args({"vision_tower_lr": 1e-5, "model_name_or_path": "x", "output_dir": "o", "stage": "sft"})
+except ValueError as error:
+    print("REFUSED", error)
+"""
+    result = run([PY, "-c", code], env)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "0.9.1 is outside the verified range" in result.stderr
+    assert "['_TRAIN_ARGS', '_TRAIN_MCA_ARGS', 'get_train_args']" in result.stdout
+    assert "REFUSED lf-multilr: `vision_tower_lr: 1e-05` is refused: LLaMA-Factory 0.9.1 is outside" in result.stdout
