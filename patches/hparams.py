@@ -131,9 +131,12 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
             "register it first (llamafactory.model.model_utils.visual._register_composite_model) "
             f"or use a registered type ({', '.join(known_types())})",
         )
+    # Under LoRA a frozen module can still train as a full copy in `additional_target`: the optimizer-time check
+    # on the prepared model decides then.
+    copies = finetuning_args.finetuning_type == "lora" and bool(finetuning_args.additional_target)
     for module in MODULES:
         keys = settings.explicit(module)
-        if keys and getattr(finetuning_args, FREEZE_FLAG[module], False):
+        if keys and not copies and getattr(finetuning_args, FREEZE_FLAG[module], False):
             raise ConfigError(
                 keys[0],
                 settings.values[keys[0]],

@@ -42,3 +42,25 @@ def env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "hf_home"
     home.mkdir()
     return clean_env(home)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny(family)``: the path of that family's tiny model, built once per test session."""
+    from tools import tiny as builder
+
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = builder.build_model(family, tmp_path_factory.mktemp(family))
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tools import tiny as builder
+
+    return builder.build_dataset(tmp_path_factory.mktemp("data"))
