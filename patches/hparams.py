@@ -26,8 +26,11 @@ def keyed_class(base: type) -> type:
 
     def __post_init__(self: Any) -> None:
         base.__post_init__(self)  # type: ignore[attr-defined]
-        for key, value in Settings.read(self).values.items():
+        settings = Settings.read(self)
+        for key, value in settings.values.items():
             setattr(self, key, value)
+        if settings.any_set:  # before LLaMA-Factory's own checks, which may fail on a missing package first
+            refuse_own_optimizers(settings, self)
 
     fields = [(key.name, Optional[float], field(default=None, metadata={"help": key.help})) for key in KEYS]
     cls = make_dataclass(
@@ -118,7 +121,6 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
             f"({versions.VERIFIED_RANGE})",
             f"install a verified version (pip install 'llamafactory{versions.VERIFIED_RANGE}') or remove the lf-multilr keys",
         )
-    refuse_own_optimizers(settings, finetuning_args)
     refuse_deepspeed_blocks(settings, training_args)
     model_type = _read_model_type(model_args)
     if model_type is not None and module_map(model_type) is None:

@@ -1,0 +1,99 @@
+"""Bad input is refused with key, value, why and fix; before any weight loads where possible; nothing written."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from lf_multilr.keys import Settings
+from lf_multilr.patches.hparams import refuse_deepspeed_blocks
+
+from e2e import PROJECTOR_COPY, train, write_config
+
+
+@pytest.fixture(scope="module")
+def get_train_args():
+    from llamafactory.hparams import get_train_args
+
+    return get_train_args
+
+
+def args_for(model, data, tmp_path, **overrides):
+    config = {
+        "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "full",
+        "freeze_vision_tower": False, "freeze_multi_modal_projector": False, "dataset": "tiny_mm",
+        "dataset_dir": str(data), "template": "qwen2_vl", "output_dir": str(tmp_path / "out"), "report_to": "none",
+    }
+    config.update(overrides)
+    return config
+
+
+def config_only_model(tmp_path, model_type):
+    """A model directory with a config.json and no weights: enough for a check that must not load any."""
+    folder = tmp_path / model_type
+    folder.mkdir()
+    folder.joinpath("config.json").write_text(json.dumps({"model_type": model_type}))
+    return folder
+
+
+CASES = {
+    "negative": ({"vision_tower_lr": -1e-5}, r"`vision_tower_lr: -1e-05` is refused: a learning rate cannot be negative\. Fix: give a number >= 0"),
+    "nan": ({"language_model_lr": "nan"}, r"`language_model_lr: 'nan'` is refused: it is not a finite number"),
+    "infinite": ({"multi_modal_projector_weight_decay": float("inf")}, r"`multi_modal_projector_weight_decay: inf` is refused: it is not a finite number"),
+    "not a number": ({"vision_tower_lr": "fast"}, r"`vision_tower_lr: 'fast'` is refused: it is not a number"),
+    "frozen vision": ({"vision_tower_lr": 1e-5, "freeze_vision_tower": True}, r"`freeze_vision_tower: true` freezes the vision_tower.*Fix: set `freeze_vision_tower: false`"),
+    "frozen projector": ({"multi_modal_projector_lr": 1e-5, "freeze_multi_modal_projector": True}, r"Fix: set `freeze_multi_modal_projector: false`"),
+    "frozen llm": ({"language_model_lr": 1e-5, "freeze_language_model": True}, r"Fix: set `freeze_language_model: false`"),
+    "lora projector": ({"multi_modal_projector_lr": 1e-5, "finetuning_type": "lora"}, r"additional_target"),
+    "galore": ({"vision_tower_lr": 1e-5, "use_galore": True}, r"`use_galore: true` builds an optimizer of its own"),
+    "apollo": ({"vision_tower_lr": 1e-5, "use_apollo": True}, r"`use_apollo: true`"),
+    "badam": ({"vision_tower_lr": 1e-5, "use_badam": True}, r"`use_badam: true`"),
+    "adam-mini": ({"vision_tower_lr": 1e-5, "use_adam_mini": True}, r"`use_adam_mini: true`"),
+    "muon": ({"vision_tower_lr": 1e-5, "use_muon": True}, r"`use_muon: true`"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_refused_before_the_model_loads(case, get_train_args, tiny, data, tmp_path):
+    overrides, message = CASES[case]
+    with pytest.raises(ValueError, match=message):
+        get_train_args(args_for(tiny("qwen2_vl"), data, tmp_path, **overrides))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "idefics3"])
+def test_a_model_type_the_registry_does_not_know_is_refused_with_the_way_forward(model_type, get_train_args, data, tmp_path):
+    model = config_only_model(tmp_path, model_type)
+    with pytest.raises(ValueError, match=rf"model type `{model_type}` is not in LLaMA-Factory's composite-model registry.*set `learning_rate` instead.*qwen2_vl"):
+        get_train_args(args_for(model, data, tmp_path, vision_tower_lr=1e-5))
+
+
+@pytest.mark.parametrize("block", ["optimizer", "scheduler"])
+def test_a_deepspeed_config_with_its_own_optimizer_or_scheduler_is_refused(block, tmp_path):
+    deepspeed = tmp_path / "ds.json"
+    deepspeed.write_text(json.dumps({block: {"type": "AdamW", "params": {}}, "zero_optimization": {"stage": 0}}))
+    settings = Settings.read(SimpleNamespace(vision_tower_lr=1e-5))
+    with pytest.raises(ValueError, match=rf"has a `{block}` block.*Fix: remove the `{block}` block"):
+        refuse_deepspeed_blocks(settings, SimpleNamespace(deepspeed=str(deepspeed)))
+    refuse_deepspeed_blocks(settings, SimpleNamespace(deepspeed={"zero_optimization": {"stage": 2}}))
+
+def test_the_cli_exits_non_zero_with_the_message_and_writes_nothing(tiny, data, tmp_path, env):
+    config, out = write_config(tmp_path, tiny("qwen2_vl"), data, "qwen2_vl", vision_tower_lr=-1.0e-5)
+    result = train(config, env)
+    assert result.returncode != 0
+    assert "lf-multilr: `vision_tower_lr: -1e-05` is refused: a learning rate cannot be negative" in result.stderr
+    assert "Loading weights" not in result.stdout + result.stderr
+    assert not out.exists()
+
+
+def test_a_module_left_frozen_by_the_prepared_model_is_refused_at_optimizer_time(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    config, out = write_config(
+        tmp_path, tiny(family), data, family, finetuning_type="lora", freeze_vision_tower=True,
+        additional_target=PROJECTOR_COPY[family], vision_tower_lr=1.0e-5,
+    )
+    result = train(config, env)
+    assert result.returncode != 0
+    assert "the vision_tower is frozen in this run (25 tensors, none trainable)" in result.stderr
+    assert "Fix: set `freeze_vision_tower: false` so that LoRA adapts it" in result.stderr
+    assert not (out / "trainer_log.jsonl").exists()
