@@ -23,9 +23,19 @@ def _warn_once(message: str) -> None:
         print(f"lf-multilr: {message}", file=sys.stderr)
 
 
-def _apply_ready() -> None:
+def _imported(name: str, just_run: str | None) -> bool:
+    """Whether module ``name`` has finished running (a module still being imported is only half there)."""
+    module = sys.modules.get(name)
+    if module is None:
+        return False
+    return name == just_run or not getattr(getattr(module, "__spec__", None), "_initializing", False)
+
+
+def _apply_ready(just_run: str | None = None) -> None:
     for target in TARGETS:
-        if _patching.is_applied(target) or target.trigger_module not in sys.modules or target.owner not in sys.modules:
+        if _patching.is_applied(target):
+            continue
+        if not (_imported(target.trigger_module, just_run) and _imported(target.owner, just_run)):
             continue
         if not target.stock_safe and not versions.llamafactory_verified():
             _warn_once(
@@ -42,7 +52,7 @@ def _apply_ready() -> None:
 def on_import(name: str) -> None:
     """Called right after a watched module ran."""
     if _enabled:
-        _apply_ready()
+        _apply_ready(name)
 
 
 def enable() -> None:

@@ -67,3 +67,13 @@ except ValueError as error:
     assert len(result.stderr.splitlines()) == 1 and "0.9.1 is outside the verified range" in result.stderr
     assert "['_TRAIN_ARGS', '_TRAIN_MCA_ARGS', 'get_train_args']" in result.stdout
     assert "REFUSED lf-multilr: `vision_tower_lr: 1e-05` is refused: LLaMA-Factory 0.9.1 is outside" in result.stdout
+
+
+def test_any_llamafactory_module_imported_first_gets_everything_patched(env):
+    from lf_multilr.patches.targets import TARGETS
+
+    firsts = sorted({m for t in TARGETS for m in (t.owner, *t.importers)} | {"llamafactory.webui.interface"})
+    code = "import importlib, sys\nimportlib.import_module(sys.argv[1])\n" + PROBE + "import llamafactory.train.dpo.trainer as d\nprint(hasattr(d.create_custom_optimizer, '__wrapped__'))\n"
+    for first in firsts:
+        result = run([PY, "-c", code, first], env)
+        assert (result.returncode, result.stderr, result.stdout.split()) == (0, "", ["6", "True", "True"]), first

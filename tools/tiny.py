@@ -59,6 +59,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ["RAYON_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -73,6 +74,7 @@ from transformers import (  # noqa: E402
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -85,9 +87,9 @@ from transformers import (  # noqa: E402
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
-    Qwen2VLVideoProcessor,
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # noqa: E402
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor  # noqa: E402
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava")
 
@@ -126,7 +128,7 @@ LLAVA_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% endif %}{{ '</s>' if message['role'] == 'assistant' else ' ' }}"
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
-TEXT = {
+TEXT: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
@@ -174,8 +176,7 @@ def _qwen_tokenizer(family: str) -> Qwen2Tokenizer:
     vocab, merges = _train_bpe((), QWEN_SPECIALS + extras)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
-        merges=merges,
-        unk_token=None,
+        merges=merges,  # type: ignore[arg-type]  # the BPE backend wants (left, right) tuples
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         model_max_length=TEXT["max_position_embeddings"],
@@ -208,46 +209,43 @@ def _padded_vocab(tokenizer: PreTrainedTokenizerBase) -> int:
 def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Random Qwen2-VL or Qwen2.5-VL model and its processor (image + video processor, tokenizer)."""
     tokenizer = _qwen_tokenizer(family)
-    ids = {
-        name: tokenizer.convert_tokens_to_ids(f"<|{name}|>")
-        for name in ("image_pad", "video_pad", "vision_start", "vision_end", "im_end", "endoftext")
-    }
+    ids = tokenizer.get_vocab()
     text = {
         **TEXT,
         "vocab_size": _padded_vocab(tokenizer),
         "rope_parameters": dict(QWEN_ROPE),
         "bos_token_id": None,
-        "eos_token_id": ids["im_end"],
-        "pad_token_id": ids["endoftext"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
     }
-    vision = {"depth": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
-    tokens = {
-        "image_token_id": ids["image_pad"],
-        "video_token_id": ids["video_pad"],
-        "vision_start_token_id": ids["vision_start"],
-        "vision_end_token_id": ids["vision_end"],
-    }
+    vision: dict[str, Any] = {"depth": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2}
+    config_cls: type[PretrainedConfig]
+    model_cls: type[PreTrainedModel]
+    processor_cls: type[ProcessorMixin]
     if family == "qwen2_vl":
         vision.update(embed_dim=32, hidden_size=TEXT["hidden_size"], mlp_ratio=4)
-        config, model_cls, processor_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+        config_cls, model_cls, processor_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     else:  # window 112 px = 4x4 merged tokens; layer 0 windowed, layer 1 full attention
-        vision.update(
-            hidden_size=32,
-            intermediate_size=128,
-            out_hidden_size=TEXT["hidden_size"],
-            window_size=112,
-            fullatt_block_indexes=[1],
-            tokens_per_second=2,
-        )
-        config, model_cls, processor_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-    model = model_cls(config(text_config=text, vision_config=vision, tie_word_embeddings=False, **tokens))
+        vision.update(hidden_size=32, intermediate_size=128, out_hidden_size=TEXT["hidden_size"])
+        vision.update(window_size=112, fullatt_block_indexes=[1], tokens_per_second=2)
+        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        processor_cls = Qwen2_5_VLProcessor
+    config = config_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
     processor = processor_cls(
         image_processor=Qwen2VLImageProcessor(**QWEN_PIXELS),
         video_processor=Qwen2VLVideoProcessor(**QWEN_PIXELS),
         tokenizer=tokenizer,
         chat_template=QWEN_CHAT_TEMPLATE,
     )
-    return model, processor
+    return model_cls(config), processor
 
 
 def _build_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -273,7 +271,7 @@ def _build_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=tokenizer.get_vocab()["<image>"],
         image_seq_length=(image_size // patch_size) ** 2,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
@@ -299,7 +297,7 @@ def build_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     torch.manual_seed(seed)
     model, processor = _build_llava() if family == "llava" else _build_qwen(family)
-    model.to(torch.float32).save_pretrained(out)
+    model.float().save_pretrained(out)
     processor.save_pretrained(out)
     return out
 
