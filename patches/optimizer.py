@@ -82,7 +82,8 @@ def optimizer_cls_and_kwargs(training_args: Any, model: torch.nn.Module, setting
         raise ConfigError(
             key,
             value,
-            f"`optim: {training_args.optim}` builds its own parameter structure, which would drop the module groups",
+            f"`optim: {getattr(training_args.optim, 'value', training_args.optim)}` builds its own parameter structure, "
+            "which would drop the module groups",
             "choose an optimizer that takes param groups (e.g. adamw_torch), or remove the lf-multilr keys",
         )
     return cls, kwargs

@@ -1,0 +1,81 @@
+"""Options that change the groups or their optimizer: LoRA+, the user's `optim:`, TensorBoard logging."""
+
+import pytest
+import torch
+
+from e2e import adapter, train, write_config
+
+LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
+
+
+def test_loraplus_multiplies_each_module_lr_for_lora_b(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    config, out = write_config(
+        tmp_path, tiny(family), data, family, finetuning_type="lora", lora_target="all", loraplus_lr_ratio=4.0,
+        vision_tower_lr=1.0e-4, language_model_lr=1.0e-3,
+    )
+    result = train(config, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lora_b = {n: t.abs().max().item() for n, t in adapter(out).items() if "lora_B" in n}
+    assert lora_b
+    for name, step in lora_b.items():
+        assert step == pytest.approx(4.0e-4 if ".visual." in name else 4.0e-3, rel=1e-3), name
+
+
+@pytest.fixture
+def prepared(tiny, data, tmp_path):
+    """LLaMA-Factory's parsed args and a loaded tiny model with the vision tower unfrozen, in this process."""
+    from transformers import AutoModelForImageTextToText
+
+    from llamafactory.hparams import get_train_args
+
+    def make(**overrides):
+        config = {
+            "model_name_or_path": str(tiny("qwen2_vl")), "stage": "sft", "do_train": True, "finetuning_type": "full",
+            "freeze_vision_tower": False, "freeze_multi_modal_projector": False, "dataset": "tiny_mm",
+            "dataset_dir": str(data), "template": "qwen2_vl", "output_dir": str(tmp_path / "out"), "report_to": "none",
+            **LRS, **overrides,
+        }
+        _, _, training_args, finetuning_args, _ = get_train_args(config)
+        model = AutoModelForImageTextToText.from_pretrained(tiny("qwen2_vl"))
+        return model, training_args, finetuning_args
+
+    return make
+
+
+def test_the_users_optim_class_and_kwargs_are_honoured(prepared):
+    from llamafactory.train.trainer_utils import create_custom_optimizer
+
+    model, training_args, finetuning_args = prepared(optim="sgd", optim_args="momentum=0.5")
+    optimizer = create_custom_optimizer(model, training_args, finetuning_args)
+    assert type(optimizer) is torch.optim.SGD
+    assert {g["momentum"] for g in optimizer.param_groups} == {0.5}
+    assert {g["module"]: g["lr"] for g in optimizer.param_groups} == {
+        "language_model": 1.0e-2, "vision_tower": 1.0e-4, "multi_modal_projector": 1.0e-3,
+    }
+
+    model, training_args, finetuning_args = prepared(adam_beta2=0.95)
+    optimizer = create_custom_optimizer(model, training_args, finetuning_args)
+    assert type(optimizer) is torch.optim.AdamW and {g["betas"] for g in optimizer.param_groups} == {(0.9, 0.95)}
+
+
+def test_an_optim_that_builds_its_own_structure_is_refused(prepared):
+    from llamafactory.train.trainer_utils import create_custom_optimizer
+
+    model, training_args, finetuning_args = prepared(optim="adalomo")
+    with pytest.raises(ValueError, match=r"`optim: adalomo` builds its own parameter structure"):
+        create_custom_optimizer(model, training_args, finetuning_args)
+
+
+def test_module_lrs_reach_tensorboard(tiny, data, tmp_path, env):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    family = "qwen2_vl"
+    config, out = write_config(tmp_path, tiny(family), data, family, max_steps=2, report_to="tensorboard", **LRS)
+    result = train(config, {**env, "TENSORBOARD_LOGGING_DIR": str(tmp_path / "tb")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    for tag, value in (("vision_tower", 1.0e-4), ("multi_modal_projector", 1.0e-3), ("language_model", 1.0e-2)):
+        scalars = events.Scalars(f"train/lr/{tag}")
+        assert [s.step for s in scalars] == [1, 2]
+        assert all(s.value == pytest.approx(value) for s in scalars)
