@@ -1,0 +1,44 @@
+"""The built wheel, installed into a fresh virtual environment, activates itself and trains; without its .pth,
+`lf-multilr train` activates it explicitly."""
+
+import sys
+from pathlib import Path
+
+from conftest import ROOT, run
+from e2e import write_config
+
+SITE = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "llamafactory").is_dir())
+
+
+def test_wheel_in_a_fresh_venv(tiny, data, tmp_path, env):
+    dist = tmp_path / "dist"
+    result = run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = dist.glob("lf_multilr-*.whl")
+
+    venv = tmp_path / "fresh"
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    assert run([base_python, "-m", "venv", "--without-pip", str(venv)], env).returncode == 0
+    python = venv / "bin" / "python"
+    site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env).stdout.strip())
+    (site / "deps.pth").write_text(f"{SITE}\n")  # torch, LLaMA-Factory, ... without copying gigabytes
+    result = run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (site / "lf_multilr.pth").is_file() and (site / "lf_multilr" / "patches" / "targets.py").is_file()
+
+    where = run([str(python), "-c", "import lf_multilr; print(lf_multilr.__file__)"], env)
+    assert where.stdout.startswith(str(site)), where.stdout + where.stderr
+    assert run([str(python), "-c", "pass"], env).stderr == ""
+
+    config, out = write_config(tmp_path, tiny("qwen2_vl"), data, "qwen2_vl", vision_tower_lr=1.0e-4)
+    cli = "import sys; from llamafactory.cli import main; sys.argv = ['llamafactory-cli', 'train', sys.argv[1]]; main()"
+    result = run([str(python), "-c", cli, str(config)], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lf-multilr param groups" in result.stdout and (out / "trainer_log.jsonl").is_file()
+
+    (site / "lf_multilr.pth").unlink()
+    result = run([str(python), "-c", cli, str(config)], env, cwd=tmp_path)
+    assert result.returncode != 0 and "Some keys are not used by the HfArgumentParser: ['vision_tower_lr']" in result.stderr
+    result = run([str(venv / "bin" / "lf-multilr"), "train", str(config), "language_model_lr=2.0e-3", "overwrite_output_dir=true"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lf-multilr param groups" in result.stdout and "2.000e-03" in result.stdout
