@@ -1,4 +1,7 @@
-"""The start-of-training table: per module its tensors, parameters, LR and weight decay."""
+"""The start-of-training table: per module its tensors, parameters, LR and weight decay.
+
+A trainable module shows what trains (its trainable tensors); a frozen one shows what it holds.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +27,11 @@ def format_table(plan: GroupPlan, warnings: bool = True) -> str:
         if row.tensors == 0:
             continue
         if row.trainable:
-            lr, wd = f"{row.lr:.3e}", f"{row.weight_decay:g}"
+            tensors, params, lr, wd = row.trainable_tensors, row.trainable_params, f"{row.lr:.3e}", f"{row.weight_decay:g}"
         else:
-            lr, wd = "frozen", "-"
+            tensors, params, lr, wd = row.tensors, row.params, "frozen", "-"
         lines.append(
-            f"  {module:<22} {row.trainable_tensors:>8} {human(row.trainable_params):>9} "
-            f"{'yes' if row.trainable else 'no':>10} {lr:>10} {wd:>13}"
+            f"  {module:<22} {tensors:>8} {human(params):>9} {'yes' if row.trainable else 'no':>10} {lr:>10} {wd:>13}"
         )
     tensors, params = plan.frozen
     lines.append(f"  frozen: {tensors} tensors, {human(params)} params; groups: {len(plan.param_groups)}")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import BIN
 from e2e import PROJECTOR_COPY, adapter, log_records, max_steps_by_module, train, weights, write_config
 
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
@@ -102,3 +103,39 @@ def test_vision_tower_lr_zero_under_lora_leaves_its_adapters_untouched(tiny, dat
     llm_b = [t for n, t in adapter(out).items() if "lora_B" in n and ".visual." not in n]
     assert vision_b and all(torch.count_nonzero(t) == 0 for t in vision_b)
     assert llm_b and all(torch.count_nonzero(t) > 0 for t in llm_b)
+
+
+def test_torchrun_workers_are_patched_too(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    config, out = write_config(tmp_path, tiny(family), data, family, **LRS)
+    path = f"{BIN}:{env['PATH']}"  # LLaMA-Factory's launcher runs `torchrun` from PATH
+    result = train(config, {**env, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "PATH": path})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lf-multilr param groups" in result.stdout + result.stderr
+    (record,) = [r for r in log_records(out) if "loss" in r]
+    assert (record["lr/vision_tower"], record["lr/multi_modal_projector"], record["lr/language_model"]) == (1.0e-4, 1.0e-3, 1.0e-2)
+
+
+def test_lora_llm_with_the_vision_tower_trained_fully_as_copies(tiny, data, tmp_path, env):
+    """examples/yaml/qwen2_5_vl_lora_llm_full_vit.yaml on the tiny model (two ViT blocks)."""
+    family = "qwen2_5_vl"
+    config, out = write_config(
+        tmp_path, tiny(family), data, family, finetuning_type="lora", lora_target="all", freeze_vision_tower=True,
+        additional_target="merger,patch_embed,visual.blocks.0,visual.blocks.1", **LRS,
+    )
+    result = train(config, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    base = weights(tiny(family))
+    seen = {}
+    for name, tensor in adapter(out).items():
+        if "lora_B" in name:
+            assert ".visual." not in name
+            seen.setdefault("language_model", []).append(tensor.abs().max().item())
+        elif "lora_A" not in name:  # A gets no gradient on the first step (B starts at zero)
+            module = "multi_modal_projector" if "merger" in name else "vision_tower"
+            step = (tensor - base[name.replace("base_model.model.", "", 1)]).abs().max().item()
+            if step:
+                seen.setdefault(module, []).append(step)
+    assert set(seen) == set(EXPECTED)
+    for module, steps in seen.items():
+        assert steps == pytest.approx([EXPECTED[module]] * len(steps), rel=1e-3), module
