@@ -23,7 +23,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check lf_multilr patches tests tools bench examples
-	$(BIN)/mypy lf_multilr
+	$(BIN)/mypy lf_multilr patches
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo_output

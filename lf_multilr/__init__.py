@@ -4,8 +4,6 @@ Installing the package activates it (see ``_boot``). :func:`apply` and :func:`re
 This module imports nothing heavy: it is imported at every interpreter start-up.
 """
 
-from __future__ import annotations
-
 import sys
 
 __version__ = "0.1.0"

@@ -6,19 +6,20 @@ LLaMA-Factory, torch or lf-multilr's own logic is imported until LLaMA-Factory i
 a failure prints one line on stderr and leaves LLaMA-Factory stock. ``LF_MULTILR_DISABLE=1`` turns it off.
 """
 
-from __future__ import annotations
-
 import os
 import sys
-from importlib.abc import Loader, MetaPathFinder
-from importlib.machinery import ModuleSpec
-from types import ModuleType
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the annotations only; `typing` and `importlib.abc` cost milliseconds at start-up
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+    from typing import Any
 
 DISABLE_ENV = "LF_MULTILR_DISABLE"
 
 #: The modules whose import triggers patching (their names must match ``patches.targets``' owners).
-WATCHED: frozenset[str] = frozenset(
+WATCHED = frozenset(
     {
         "llamafactory.hparams.parser",
         "llamafactory.train.trainer_utils",
@@ -38,22 +39,24 @@ def _notify(name: str) -> None:
 
         on_import(name)
     except Exception as error:  # noqa: BLE001 - an import must never fail because of the plugin
-        print(f"lf-multilr: not active ({type(error).__name__}: {error}); set {DISABLE_ENV}=1 to silence", file=sys.stderr)
+        print(
+            f"lf-multilr: not active ({type(error).__name__}: {error}); set {DISABLE_ENV}=1 to silence", file=sys.stderr
+        )
 
 
-class _Loader(Loader):
-    """Runs the real loader, then notifies."""
+class _Loader:
+    """Runs the real loader, then notifies (a duck-typed ``importlib.abc.Loader``)."""
 
-    def __init__(self, wrapped: Loader) -> None:
+    def __init__(self, wrapped: "Loader") -> None:
         self._wrapped = wrapped
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> "Any":
         return getattr(self._wrapped, name)
 
-    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+    def create_module(self, spec: "ModuleSpec") -> "ModuleType | None":
         return self._wrapped.create_module(spec)
 
-    def exec_module(self, module: ModuleType) -> None:
+    def exec_module(self, module: "ModuleType") -> None:
         module.__loader__ = self._wrapped
         if module.__spec__ is not None:
             module.__spec__.loader = self._wrapped
@@ -61,10 +64,13 @@ class _Loader(Loader):
         _notify(module.__name__)
 
 
-class Finder(MetaPathFinder):
-    """Finds nothing itself: for a watched module it asks the other finders and wraps the loader."""
+class Finder:
+    """A duck-typed meta path finder that finds nothing itself.
 
-    def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> ModuleSpec | None:
+    For a watched module it asks the other finders and wraps the loader they return.
+    """
+
+    def find_spec(self, fullname: str, path: "Any" = None, target: "ModuleType | None" = None) -> "ModuleSpec | None":
         if fullname not in WATCHED:
             return None
         for finder in sys.meta_path:
@@ -73,7 +79,7 @@ class Finder(MetaPathFinder):
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _Loader(spec.loader)
+                    spec.loader = _Loader(spec.loader)  # type: ignore[assignment]
                 return spec
         return None
 

@@ -76,7 +76,9 @@ def numel(param: torch.Tensor) -> int:
     return int(getattr(param, "ds_numel", 0) or param.numel())
 
 
-def _role(name: str, param: torch.Tensor, decay: Collection[str], loraplus: LoraPlus | None) -> tuple[str, float | None, bool]:
+def _role(
+    name: str, param: torch.Tensor, decay: Collection[str], loraplus: LoraPlus | None
+) -> tuple[str, float | None, bool]:
     """(role, lr scale or None for an absolute lr, whether weight decay applies)."""
     if loraplus is None:
         return ("decay", 1.0, True) if name in decay else ("no_decay", 1.0, False)
@@ -155,7 +157,8 @@ def check_plan(plan: GroupPlan, settings: Settings, finetuning_type: str) -> Non
         raise ConfigError(
             key,
             settings.values[key],
-            f"the {module} is frozen in this run ({row.tensors} tensors, none trainable), so its value would do nothing",
+            f"the {module} is frozen in this run ({row.tensors} tensors, none trainable), "
+            "so its value would do nothing",
             f"{frozen_fix(module, finetuning_type)}, or remove the key",
         )
     for module in MODULES:
@@ -171,4 +174,3 @@ def check_plan(plan: GroupPlan, settings: Settings, finetuning_type: str) -> Non
             f"{plan.rows[OTHER].trainable_tensors} trainable tensors belong to no module and train at "
             f"learning_rate / weight_decay in group `other` ({shown})."
         )
-

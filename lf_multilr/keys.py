@@ -49,9 +49,10 @@ class Key:
         return f"{what} of {_WHAT[self.module]} (lf-multilr). Unset: `{self.inherits}`."
 
 
+_KINDS: tuple[Literal["lr", "weight_decay"], ...] = ("lr", "weight_decay")
 KEYS: tuple[Key, ...] = tuple(
-    Key(f"{module}_{suffix}", module, kind)
-    for kind, suffix in (("lr", "lr"), ("weight_decay", "weight_decay"))
+    Key(f"{module}_{kind}", module, kind)
+    for kind in _KINDS
     for module in ("vision_tower", "multi_modal_projector", "language_model")
 )
 KEY_NAMES: tuple[str, ...] = tuple(key.name for key in KEYS)

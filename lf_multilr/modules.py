@@ -41,12 +41,14 @@ class ModuleMap:
     keys: dict[str, tuple[str, ...]]
 
     @classmethod
-    def of(
-        cls, model_type: str, projector: Iterable[str], vision: Iterable[str], language: Iterable[str]
-    ) -> ModuleMap:
+    def of(cls, model_type: str, projector: Iterable[str], vision: Iterable[str], language: Iterable[str]) -> ModuleMap:
         return cls(
             model_type,
-            {"multi_modal_projector": tuple(projector), "vision_tower": tuple(vision), "language_model": tuple(language)},
+            {
+                "multi_modal_projector": tuple(projector),
+                "vision_tower": tuple(vision),
+                "language_model": tuple(language),
+            },
         )
 
     def owner(self, name: str) -> str:

@@ -27,7 +27,12 @@ def format_table(plan: GroupPlan, warnings: bool = True) -> str:
         if row.tensors == 0:
             continue
         if row.trainable:
-            tensors, params, lr, wd = row.trainable_tensors, row.trainable_params, f"{row.lr:.3e}", f"{row.weight_decay:g}"
+            tensors, params, lr, wd = (
+                row.trainable_tensors,
+                row.trainable_params,
+                f"{row.lr:.3e}",
+                f"{row.weight_decay:g}",
+            )
         else:
             tensors, params, lr, wd = row.tensors, row.params, "frozen", "-"
         lines.append(

@@ -36,7 +36,7 @@ def per_group_kwargs(
                 f"lr_scheduler_kwargs.{name}",
                 value,
                 "lf-multilr builds the param groups, so a per-group list cannot know their order",
-                f"give one number; lf-multilr scales it for each module by its ratio to learning_rate",
+                "give one number; lf-multilr scales it for each module by its ratio to learning_rate",
             )
         scaled[name] = [float(value) * lr / learning_rate for lr in group_lrs]
     return scaled

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import field, make_dataclass
 from functools import wraps
-from typing import Any, Optional
+from typing import Any
 
 from lf_multilr.errors import ConfigError
 from lf_multilr.keys import FREEZE_FLAG, KEYS, MODULES, Settings, frozen_fix
@@ -32,7 +32,7 @@ def keyed_class(base: type) -> type:
         if settings.any_set:  # before LLaMA-Factory's own checks, which may fail on a missing package first
             refuse_own_optimizers(settings, self)
 
-    fields = [(key.name, Optional[float], field(default=None, metadata={"help": key.help})) for key in KEYS]
+    fields = [(key.name, float | None, field(default=None, metadata={"help": key.help})) for key in KEYS]
     cls = make_dataclass(
         base.__name__,
         fields,
@@ -119,7 +119,8 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
             value,
             f"LLaMA-Factory {versions.llamafactory_version()} is outside lf-multilr's verified range "
             f"({versions.VERIFIED_RANGE})",
-            f"install a verified version (pip install 'llamafactory{versions.VERIFIED_RANGE}') or remove the lf-multilr keys",
+            f"install a verified version (pip install 'llamafactory{versions.VERIFIED_RANGE}') "
+            "or remove the lf-multilr keys",
         )
     refuse_deepspeed_blocks(settings, training_args)
     model_type = _read_model_type(model_args)

@@ -45,7 +45,8 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
         raise ConfigError(
             key,
             value,
-            f"model type `{model_type}` is not in LLaMA-Factory's composite-model registry, so it has no modules to tell apart",
+            f"model type `{model_type}` is not in LLaMA-Factory's composite-model registry, "
+            "so it has no modules to tell apart",
             f"set `learning_rate` instead, or use a registered type ({', '.join(known_types())})",
         )
     ratio = getattr(finetuning_args, "loraplus_lr_ratio", None)
@@ -65,11 +66,13 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
     return plan
 
 
-def optimizer_cls_and_kwargs(training_args: Any, model: torch.nn.Module, settings: Settings) -> tuple[Any, dict[str, Any]]:
+def optimizer_cls_and_kwargs(
+    training_args: Any, model: torch.nn.Module, settings: Settings
+) -> tuple[Any, dict[str, Any]]:
     """The class and kwargs the user's ``optim:`` asks for, refused when it cannot take param groups."""
     from transformers import Trainer
 
-    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)  # type: ignore[arg-type]
     own = {"params", "model", "optimizer_dict"} & kwargs.keys()
     try:
         from transformers.trainer_optimizer import is_optimizer_factory
@@ -82,7 +85,8 @@ def optimizer_cls_and_kwargs(training_args: Any, model: torch.nn.Module, setting
         raise ConfigError(
             key,
             value,
-            f"`optim: {getattr(training_args.optim, 'value', training_args.optim)}` builds its own parameter structure, "
+            f"`optim: {getattr(training_args.optim, 'value', training_args.optim)}` builds its own parameter "
+            "structure, "
             "which would drop the module groups",
             "choose an optimizer that takes param groups (e.g. adamw_torch), or remove the lf-multilr keys",
         )

@@ -33,11 +33,8 @@ def config_model_type(config: Any) -> str | None:
     model_type = getattr(config, "model_type", None)
     if model_type in _composite_models():
         return model_type
-    for name in ("thinker_config",):
-        sub = getattr(config, name, None)
-        if getattr(sub, "model_type", None) in _composite_models():
-            return sub.model_type
-    return model_type
+    thinker_type = getattr(getattr(config, "thinker_config", None), "model_type", None)
+    return thinker_type if thinker_type in _composite_models() else model_type
 
 
 def model_config(model: Any) -> Any:

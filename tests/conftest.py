@@ -33,7 +33,9 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import BIN, run
+from safetensors.torch import load_file
 
 TEMPLATE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "llava": "llava"}
 PROJECTOR_COPY = {"qwen2_vl": "merger", "qwen2_5_vl": "merger", "llava": "multi_modal_projector"}
@@ -88,7 +87,9 @@ def owner(model_type: str, name: str) -> str:
     return "other"
 
 
-def max_steps_by_module(model_type: str, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+def max_steps_by_module(
+    model_type: str, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
+) -> dict[str, list[float]]:
     """Per module, the max |dW| of every tensor that changed."""
     steps: dict[str, list[float]] = {}
     for name, tensor in after.items():

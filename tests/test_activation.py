@@ -18,7 +18,8 @@ def test_python_starts_silently_and_light(env):
     for extra in ({}, {"LF_MULTILR_DISABLE": "1"}):
         result = run([PY, "-c", "pass"], {**env, **extra})
         assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    probe = "import sys; print(sorted(m for m in ('torch', 'llamafactory', 'transformers', 'lf_multilr.patches') if m in sys.modules), 'lf_multilr._boot' in sys.modules)"
+    heavy = ("torch", "llamafactory", "transformers", "lf_multilr.patches")
+    probe = f"import sys; print(sorted(m for m in {heavy} if m in sys.modules), 'lf_multilr._boot' in sys.modules)"
     result = run([PY, "-c", probe], env)
     assert result.stdout.split() == ["[]", "True"]
 
@@ -30,20 +31,27 @@ def test_hook_patches_when_llamafactory_is_imported(env):
 
 
 def test_apply_after_llamafactory_was_imported_rebinds_the_importers(env):
-    code = "import os; del os.environ['LF_MULTILR_DISABLE']\nimport llamafactory.train.tuner\nimport lf_multilr\nassert lf_multilr.apply()\n" + PROBE
+    code = (
+        "import os; del os.environ['LF_MULTILR_DISABLE']\n"
+        "import llamafactory.train.tuner\nimport lf_multilr\nassert lf_multilr.apply()\n" + PROBE
+    )
     result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["6", "True"]
 
 
 def test_kill_switch_gives_stock_llamafactory_and_its_unknown_key_error(env, tmp_path):
-    code = "import lf_multilr\nassert not lf_multilr.apply()\n" + PROBE.replace("from lf_multilr import patches", "import lf_multilr.patches as patches")
+    code = "import lf_multilr\nassert not lf_multilr.apply()\n" + PROBE.replace(
+        "from lf_multilr import patches", "import lf_multilr.patches as patches"
+    )
     result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "False"]
     config = tmp_path / "c.yaml"
     config.write_text("model_name_or_path: some/model\nstage: sft\noutput_dir: out\nvision_tower_lr: 1.0e-5\n")
-    result = run([str(BIN / "llamafactory-cli"), "train", str(config)], {**env, "LF_MULTILR_DISABLE": "1"}, cwd=tmp_path)
+    result = run(
+        [str(BIN / "llamafactory-cli"), "train", str(config)], {**env, "LF_MULTILR_DISABLE": "1"}, cwd=tmp_path
+    )
     assert result.returncode != 0
     assert "Some keys are not used by the HfArgumentParser: ['vision_tower_lr']" in result.stderr
     assert "lf-multilr" not in result.stdout + result.stderr

@@ -4,11 +4,10 @@ import json
 from types import SimpleNamespace
 
 import pytest
-
-from lf_multilr.keys import Settings
+from e2e import PROJECTOR_COPY, train, write_config
 from lf_multilr.patches.hparams import refuse_deepspeed_blocks
 
-from e2e import PROJECTOR_COPY, train, write_config
+from lf_multilr.keys import Settings
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +19,17 @@ def get_train_args():
 
 def args_for(model, data, tmp_path, **overrides):
     config = {
-        "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "full",
-        "freeze_vision_tower": False, "freeze_multi_modal_projector": False, "dataset": "tiny_mm",
-        "dataset_dir": str(data), "template": "qwen2_vl", "output_dir": str(tmp_path / "out"), "report_to": "none",
+        "model_name_or_path": str(model),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "freeze_vision_tower": False,
+        "freeze_multi_modal_projector": False,
+        "dataset": "tiny_mm",
+        "dataset_dir": str(data),
+        "template": "qwen2_vl",
+        "output_dir": str(tmp_path / "out"),
+        "report_to": "none",
     }
     config.update(overrides)
     return config
@@ -37,13 +44,28 @@ def config_only_model(tmp_path, model_type):
 
 
 CASES = {
-    "negative": ({"vision_tower_lr": -1e-5}, r"`vision_tower_lr: -1e-05` is refused: a learning rate cannot be negative\. Fix: give a number >= 0"),
+    "negative": (
+        {"vision_tower_lr": -1e-5},
+        r"`vision_tower_lr: -1e-05` is refused: a learning rate cannot be negative\. Fix: give a number >= 0",
+    ),
     "nan": ({"language_model_lr": "nan"}, r"`language_model_lr: 'nan'` is refused: it is not a finite number"),
-    "infinite": ({"multi_modal_projector_weight_decay": float("inf")}, r"`multi_modal_projector_weight_decay: inf` is refused: it is not a finite number"),
+    "infinite": (
+        {"multi_modal_projector_weight_decay": float("inf")},
+        r"`multi_modal_projector_weight_decay: inf` is refused: it is not a finite number",
+    ),
     "not a number": ({"vision_tower_lr": "fast"}, r"`vision_tower_lr: 'fast'` is refused: it is not a number"),
-    "frozen vision": ({"vision_tower_lr": 1e-5, "freeze_vision_tower": True}, r"`freeze_vision_tower: true` freezes the vision_tower.*Fix: set `freeze_vision_tower: false`"),
-    "frozen projector": ({"multi_modal_projector_lr": 1e-5, "freeze_multi_modal_projector": True}, r"Fix: set `freeze_multi_modal_projector: false`"),
-    "frozen llm": ({"language_model_lr": 1e-5, "freeze_language_model": True}, r"Fix: set `freeze_language_model: false`"),
+    "frozen vision": (
+        {"vision_tower_lr": 1e-5, "freeze_vision_tower": True},
+        r"`freeze_vision_tower: true` freezes the vision_tower.*Fix: set `freeze_vision_tower: false`",
+    ),
+    "frozen projector": (
+        {"multi_modal_projector_lr": 1e-5, "freeze_multi_modal_projector": True},
+        r"Fix: set `freeze_multi_modal_projector: false`",
+    ),
+    "frozen llm": (
+        {"language_model_lr": 1e-5, "freeze_language_model": True},
+        r"Fix: set `freeze_language_model: false`",
+    ),
     "lora projector": ({"multi_modal_projector_lr": 1e-5, "finetuning_type": "lora"}, r"additional_target"),
     "galore": ({"vision_tower_lr": 1e-5, "use_galore": True}, r"`use_galore: true` builds an optimizer of its own"),
     "apollo": ({"vision_tower_lr": 1e-5, "use_apollo": True}, r"`use_apollo: true`"),
@@ -62,9 +84,15 @@ def test_refused_before_the_model_loads(case, get_train_args, tiny, data, tmp_pa
 
 
 @pytest.mark.parametrize("model_type", ["llama", "idefics3"])
-def test_a_model_type_the_registry_does_not_know_is_refused_with_the_way_forward(model_type, get_train_args, data, tmp_path):
+def test_a_model_type_the_registry_does_not_know_is_refused_with_the_way_forward(
+    model_type, get_train_args, data, tmp_path
+):
     model = config_only_model(tmp_path, model_type)
-    with pytest.raises(ValueError, match=rf"model type `{model_type}` is not in LLaMA-Factory's composite-model registry.*set `learning_rate` instead.*qwen2_vl"):
+    with pytest.raises(
+        ValueError,
+        match=rf"model type `{model_type}` is not in LLaMA-Factory's composite-model registry"
+        r".*set `learning_rate` instead.*qwen2_vl",
+    ):
         get_train_args(args_for(model, data, tmp_path, vision_tower_lr=1e-5))
 
 
@@ -76,6 +104,7 @@ def test_a_deepspeed_config_with_its_own_optimizer_or_scheduler_is_refused(block
     with pytest.raises(ValueError, match=rf"has a `{block}` block.*Fix: remove the `{block}` block"):
         refuse_deepspeed_blocks(settings, SimpleNamespace(deepspeed=str(deepspeed)))
     refuse_deepspeed_blocks(settings, SimpleNamespace(deepspeed={"zero_optimization": {"stage": 2}}))
+
 
 def test_the_cli_exits_non_zero_with_the_message_and_writes_nothing(tiny, data, tmp_path, env):
     config, out = write_config(tmp_path, tiny("qwen2_vl"), data, "qwen2_vl", vision_tower_lr=-1.0e-5)
@@ -89,8 +118,14 @@ def test_the_cli_exits_non_zero_with_the_message_and_writes_nothing(tiny, data, 
 def test_a_module_left_frozen_by_the_prepared_model_is_refused_at_optimizer_time(tiny, data, tmp_path, env):
     family = "qwen2_vl"
     config, out = write_config(
-        tmp_path, tiny(family), data, family, finetuning_type="lora", freeze_vision_tower=True,
-        additional_target=PROJECTOR_COPY[family], vision_tower_lr=1.0e-5,
+        tmp_path,
+        tiny(family),
+        data,
+        family,
+        finetuning_type="lora",
+        freeze_vision_tower=True,
+        additional_target=PROJECTOR_COPY[family],
+        vision_tower_lr=1.0e-5,
     )
     result = train(config, env)
     assert result.returncode != 0

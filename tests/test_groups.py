@@ -1,12 +1,12 @@
 import pytest
 import torch
+from toy import QWEN2_VL, Toy, decay_names
 
 from lf_multilr.errors import ConfigError
 from lf_multilr.groups import LoraPlus, build_plan, check_plan
 from lf_multilr.keys import KEY_NAMES, Settings
 from lf_multilr.metrics import module_lrs
 from lf_multilr.report import format_table
-from toy import QWEN2_VL, Toy, decay_names
 
 LRS = {"vision_tower_lr": 1e-3, "multi_modal_projector_lr": 1e-2, "language_model_lr": 1e-1}
 
@@ -34,10 +34,14 @@ def test_groups_carry_module_lr_and_decay_split_language_model_first():
     plan = plan_of(Toy(), **LRS, vision_tower_weight_decay=0.3)
     names = [g["name"] for g in plan.param_groups]
     assert names == [
-        "language_model/decay", "language_model/no_decay",
-        "vision_tower/decay", "vision_tower/no_decay",
-        "multi_modal_projector/decay", "multi_modal_projector/no_decay",
-        "other/decay", "other/no_decay",
+        "language_model/decay",
+        "language_model/no_decay",
+        "vision_tower/decay",
+        "vision_tower/no_decay",
+        "multi_modal_projector/decay",
+        "multi_modal_projector/no_decay",
+        "other/decay",
+        "other/no_decay",
     ]
     by_name = {g["name"]: g for g in plan.param_groups}
     assert by_name["vision_tower/decay"]["lr"] == 1e-3 and by_name["vision_tower/decay"]["weight_decay"] == 0.3
@@ -45,7 +49,10 @@ def test_groups_carry_module_lr_and_decay_split_language_model_first():
     assert by_name["language_model/decay"]["weight_decay"] == 0.05
     assert by_name["other/decay"]["lr"] == 1e-4
     assert module_lrs(plan.param_groups) == {
-        "lr/language_model": 1e-1, "lr/vision_tower": 1e-3, "lr/multi_modal_projector": 1e-2, "lr/other": 1e-4,
+        "lr/language_model": 1e-1,
+        "lr/vision_tower": 1e-3,
+        "lr/multi_modal_projector": 1e-2,
+        "lr/other": 1e-4,
     }
 
 
@@ -62,12 +69,20 @@ def test_loraplus_split_inside_each_module():
     model.visual = torch.nn.Module()
     model.visual.blocks = Lora()
     names = {n for n, _ in model.named_parameters()}
-    plan = build_plan(model.named_parameters(), QWEN2_VL, settings(vision_tower_lr=1e-5), 1e-4, 0.0, names, LoraPlus(16.0, 1e-6))
+    plan = build_plan(
+        model.named_parameters(), QWEN2_VL, settings(vision_tower_lr=1e-5), 1e-4, 0.0, names, LoraPlus(16.0, 1e-6)
+    )
     lrs = {g["name"]: g["lr"] for g in plan.param_groups}
-    assert lrs == pytest.approx({
-        "language_model/lora_a": 1e-4, "language_model/lora_b": 1.6e-3, "language_model/embedding": 1e-6,
-        "vision_tower/lora_a": 1e-5, "vision_tower/lora_b": 1.6e-4, "vision_tower/embedding": 1e-6,
-    })
+    assert lrs == pytest.approx(
+        {
+            "language_model/lora_a": 1e-4,
+            "language_model/lora_b": 1.6e-3,
+            "language_model/embedding": 1e-6,
+            "vision_tower/lora_a": 1e-5,
+            "vision_tower/lora_b": 1.6e-4,
+            "vision_tower/embedding": 1e-6,
+        }
+    )
     assert module_lrs(plan.param_groups) == pytest.approx({"lr/language_model": 1e-4, "lr/vision_tower": 1e-5})
 
 

@@ -26,8 +26,14 @@ def test_accepted_values(value, expected):
 
 @pytest.mark.parametrize(
     ("value", "why"),
-    [(-1e-5, "cannot be negative"), (math.nan, "not a finite"), (math.inf, "not a finite"), ("fast", "not a number"),
-     (True, "boolean"), ([1e-5], "list")],
+    [
+        (-1e-5, "cannot be negative"),
+        (math.nan, "not a finite"),
+        (math.inf, "not a finite"),
+        ("fast", "not a number"),
+        (True, "boolean"),
+        ([1e-5], "list"),
+    ],
 )
 def test_refused_values_name_key_value_why_and_fix(value, why):
     with pytest.raises(ConfigError) as error:

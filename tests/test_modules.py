@@ -1,17 +1,23 @@
 import pytest
+from toy import QWEN2_VL
 
 from lf_multilr.modules import ModuleMap, normalize
-from toy import QWEN2_VL
 
 
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
         ("model.visual.blocks.0.attn.qkv.weight", "model.visual.blocks.0.attn.qkv.weight"),
-        ("base_model.model.model.visual.merger.mlp.0.lora_A.default.weight", "model.visual.merger.mlp.0.lora_A.default.weight"),
+        (
+            "base_model.model.model.visual.merger.mlp.0.lora_A.default.weight",
+            "model.visual.merger.mlp.0.lora_A.default.weight",
+        ),
         ("pretrained_model.base_model.model.lm_head.weight", "lm_head.weight"),
         ("module.model.language_model.layers.0.mlp.up_proj.weight", "model.language_model.layers.0.mlp.up_proj.weight"),
-        ("_fsdp_wrapped_module.model._fsdp_wrapped_module.visual.blocks.1.norm1.weight", "model.visual.blocks.1.norm1.weight"),
+        (
+            "_fsdp_wrapped_module.model._fsdp_wrapped_module.visual.blocks.1.norm1.weight",
+            "model.visual.blocks.1.norm1.weight",
+        ),
         ("model.layers.0._checkpoint_wrapped_module.mlp.weight", "model.layers.0.mlp.weight"),
     ],
 )
@@ -36,7 +42,9 @@ def test_owner_follows_the_registry_keys(name, module):
 
 
 def test_projector_beats_vision_where_keys_overlap():
-    omni = ModuleMap.of("omni", ["visual.merger", "audio_tower.proj"], ["visual.blocks", "audio_tower"], ["model", "lm_head"])
+    omni = ModuleMap.of(
+        "omni", ["visual.merger", "audio_tower.proj"], ["visual.blocks", "audio_tower"], ["model", "lm_head"]
+    )
     assert omni.owner("thinker.audio_tower.proj.weight") == "multi_modal_projector"
     assert omni.owner("thinker.audio_tower.layers.0.fc1.weight") == "vision_tower"
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from e2e import adapter, train, write_config
 
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
@@ -11,8 +10,15 @@ LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_
 def test_loraplus_multiplies_each_module_lr_for_lora_b(tiny, data, tmp_path, env):
     family = "qwen2_vl"
     config, out = write_config(
-        tmp_path, tiny(family), data, family, finetuning_type="lora", lora_target="all", loraplus_lr_ratio=4.0,
-        vision_tower_lr=1.0e-4, language_model_lr=1.0e-3,
+        tmp_path,
+        tiny(family),
+        data,
+        family,
+        finetuning_type="lora",
+        lora_target="all",
+        loraplus_lr_ratio=4.0,
+        vision_tower_lr=1.0e-4,
+        language_model_lr=1.0e-3,
     )
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -25,16 +31,24 @@ def test_loraplus_multiplies_each_module_lr_for_lora_b(tiny, data, tmp_path, env
 @pytest.fixture
 def prepared(tiny, data, tmp_path):
     """LLaMA-Factory's parsed args and a loaded tiny model with the vision tower unfrozen, in this process."""
-    from transformers import AutoModelForImageTextToText
-
     from llamafactory.hparams import get_train_args
+    from transformers import AutoModelForImageTextToText
 
     def make(**overrides):
         config = {
-            "model_name_or_path": str(tiny("qwen2_vl")), "stage": "sft", "do_train": True, "finetuning_type": "full",
-            "freeze_vision_tower": False, "freeze_multi_modal_projector": False, "dataset": "tiny_mm",
-            "dataset_dir": str(data), "template": "qwen2_vl", "output_dir": str(tmp_path / "out"), "report_to": "none",
-            **LRS, **overrides,
+            "model_name_or_path": str(tiny("qwen2_vl")),
+            "stage": "sft",
+            "do_train": True,
+            "finetuning_type": "full",
+            "freeze_vision_tower": False,
+            "freeze_multi_modal_projector": False,
+            "dataset": "tiny_mm",
+            "dataset_dir": str(data),
+            "template": "qwen2_vl",
+            "output_dir": str(tmp_path / "out"),
+            "report_to": "none",
+            **LRS,
+            **overrides,
         }
         _, _, training_args, finetuning_args, _ = get_train_args(config)
         model = AutoModelForImageTextToText.from_pretrained(tiny("qwen2_vl"))
@@ -51,7 +65,9 @@ def test_the_users_optim_class_and_kwargs_are_honoured(prepared):
     assert type(optimizer) is torch.optim.SGD
     assert {g["momentum"] for g in optimizer.param_groups} == {0.5}
     assert {g["module"]: g["lr"] for g in optimizer.param_groups} == {
-        "language_model": 1.0e-2, "vision_tower": 1.0e-4, "multi_modal_projector": 1.0e-3,
+        "language_model": 1.0e-2,
+        "vision_tower": 1.0e-4,
+        "multi_modal_projector": 1.0e-3,
     }
 
     model, training_args, finetuning_args = prepared(adam_beta2=0.95)

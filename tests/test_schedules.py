@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from toy import QWEN2_VL, Toy, decay_names
 from transformers import SchedulerType
 from transformers.optimization import get_scheduler
 
 from lf_multilr.groups import build_plan
 from lf_multilr.keys import KEY_NAMES, Settings
 from lf_multilr.schedule import per_group_kwargs
-from toy import QWEN2_VL, Toy, decay_names
 
 BASE = 1e-2
 LRS = {"vision_tower_lr": 1e-4, "multi_modal_projector_lr": 1e-3, "language_model_lr": 5e-2}
@@ -24,7 +24,9 @@ KWARGS = {
 @pytest.mark.parametrize("scheduler_type", [s.value for s in SchedulerType])
 def test_module_ratios_hold_at_every_step(scheduler_type):
     model = Toy()
-    plan = build_plan(model.named_parameters(), QWEN2_VL, Settings({**dict.fromkeys(KEY_NAMES), **LRS}), BASE, 0.0, decay_names(model))
+    plan = build_plan(
+        model.named_parameters(), QWEN2_VL, Settings({**dict.fromkeys(KEY_NAMES), **LRS}), BASE, 0.0, decay_names(model)
+    )
     initial = [g["lr"] for g in plan.param_groups]
     optimizer = torch.optim.AdamW(plan.param_groups, lr=BASE)
     kwargs = dict(KWARGS.get(scheduler_type, {}))
@@ -41,7 +43,7 @@ def test_module_ratios_hold_at_every_step(scheduler_type):
             scheduler.step(10.0 + step)  # a loss that only rises: the scheduler keeps cutting
         else:
             scheduler.step()
-        ratios = [g["lr"] / lr0 for g, lr0 in zip(optimizer.param_groups, initial)]
+        ratios = [g["lr"] / lr0 for g, lr0 in zip(optimizer.param_groups, initial, strict=True)]
         assert ratios == pytest.approx([ratios[0]] * len(ratios), rel=1e-9), (scheduler_type, step)
         multipliers.add(round(ratios[0], 12))
     if scheduler_type != "constant":

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from conftest import BIN
 from e2e import PROJECTOR_COPY, adapter, log_records, max_steps_by_module, train, weights, write_config
 
@@ -29,8 +28,14 @@ def test_full_one_adamw_step_moves_every_changed_tensor_by_its_module_lr(family,
 def test_lora_groups_adapters_by_the_module_they_adapt(tiny, data, tmp_path, env):
     family = "qwen2_5_vl"
     config, out = write_config(
-        tmp_path, tiny(family), data, family, finetuning_type="lora", lora_target="all",
-        additional_target=PROJECTOR_COPY[family], **LRS,
+        tmp_path,
+        tiny(family),
+        data,
+        family,
+        finetuning_type="lora",
+        lora_target="all",
+        additional_target=PROJECTOR_COPY[family],
+        **LRS,
     )
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -51,8 +56,16 @@ def test_lora_groups_adapters_by_the_module_they_adapt(tiny, data, tmp_path, env
 def test_llava_lora_with_the_official_projector_lr(tiny, data, tmp_path, env):
     family = "llava"
     config, out = write_config(
-        tmp_path, tiny(family), data, family, finetuning_type="lora", lora_target="all", freeze_vision_tower=True,
-        additional_target="multi_modal_projector", learning_rate=2.0e-4, multi_modal_projector_lr=2.0e-5,
+        tmp_path,
+        tiny(family),
+        data,
+        family,
+        finetuning_type="lora",
+        lora_target="all",
+        freeze_vision_tower=True,
+        additional_target="multi_modal_projector",
+        learning_rate=2.0e-4,
+        multi_modal_projector_lr=2.0e-5,
     )
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -96,7 +109,16 @@ def test_vision_tower_lr_zero_holds_the_vision_weights_still(tiny, data, tmp_pat
 
 def test_vision_tower_lr_zero_under_lora_leaves_its_adapters_untouched(tiny, data, tmp_path, env):
     family = "qwen2_vl"
-    config, out = write_config(tmp_path, tiny(family), data, family, finetuning_type="lora", lora_target="all", max_steps=2, vision_tower_lr=0.0)
+    config, out = write_config(
+        tmp_path,
+        tiny(family),
+        data,
+        family,
+        finetuning_type="lora",
+        lora_target="all",
+        max_steps=2,
+        vision_tower_lr=0.0,
+    )
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
     vision_b = [t for n, t in adapter(out).items() if "lora_B" in n and ".visual." in n]
@@ -113,15 +135,26 @@ def test_torchrun_workers_are_patched_too(tiny, data, tmp_path, env):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "lf-multilr param groups" in result.stdout + result.stderr
     (record,) = [r for r in log_records(out) if "loss" in r]
-    assert (record["lr/vision_tower"], record["lr/multi_modal_projector"], record["lr/language_model"]) == (1.0e-4, 1.0e-3, 1.0e-2)
+    assert (record["lr/vision_tower"], record["lr/multi_modal_projector"], record["lr/language_model"]) == (
+        1.0e-4,
+        1.0e-3,
+        1.0e-2,
+    )
 
 
 def test_lora_llm_with_the_vision_tower_trained_fully_as_copies(tiny, data, tmp_path, env):
     """examples/yaml/qwen2_5_vl_lora_llm_full_vit.yaml on the tiny model (two ViT blocks)."""
     family = "qwen2_5_vl"
     config, out = write_config(
-        tmp_path, tiny(family), data, family, finetuning_type="lora", lora_target="all", freeze_vision_tower=True,
-        additional_target="merger,patch_embed,visual.blocks.0,visual.blocks.1", **LRS,
+        tmp_path,
+        tiny(family),
+        data,
+        family,
+        finetuning_type="lora",
+        lora_target="all",
+        freeze_vision_tower=True,
+        additional_target="merger,patch_embed,visual.blocks.0,visual.blocks.1",
+        **LRS,
     )
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]

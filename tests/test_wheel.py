@@ -20,9 +20,13 @@ def test_wheel_in_a_fresh_venv(tiny, data, tmp_path, env):
     base_python = getattr(sys, "_base_executable", sys.executable)
     assert run([base_python, "-m", "venv", "--without-pip", str(venv)], env).returncode == 0
     python = venv / "bin" / "python"
-    site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env).stdout.strip())
+    site = Path(
+        run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env).stdout.strip()
+    )
     (site / "deps.pth").write_text(f"{SITE}\n")  # torch, LLaMA-Factory, ... without copying gigabytes
-    result = run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], env)
+    result = run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (site / "lf_multilr.pth").is_file() and (site / "lf_multilr" / "patches" / "targets.py").is_file()
 
@@ -38,7 +42,20 @@ def test_wheel_in_a_fresh_venv(tiny, data, tmp_path, env):
 
     (site / "lf_multilr.pth").unlink()
     result = run([str(python), "-c", cli, str(config)], env, cwd=tmp_path)
-    assert result.returncode != 0 and "Some keys are not used by the HfArgumentParser: ['vision_tower_lr']" in result.stderr
-    result = run([str(venv / "bin" / "lf-multilr"), "train", str(config), "language_model_lr=2.0e-3", "overwrite_output_dir=true"], env, cwd=tmp_path)
+    assert (
+        result.returncode != 0
+        and "Some keys are not used by the HfArgumentParser: ['vision_tower_lr']" in result.stderr
+    )
+    result = run(
+        [
+            str(venv / "bin" / "lf-multilr"),
+            "train",
+            str(config),
+            "language_model_lr=2.0e-3",
+            "overwrite_output_dir=true",
+        ],
+        env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "lf-multilr param groups" in result.stdout and "2.000e-03" in result.stdout

@@ -7,7 +7,9 @@ from torch import nn
 
 from lf_multilr.modules import ModuleMap
 
-QWEN2_VL = ModuleMap.of("qwen2_vl", ["visual.merger"], ["visual.patch_embed", "visual.blocks"], ["language_model", "lm_head"])
+QWEN2_VL = ModuleMap.of(
+    "qwen2_vl", ["visual.merger"], ["visual.patch_embed", "visual.blocks"], ["language_model", "lm_head"]
+)
 
 
 class Visual(nn.Module):
