@@ -15,7 +15,7 @@ $(STAMP): constraints.txt pyproject.toml setup.py
 
 venv: $(STAMP)
 
-test: venv
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: venv
