@@ -58,6 +58,24 @@ KEYS: tuple[Key, ...] = tuple(
 KEY_NAMES: tuple[str, ...] = tuple(key.name for key in KEYS)
 
 
+@dataclass(frozen=True)
+class Switch:
+    """A boolean option of lf-multilr's that sets no learning rate (so it does not switch the groups on)."""
+
+    name: str
+    default: bool
+    help: str
+
+
+SWITCHES: tuple[Switch, ...] = (
+    Switch(
+        "log_module_metrics",
+        True,
+        "Log each module's gradient norm (grad_norm/<module>) at every logging step of a multimodal run (lf-multilr).",
+    ),
+)
+
+
 def check_value(key: Key, value: Any) -> float | None:
     """Return ``value`` as a float, or ``None`` when unset; refuse anything that is not a finite number >= 0."""
     if value is None:

@@ -1,9 +1,15 @@
-"""What a training log records per module: ``lr/<module>`` for every module that has a param group."""
+"""What a training log records per module: ``lr/<module>`` for every module that has a param group, and
+``grad_norm/<module>``, the L2 norm of each module's gradient where HF measures ``grad_norm``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import torch
+
+from .groups import ORDER
+from .modules import ModuleMap
 
 PREFIXES: tuple[str, ...] = ("lr/", "grad_norm/")
 
@@ -33,3 +39,36 @@ def module_lrs(param_groups: Iterable[Mapping[str, Any]]) -> dict[str, float]:
 def module_entries(logs: Mapping[str, Any]) -> dict[str, Any]:
     """The per-module entries of one log record."""
     return {key: value for key, value in logs.items() if key.startswith(PREFIXES)}
+
+
+class GradNormMonitor:
+    """Per-module gradient norms of a model's trainable parameters, measured only when asked.
+
+    ``measure(step)`` reads the gradients as they are at that moment (call it where HF measures its own
+    ``grad_norm``: accumulated, before clipping) and keeps one norm tensor per module; ``entries(step)`` turns them
+    into log entries once, for the step they were measured at. The square root of the sum of the squared module
+    norms is the norm over all trainable parameters, which is HF's ``grad_norm``.
+    """
+
+    def __init__(self, named_parameters: Iterable[tuple[str, torch.Tensor]], module_map: ModuleMap) -> None:
+        params: dict[str, list[torch.Tensor]] = {}
+        for name, param in named_parameters:
+            if param.requires_grad:
+                params.setdefault(module_map.owner(name), []).append(param)
+        self.params = {module: params[module] for module in ORDER if module in params}
+        self._measured: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    def measure(self, step: int) -> None:
+        norms = {}
+        for module, params in self.params.items():
+            grads = [p.grad for p in params if p.grad is not None]
+            norms[module] = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        self._measured = (step, norms)
+
+    def entries(self, step: int) -> dict[str, float]:
+        """The ``grad_norm/<module>`` entries measured at ``step`` ({} if none were), each handed out once."""
+        if self._measured is None or self._measured[0] != step:
+            return {}
+        norms = self._measured[1]
+        self._measured = None
+        return {f"grad_norm/{module}": float(norm) for module, norm in norms.items()}

@@ -8,7 +8,7 @@ from functools import wraps
 from typing import Any
 
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import FREEZE_FLAG, KEYS, MODULES, Settings, frozen_fix
+from lf_multilr.keys import FREEZE_FLAG, KEYS, MODULES, SWITCHES, Settings, frozen_fix
 
 from . import versions
 from .registry import config_model_type, known_types, module_map
@@ -32,7 +32,12 @@ def keyed_class(base: type) -> type:
         if settings.any_set:  # before LLaMA-Factory's own checks, which may fail on a missing package first
             refuse_own_optimizers(settings, self)
 
-    fields = [(key.name, float | None, field(default=None, metadata={"help": key.help})) for key in KEYS]
+    fields: list[tuple[str, Any, Any]] = [
+        (key.name, float | None, field(default=None, metadata={"help": key.help})) for key in KEYS
+    ]
+    fields += [
+        (switch.name, bool, field(default=switch.default, metadata={"help": switch.help})) for switch in SWITCHES
+    ]
     cls = make_dataclass(
         base.__name__,
         fields,

@@ -1,22 +1,105 @@
 """Per-module entries in every log: the trainer's log history and report_to integrations (``Trainer.log``),
-and LLaMA-Factory's ``trainer_log.jsonl`` (``LogCallback.on_log``)."""
+LLaMA-Factory's ``trainer_log.jsonl`` (``LogCallback.on_log``), and the per-module gradient norms, measured
+where HF measures ``grad_norm`` (``Trainer._clip_grad_norm``, or ``Trainer._get_grad_norm`` when nothing clips)."""
 
 from __future__ import annotations
 
+import weakref
 from functools import wraps
 from typing import Any
 
-from lf_multilr.metrics import module_entries, module_lrs
+from lf_multilr.metrics import GradNormMonitor, module_entries, module_lrs
+
+from .registry import config_model_type, model_config, module_map
+
+_monitors: weakref.WeakKeyDictionary[Any, GradNormMonitor | None] = weakref.WeakKeyDictionary()
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        from llamafactory.extras import logging
+
+        logging.get_logger("llamafactory.lf_multilr").warning_rank0(f"lf-multilr: {message}")
+
+
+def _sharded_gradients(trainer: Any) -> str | None:
+    """Why this trainer's gradients are not whole on each rank, or None."""
+    kind = str(getattr(getattr(trainer, "accelerator", None), "distributed_type", ""))
+    for name in ("DEEPSPEED", "FSDP"):
+        if name in kind:
+            return name
+    return None
+
+
+def monitor_of(trainer: Any) -> GradNormMonitor | None:
+    """The trainer's monitor, built on first use; None when this is no multimodal LLaMA-Factory run to watch."""
+    if trainer in _monitors:
+        return _monitors[trainer]
+    monitor = None
+    finetuning_args = getattr(trainer, "finetuning_args", None)  # only LLaMA-Factory's trainers have it
+    if finetuning_args is not None and getattr(finetuning_args, "log_module_metrics", False):
+        mapping = module_map(config_model_type(model_config(trainer.model)))
+        sharded = _sharded_gradients(trainer)
+        if mapping is not None and sharded:
+            _warn_once(
+                f"per-module gradient norms are not logged under {sharded}: each rank holds only a shard of the "
+                "gradients, and a shard's norm is not the module's."
+            )
+        elif mapping is not None:
+            monitor = GradNormMonitor(trainer.model.named_parameters(), mapping)
+    _monitors[trainer] = monitor
+    return monitor
+
+
+def will_log(args: Any, state: Any) -> bool:
+    """Whether the optimizer step about to happen ends in a log (HF's DefaultFlowCallback rules)."""
+    step = state.global_step + 1
+    strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
+    if strategy == "epoch":  # the last step of an epoch is not known here: measure every step
+        return True
+    return (step == 1 and bool(args.logging_first_step)) or (
+        strategy == "steps" and state.logging_steps > 0 and step % state.logging_steps == 0
+    )
+
+
+def _measure(trainer: Any) -> None:
+    monitor = monitor_of(trainer)
+    if monitor is not None and will_log(trainer.args, trainer.state):
+        monitor.measure(trainer.state.global_step + 1)
+
+
+def wrap_clip_grad_norm(original: Any) -> Any:
+    @wraps(original)
+    def _clip_grad_norm(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+        _measure(self)  # before clipping: HF's grad_norm is the pre-clip norm
+        return original(self, model, *args, **kwargs)
+
+    return _clip_grad_norm
+
+
+def wrap_get_grad_norm(original: Any) -> Any:
+    @wraps(original)
+    def _get_grad_norm(self: Any, model: Any, grad_norm: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if grad_norm is None:  # nothing clipped: HF measures here
+            _measure(self)
+        return original(self, model, grad_norm, *args, **kwargs)
+
+    return _get_grad_norm
 
 
 def wrap_trainer_log(original: Any) -> Any:
-    """Add ``lr/<module>`` to every training log record, before HF stores and reports it."""
+    """Add ``lr/<module>`` and ``grad_norm/<module>`` to every training log record, before HF stores and reports it."""
 
     @wraps(original)
     def log(self: Any, logs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None and "learning_rate" in logs:
             logs.update(module_lrs(optimizer.param_groups))
+        monitor = _monitors.get(self)
+        if monitor is not None:
+            logs.update(monitor.entries(self.state.global_step))
         return original(self, logs, *args, **kwargs)
 
     return log

@@ -49,6 +49,22 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "transformers.trainer",
+        "Trainer._clip_grad_norm",
+        logs.wrap_clip_grad_norm,
+        signature=("self", "model"),
+        trigger="llamafactory.train.trainer_utils",
+        verified=VERIFIED_TRANSFORMERS,
+    ),
+    Target(
+        "transformers.trainer",
+        "Trainer._get_grad_norm",
+        logs.wrap_get_grad_norm,
+        signature=("self", "model", "grad_norm"),
+        trigger="llamafactory.train.trainer_utils",
+        verified=VERIFIED_TRANSFORMERS,
+    ),
+    Target(
+        "transformers.trainer",
         "Trainer.log",
         logs.wrap_trainer_log,
         signature=("self", "logs"),

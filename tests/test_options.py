@@ -83,7 +83,7 @@ def test_an_optim_that_builds_its_own_structure_is_refused(prepared):
         create_custom_optimizer(model, training_args, finetuning_args)
 
 
-def test_module_lrs_reach_tensorboard(tiny, data, tmp_path, env):
+def test_module_lrs_and_grad_norms_reach_tensorboard(tiny, data, tmp_path, env):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     family = "qwen2_vl"
@@ -95,3 +95,4 @@ def test_module_lrs_reach_tensorboard(tiny, data, tmp_path, env):
         scalars = events.Scalars(f"train/lr/{tag}")
         assert [s.step for s in scalars] == [1, 2]
         assert all(s.value == pytest.approx(value) for s in scalars)
+        assert [s.step for s in events.Scalars(f"train/grad_norm/{tag}")] == [1, 2]

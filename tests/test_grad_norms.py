@@ -1,0 +1,70 @@
+"""Per-module gradient norms: measured where HF measures grad_norm, consistent with it, cheap, and harmless."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from e2e import log_records, train, weights, write_config
+from lf_multilr.metrics import GradNormMonitor
+
+MODULES = ("language_model", "vision_tower", "multi_modal_projector")
+LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
+
+
+def history(out):
+    return [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
+
+
+@pytest.mark.parametrize(("max_grad_norm", "clipped"), [(1.0e-3, True), (0.0, False)])
+def test_module_norms_add_up_to_hfs_grad_norm(max_grad_norm, clipped, tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    config, out = write_config(tmp_path, tiny(family), data, family, max_steps=3, max_grad_norm=max_grad_norm, **LRS)
+    result = train(config, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = history(out)
+    assert len(records) == 3
+    for record in records:
+        norms = [record[f"grad_norm/{m}"] for m in MODULES]
+        assert all(n > 0 for n in norms)
+        assert math.sqrt(sum(n * n for n in norms)) == pytest.approx(record["grad_norm"], rel=1e-5)
+        if clipped:  # the norms are the pre-clip ones, like HF's
+            assert record["grad_norm"] > 10 * max_grad_norm
+    jsonl = [r for r in log_records(out) if "loss" in r]
+    assert [[r[f"grad_norm/{m}"] for m in MODULES] for r in jsonl] == [
+        [r[f"grad_norm/{m}"] for m in MODULES] for r in records
+    ]
+
+
+def test_logged_on_a_stock_multimodal_run_and_switched_off_without_changing_a_number(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    on_config, on_out = write_config(tmp_path / "on", tiny(family), data, family, max_steps=2)
+    off_config, off_out = write_config(
+        tmp_path / "off", tiny(family), data, family, max_steps=2, log_module_metrics=False
+    )
+    on, off = train(on_config, env), train(off_config, env)
+    assert on.returncode == 0 and off.returncode == 0, on.stderr[-2000:] + off.stderr[-2000:]
+    assert "lf-multilr param groups" not in on.stdout  # no LR key: the optimizer is stock
+    on_records, off_records = history(on_out), history(off_out)
+    assert all(f"grad_norm/{m}" in r and "lr/vision_tower" not in r for r in on_records for m in MODULES)
+    assert not any(k.startswith("grad_norm/") for r in off_records for k in r)
+    assert [r["loss"] for r in on_records] == [r["loss"] for r in off_records]
+    assert all(torch.equal(a, b) for a, b in zip(weights(on_out).values(), weights(off_out).values(), strict=True))
+
+
+def test_measured_only_on_steps_that_log(tiny, data, tmp_path, monkeypatch):
+    from llamafactory.train.tuner import run_exp
+
+    steps = []
+    measure = GradNormMonitor.measure
+    monkeypatch.setattr(GradNormMonitor, "measure", lambda self, step: steps.append(step) or measure(self, step))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    family = "qwen2_vl"
+    config, out = write_config(tmp_path, tiny(family), data, family, max_steps=5, logging_steps=2, **LRS)
+    import yaml
+
+    run_exp(yaml.safe_load(config.read_text()))
+    assert steps == [2, 4]
+    assert [r["current_steps"] for r in log_records(out) if "grad_norm/vision_tower" in r] == [2, 4]
