@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 import yaml
-from conftest import BIN, run
 from safetensors.torch import load_file
+
+from conftest import BIN, run
 
 TEMPLATE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "llava": "llava"}
 PROJECTOR_COPY = {"qwen2_vl": "merger", "qwen2_5_vl": "merger", "llava": "multi_modal_projector"}

@@ -4,10 +4,10 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from e2e import PROJECTOR_COPY, train, write_config
-from lf_multilr.patches.hparams import refuse_deepspeed_blocks
 
+from e2e import PROJECTOR_COPY, train, write_config
 from lf_multilr.keys import Settings
+from lf_multilr.patches.hparams import refuse_deepspeed_blocks
 
 
 @pytest.fixture(scope="module")

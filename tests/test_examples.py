@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
 
+from conftest import ROOT
 from lf_multilr.keys import KEY_NAMES, Settings
 
 EXAMPLES = sorted((ROOT / "examples" / "yaml").glob("*.yaml"))

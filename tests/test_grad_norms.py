@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from e2e import log_records, train, weights, write_config
 from lf_multilr.metrics import GradNormMonitor
@@ -63,8 +64,6 @@ def test_measured_only_on_steps_that_log(tiny, data, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     family = "qwen2_vl"
     config, out = write_config(tmp_path, tiny(family), data, family, max_steps=5, logging_steps=2, **LRS)
-    import yaml
-
     run_exp(yaml.safe_load(config.read_text()))
     assert steps == [2, 4]
     assert [r["current_steps"] for r in log_records(out) if "grad_norm/vision_tower" in r] == [2, 4]

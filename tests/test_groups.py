@@ -1,12 +1,12 @@
 import pytest
 import torch
-from toy import QWEN2_VL, Toy, decay_names
 
 from lf_multilr.errors import ConfigError
 from lf_multilr.groups import LoraPlus, build_plan, check_plan
 from lf_multilr.keys import KEY_NAMES, Settings
 from lf_multilr.metrics import module_lrs
 from lf_multilr.report import format_table
+from toy import QWEN2_VL, Toy, decay_names
 
 LRS = {"vision_tower_lr": 1e-3, "multi_modal_projector_lr": 1e-2, "language_model_lr": 1e-1}
 

@@ -1,7 +1,7 @@
 import pytest
-from toy import QWEN2_VL
 
 from lf_multilr.modules import ModuleMap, normalize
+from toy import QWEN2_VL
 
 
 @pytest.mark.parametrize(

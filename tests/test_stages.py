@@ -6,6 +6,7 @@ PPO cannot start in this environment. Its trainer's ``create_custom_optimizer`` 
 """
 
 import pytest
+
 from e2e import log_records, train, write_config
 
 STAGES = {

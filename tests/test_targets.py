@@ -6,11 +6,11 @@ import sys
 import types
 
 import pytest
-from lf_multilr.patches import _patching
-from lf_multilr.patches.targets import TARGETS
 
 import lf_multilr
 from lf_multilr import patches
+from lf_multilr.patches import _patching
+from lf_multilr.patches.targets import TARGETS
 
 
 @pytest.fixture(scope="module")

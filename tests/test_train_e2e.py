@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from conftest import BIN
 from e2e import PROJECTOR_COPY, adapter, log_records, max_steps_by_module, train, weights, write_config
 
