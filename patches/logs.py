@@ -9,6 +9,7 @@ from functools import wraps
 from typing import Any
 
 from lf_multilr.metrics import GradNormMonitor, module_entries, module_lrs
+from lf_multilr.plots import plot_module_metrics
 
 from .registry import config_model_type, model_config, module_map
 
@@ -121,3 +122,16 @@ def wrap_log_callback_on_log(original: Any) -> Any:
             del self._write_log
 
     return on_log
+
+
+def wrap_plot_loss(original: Any) -> Any:
+    """After LLaMA-Factory's ``training_loss.png``, draw ``training_lr.png`` and ``training_grad_norm.png``."""
+
+    @wraps(original)
+    def plot_loss(save_dictionary: str, *args: Any, **kwargs: Any) -> Any:
+        result = original(save_dictionary, *args, **kwargs)
+        for path in plot_module_metrics(save_dictionary):
+            print("Figure saved at:", path)
+        return result
+
+    return plot_loss

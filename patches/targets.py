@@ -48,6 +48,17 @@ TARGETS: tuple[Target, ...] = (
         verified=VERIFIED_LLAMAFACTORY,
     ),
     Target(
+        "llamafactory.extras.ploting",
+        "plot_loss",
+        logs.wrap_plot_loss,
+        importers=tuple(
+            f"llamafactory.train.{stage}.workflow"
+            for stage in ("sft", "pt", "rm", "dpo", "kto", "ppo", "mca", "hyper_parallel")
+        ),
+        signature=("save_dictionary", "keys"),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
         "transformers.trainer",
         "Trainer._clip_grad_norm",
         logs.wrap_clip_grad_norm,

@@ -17,10 +17,16 @@ from lf_multilr.patches.targets import TARGETS
 def loaded():
     for target in TARGETS:
         for module in (target.owner, *target.importers):
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError:  # an optional backend (Megatron's mcore_adapter, hyper_parallel) is not installed
+                assert module.endswith(OPTIONAL), module
     assert lf_multilr.apply()
     yield
     lf_multilr.apply()
+
+
+OPTIONAL = ("train.mca.workflow", "train.hyper_parallel.workflow")
 
 
 def holders(obj):
@@ -47,10 +53,11 @@ def test_importers_hold_the_patched_name_and_the_table_misses_none(loaded):
     for target in TARGETS:
         _, name, current = target.resolve()
         for importer in target.importers:
-            assert getattr(sys.modules[importer], name) is current, (target.dotted, importer)
+            if importer in sys.modules:
+                assert getattr(sys.modules[importer], name) is current, (target.dotted, importer)
         if "." not in target.attr:  # module-level names: nobody else may still hold the original
             assert holders(_patching.original_of(target)) == set(), target.dotted
-            assert holders(current) == {target.owner, *target.importers}, target.dotted
+            assert holders(current) == {target.owner, *target.importers} & sys.modules.keys(), target.dotted
 
 
 def test_revert_restores_every_original_and_apply_is_idempotent(loaded):
@@ -62,7 +69,8 @@ def test_revert_restores_every_original_and_apply_is_idempotent(loaded):
         _, name, current = target.resolve()
         assert current is originals[target.dotted]
         for importer in target.importers:
-            assert getattr(sys.modules[importer], name) is originals[target.dotted]
+            if importer in sys.modules:
+                assert getattr(sys.modules[importer], name) is originals[target.dotted]
     assert lf_multilr.apply() and lf_multilr.apply()
     for target in TARGETS:
         assert target.resolve()[2] is not originals[target.dotted]
