@@ -1,11 +1,24 @@
-"""``lf-multilr``: explicit activation (``lf-multilr train CONFIG.yaml [key=value ...]``)."""
+"""``lf-multilr``: explicit activation, the dry-run plan and the environment check.
+
+lf-multilr train CONFIG.yaml [key=value ...]    `llamafactory-cli train` with lf-multilr applied
+lf-multilr plan CONFIG.yaml [key=value ...] [--json]
+                                                the module table the run would use, without loading weights
+lf-multilr doctor                               versions, verified range, hook and patches
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
 
 USAGE = """usage: lf-multilr train CONFIG.yaml [key=value ...]
+       lf-multilr plan CONFIG.yaml [key=value ...] [--json]
+       lf-multilr doctor
   train    run `llamafactory-cli train` with lf-multilr applied (no .pth needed)
+  plan     print the module table the run would use (no weights loaded: needs only config.json)
+  doctor   show versions, the verified range, the activation hook and the applied patches
 """
 
 
@@ -17,8 +30,42 @@ def train(argv: list[str]) -> int:
     from llamafactory.cli import main as llamafactory_main
 
     sys.argv = ["llamafactory-cli", "train", *argv]
-    result = llamafactory_main()
-    return int(result or 0)
+    return int(llamafactory_main() or 0)
+
+
+def plan(argv: list[str]) -> int:
+    as_json = "--json" in argv
+    argv = [arg for arg in argv if arg != "--json"]
+    if not argv:
+        print(USAGE, end="", file=sys.stderr)
+        return 2
+    os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
+    from .errors import ConfigError
+    from .patches.planning import make_plan, read_config
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # LLaMA-Factory logs to stdout; stdout is the plan's
+            result = make_plan(read_config(argv))
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    if as_json:
+        from .plan import plan_to_dict
+
+        print(json.dumps(plan_to_dict(result), indent=2))
+    else:
+        from .report import format_table
+
+        print(format_table(result))
+    return 0
+
+
+def doctor() -> int:
+    from .patches.doctor import report
+
+    lines, ok = report()
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train(rest)
-    print(f"lf-multilr: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
+    if command == "plan":
+        return plan(rest)
+    if command == "doctor" and not rest:
+        return doctor()
+    print(f"lf-multilr: unknown command {' '.join(argv)!r}\n{USAGE}", end="", file=sys.stderr)
     return 2
 
 

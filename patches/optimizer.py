@@ -11,6 +11,7 @@ import torch
 from lf_multilr.errors import ConfigError
 from lf_multilr.groups import GroupPlan, LoraPlus, build_plan, check_plan
 from lf_multilr.keys import Settings
+from lf_multilr.modules import ModuleMap
 from lf_multilr.report import format_table
 from lf_multilr.schedule import per_group_kwargs
 
@@ -40,6 +41,8 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
     """The checked plan for ``model`` as LLaMA-Factory has prepared it (frozen, PEFT-wrapped, ...)."""
     model_type = config_model_type(model_config(model))
     mapping = module_map(model_type)
+    if mapping is None and not settings.any_set:  # a plan without keys: everything trains at learning_rate
+        mapping = ModuleMap.of(str(model_type), [], [], [])
     if mapping is None:
         key, value = first_set(settings)
         raise ConfigError(

@@ -1,0 +1,45 @@
+"""A :class:`GroupPlan` as data (``lf-multilr plan --json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .groups import ORDER, GroupPlan, numel
+
+
+def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:
+    """``{"model_type", "modules": {name: {...}}, "param_groups": [...], "frozen", "warnings"}``.
+
+    A trainable module counts what trains (with LoRA: the adapter matrices and copies); a frozen one what it holds.
+    """
+    modules = {}
+    for name in ORDER:
+        row = plan.rows[name]
+        if row.tensors == 0:
+            continue
+        modules[name] = {
+            "num_tensors": row.trainable_tensors if row.trainable else row.tensors,
+            "num_params": row.trainable_params if row.trainable else row.params,
+            "trainable": row.trainable,
+            "lr": row.lr,
+            "weight_decay": row.weight_decay,
+        }
+    groups = [
+        {
+            "name": group["name"],
+            "module": group["module"],
+            "lr": group["lr"],
+            "weight_decay": group["weight_decay"],
+            "num_tensors": len(group["params"]),
+            "num_params": sum(numel(p) for p in group["params"]),
+        }
+        for group in plan.param_groups
+    ]
+    tensors, params = plan.frozen
+    return {
+        "model_type": plan.model_type,
+        "modules": modules,
+        "param_groups": groups,
+        "frozen": {"num_tensors": tensors, "num_params": params},
+        "warnings": list(plan.warnings),
+    }

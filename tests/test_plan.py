@@ -1,0 +1,109 @@
+"""`lf-multilr plan` (the run's module table without loading weights) and `lf-multilr doctor`."""
+
+import json
+
+import yaml
+
+from conftest import BIN, ROOT, run
+from e2e import adapter, owner, train, weights, write_config
+
+LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
+
+
+def plan(config, env, *extra):
+    return run([str(BIN / "lf-multilr"), "plan", str(config), *extra], env, cwd=config.parent)
+
+
+def test_plan_counts_what_the_model_holds(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    config, out = write_config(tmp_path, tiny(family), data, family, **LRS)
+    result = plan(config, env, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = json.loads(result.stdout)
+    counted = {}
+    for name, tensor in weights(tiny(family)).items():
+        tensors, params = counted.get(owner(family, name), (0, 0))
+        counted[owner(family, name)] = (tensors + 1, params + tensor.numel())
+    assert planned["model_type"] == family
+    assert {m: (v["num_tensors"], v["num_params"]) for m, v in planned["modules"].items()} == counted
+    assert {m: v["lr"] for m, v in planned["modules"].items()} == {
+        "language_model": 1.0e-2,
+        "vision_tower": 1.0e-4,
+        "multi_modal_projector": 1.0e-3,
+    }
+    assert [g["name"] for g in planned["param_groups"]][0].startswith("language_model/")
+    assert not out.exists()  # planning writes nothing
+
+    text = plan(config, env)
+    assert text.returncode == 0 and text.stdout.startswith("lf-multilr param groups for model type `qwen2_vl`:")
+
+
+def test_plan_counts_the_lora_adapters_the_run_trains(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    config, out = write_config(
+        tmp_path,
+        tiny(family),
+        data,
+        family,
+        finetuning_type="lora",
+        lora_target="all",
+        additional_target="merger",
+        **LRS,
+    )
+    planned = json.loads(plan(config, env, "--json").stdout)
+    result = train(config, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = adapter(out)
+    lora = {
+        module: sum(
+            t.numel() for n, t in trained.items() if "lora_" in n and ((".visual." in n) == (module == "vision_tower"))
+        )
+        for module in ("language_model", "vision_tower")
+    }
+    assert planned["modules"]["language_model"]["num_params"] == lora["language_model"]
+    assert planned["modules"]["vision_tower"]["num_params"] == lora["vision_tower"]
+    assert planned["modules"]["multi_modal_projector"]["num_params"] == sum(
+        t.numel() for n, t in trained.items() if "merger" in n
+    )
+
+
+def test_plan_refuses_what_the_run_refuses_with_the_same_message(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    for overrides in ({"vision_tower_lr": -1.0}, {"vision_tower_lr": 1.0e-5, "freeze_vision_tower": True}):
+        config, _ = write_config(tmp_path, tiny(family), data, family, **overrides)
+        planned, ran = plan(config, env), train(config, env)
+        assert planned.returncode == 1 and ran.returncode != 0
+        message = planned.stderr.strip().splitlines()[-1]
+        assert message.startswith("lf-multilr: `vision_tower_lr:") and message in ran.stderr
+
+
+def test_a_72b_config_plans_from_config_json_alone(tmp_path, env):
+    config = tmp_path / "plan.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(ROOT / "bench" / "configs" / "qwen2_vl_72b"),
+                "stage": "sft",
+                "finetuning_type": "full",
+                "freeze_vision_tower": False,
+                "learning_rate": 1.0e-5,
+                "vision_tower_lr": 2.0e-6,
+                "bf16": True,
+                "deepspeed": None,
+            }
+        )
+    )
+    result = plan(config, env, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules = json.loads(result.stdout)["modules"]
+    assert sum(m["num_params"] for m in modules.values()) == 73_405_560_320
+    assert modules["vision_tower"]["lr"] == 2.0e-6 and modules["multi_modal_projector"]["trainable"] is False
+
+
+def test_doctor_reports_versions_hook_and_patches(env):
+    result = run([str(BIN / "lf-multilr"), "doctor"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "llamafactory 0.9.5: verified" in result.stdout and "hook active in this interpreter: yes" in result.stdout
+    assert "[ ]" not in result.stdout and result.stdout.count("[x]") > 5
+    disabled = run([str(BIN / "lf-multilr"), "doctor"], {**env, "LF_MULTILR_DISABLE": "1"})
+    assert "LF_MULTILR_DISABLE is set" in disabled.stdout
