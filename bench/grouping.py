@@ -1,0 +1,71 @@
+"""Time to build the param groups for Qwen2-VL 2B / 7B / 72B configs on the meta device.
+
+Model construction (meta, no weights) is not timed; timed are, separately, HF's decay-name rule (which the
+replaced path runs too) and lf-multilr's grouping itself (`build_plan` + `check_plan`). Median of N runs.
+Usage: python bench/grouping.py [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lf_multilr.groups import build_plan, check_plan  # noqa: E402
+from lf_multilr.keys import KEY_NAMES, Settings  # noqa: E402
+from lf_multilr.patches.registry import module_map  # noqa: E402
+
+SETTINGS = Settings(
+    {**dict.fromkeys(KEY_NAMES), "vision_tower_lr": 2e-6, "multi_modal_projector_lr": 5e-6, "language_model_lr": 1e-5}
+)
+
+
+def timed(function, runs: int) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+    times, result = [], None
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    runs = parser.parse_args().runs
+    mapping = module_map("qwen2_vl")
+    assert mapping is not None
+    print(
+        "| config | tensors | parameters | HF decay names (ms) | lf-multilr grouping (ms) | grouping per tensor (us) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for size in ("2b", "7b", "72b"):
+        config = AutoConfig.from_pretrained(ROOT / "bench" / "configs" / f"qwen2_vl_{size}")
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+        tensors = len(list(model.parameters()))
+        params = sum(p.numel() for p in model.parameters())
+        decay_time, decay = timed(lambda: set(Trainer.get_decay_parameter_names(None, model)), runs)  # noqa: B023
+
+        def group():  # type: ignore[no-untyped-def]
+            plan = build_plan(model.named_parameters(), mapping, SETTINGS, 1e-5, 0.1, decay)  # noqa: B023
+            check_plan(plan, SETTINGS, "full")
+            return plan
+
+        group_time, _ = timed(group, runs)
+        print(
+            f"| Qwen2-VL-{size.upper()} | {tensors} | {params / 1e9:.2f}B | {decay_time * 1e3:.1f} | "
+            f"{group_time * 1e3:.2f} | {group_time / tensors * 1e6:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

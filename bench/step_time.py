@@ -1,0 +1,147 @@
+"""Training step time: lf-multilr (three module groups, per-module metrics) against stock LLaMA-Factory.
+
+One process, the same config, interleaved runs: stock (lf-multilr reverted), lf-multilr logging every step, and
+lf-multilr logging every 10 steps, repeated. A callback times each optimizer step; the first steps of each run
+are warm-up and dropped. Reported: per variant the median step time, and per pair of neighbouring runs the
+ratio of medians (median and range over the repeats).
+
+The model is a Qwen2-VL scaled up from the project's tiny one (same tokenizer and processor) until a step on
+one CPU thread takes well over 0.5 s.
+Usage: OMP_NUM_THREADS=1 python bench/step_time.py [--repeats 5] [--steps 14]
+GPU (see bench/gpu_step_time.sh): python bench/step_time.py --sizes bench/configs/qwen2_vl_2b --bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from transformers import AutoConfig, Qwen2VLForConditionalGeneration, TrainerCallback  # noqa: E402
+
+import lf_multilr  # noqa: E402
+from tools.tiny import build_dataset, build_model  # noqa: E402
+
+WARMUP = 3
+MODULE_LRS = {"vision_tower_lr": 2.0e-6, "multi_modal_projector_lr": 5.0e-6, "language_model_lr": 1.0e-5}
+
+
+def build_mid_model(folder: Path, sizes: Path | None) -> Path:
+    """A Qwen2-VL with the tiny model's tokenizer and processor: ~40M parameters, or the sizes of a config.json."""
+    tiny = build_model("qwen2_vl", folder / "tiny")
+    config = AutoConfig.from_pretrained(tiny)
+    if sizes is None:
+        text = config.text_config
+        text.hidden_size, text.intermediate_size, text.num_hidden_layers = 512, 1536, 8
+        text.num_attention_heads, text.num_key_value_heads = 8, 4
+        text.layer_types = ["full_attention"] * text.num_hidden_layers
+        text.rope_parameters["mrope_section"] = [8, 12, 12]  # sums to head_dim / 2 = 32
+        vision = config.vision_config
+        vision.depth, vision.embed_dim, vision.num_heads, vision.hidden_size = 6, 256, 4, 512
+    else:  # the published sizes, with the tiny tokenizer's special-token ids
+        sized = AutoConfig.from_pretrained(sizes)
+        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+            setattr(sized, name, getattr(config, name))
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(sized.text_config, name, getattr(config.text_config, name))
+        config = sized
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config)
+    print(f"model: Qwen2-VL, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters", flush=True)
+    mid = folder / "mid"
+    model.save_pretrained(mid)
+    for item in tiny.iterdir():
+        if item.suffix != ".safetensors" and item.name != "config.json":
+            shutil.copy(item, mid / item.name)
+    return mid
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        self.times.append(time.perf_counter() - self._start)
+
+
+def run(config: dict, steps: int) -> float:
+    from llamafactory.train.tuner import run_exp
+
+    timer = StepTimer()
+    run_exp({**config, "max_steps": steps}, callbacks=[timer])
+    return statistics.median(timer.times[WARMUP:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=14)
+    parser.add_argument("--sizes", type=Path, help="a Qwen2-VL config.json folder to take the sizes from (GPU runs)")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--batch", type=int, default=4)
+    options = parser.parse_args()
+    os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
+    with tempfile.TemporaryDirectory() as folder:
+        base = Path(folder)
+        os.environ["HF_HOME"] = str(base / "hf_home")
+        model, data = build_mid_model(base, options.sizes), build_dataset(base / "data")
+        config = {
+            "model_name_or_path": str(model),
+            "stage": "sft",
+            "do_train": True,
+            "finetuning_type": "full",
+            "freeze_vision_tower": False,
+            "freeze_multi_modal_projector": False,
+            "dataset": "tiny_mm",
+            "dataset_dir": str(data),
+            "template": "qwen2_vl",
+            "cutoff_len": 256,
+            "preprocessing_num_workers": 1,
+            "output_dir": str(base / "out"),
+            "overwrite_output_dir": True,
+            "bf16": options.bf16,
+            "per_device_train_batch_size": options.batch,
+            "learning_rate": 1.0e-5,
+            "lr_scheduler_type": "cosine",
+            "save_strategy": "no",
+            "report_to": "none",
+            "seed": 0,
+            "disable_tqdm": True,
+        }
+        variants = {
+            "stock": ({**config, "logging_steps": 1}, False),
+            "lf-multilr, log every step": ({**config, **MODULE_LRS, "logging_steps": 1}, True),
+            "lf-multilr, log every 10 steps": ({**config, **MODULE_LRS, "logging_steps": 10}, True),
+        }
+        medians: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(options.repeats):
+            for name, (variant, active) in variants.items():
+                lf_multilr.apply() if active else lf_multilr.revert()
+                medians[name].append(run(variant, options.steps))
+        lf_multilr.apply()
+    stock = medians["stock"]
+    print(f"| variant | median step time (s) | ratio to stock: median (min-max over {options.repeats} repeats) |")
+    print("|---|---|---|")
+    for name, values in medians.items():
+        ratios = [value / reference for value, reference in zip(values, stock, strict=True)]
+        print(
+            f"| {name} | {statistics.median(values):.3f} | {statistics.median(ratios):.3f} "
+            f"({min(ratios):.3f}-{max(ratios):.3f}) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
