@@ -5,11 +5,15 @@ variants turn an absolute ``min_lr`` into a rate of ``optimizer.defaults["lr"]``
 Two schedulers instead take absolute LR bounds and apply them to every group alike, which would pull a low
 vision LR up to a bound or stop it from decaying: ``greedy`` (``min_lr``, ``max_lr``) and
 ``reduce_lr_on_plateau`` (``min_lr``). For those the bounds are given per group, scaled by the group's ratio.
+
+A module can also start late and warm up on its own (``<module>_start_step``, ``<module>_warmup_steps``): its
+groups' multipliers are gated by :func:`module_multiplier` on top of the run's schedule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from .errors import ConfigError
@@ -40,3 +44,52 @@ def per_group_kwargs(
             )
         scaled[name] = [float(value) * lr / learning_rate for lr in group_lrs]
     return scaled
+
+
+def module_multiplier(base: Callable[[int], float], start: int, warmup: int | None, step: int) -> float:
+    """A module's LR multiplier at optimizer step ``step`` (0-based: the number of optimizer steps already taken).
+
+    0 before ``start``; from ``start`` on, the run's own multiplier ``base(step)`` times a linear ramp that reaches 1
+    after ``warmup`` steps: ``base(step) * min(1, (step - start + 1) / warmup)``. So the module's first step
+    (``step == start``) trains at ``1 / warmup`` of its scheduled LR and step ``start + warmup - 1`` at all of it.
+    """
+    if step < start:
+        return 0.0
+    ramp = 1.0 if not warmup else min(1.0, (step - start + 1) / warmup)
+    return base(step) * ramp
+
+
+def gate(base: Callable[[int], float], start: int, warmup: int | None) -> Callable[[int], float]:
+    """``base`` gated by :func:`module_multiplier`, as a ``functools.partial``: a ``LambdaLR`` checkpoints a partial's
+    (empty) ``__dict__``, where a closure or lambda would not pickle."""
+    return partial(module_multiplier, base, start, warmup)
+
+
+def gate_scheduler(scheduler: Any, param_groups: Sequence[dict[str, Any]]) -> int:
+    """Gate the multipliers of the groups that carry ``start_step`` / ``warmup_steps``; return how many.
+
+    Only ``LambdaLR``-based schedulers (every HF type but ``reduce_lr_on_plateau`` and ``greedy``) have per-group
+    multipliers to gate. The groups' current LRs are recomputed, since the scheduler applied step 0 ungated.
+    """
+    gated = 0
+    for index, group in enumerate(param_groups):
+        start, warmup = int(group.get("start_step") or 0), group.get("warmup_steps")
+        if not start and not warmup:
+            continue
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if lambdas is None:
+            raise ConfigError(
+                f"{group.get('module', 'a module')}_start_step / _warmup_steps",
+                {"start_step": start, "warmup_steps": warmup},
+                f"the scheduler {type(scheduler).__name__} has no per-group multiplier to delay or warm up",
+                "use a LambdaLR-based lr_scheduler_type (e.g. cosine, linear, constant_with_warmup)",
+            )
+        base = lambdas[index]
+        if isinstance(base, partial) and base.func is module_multiplier:
+            continue  # already gated
+        lambdas[index] = gate(base, start, warmup)
+        group["lr"] = group["initial_lr"] * lambdas[index](scheduler.last_epoch)
+        gated += 1
+    if gated:
+        scheduler._last_lr = [group["lr"] for group in param_groups]
+    return gated

@@ -1,0 +1,76 @@
+"""``lr_groups``: groups of parameters picked by a regular expression, each with its own LR and weight decay.
+
+A YAML list (a JSON string on the command line) of ``{name, params, lr, weight_decay}``. ``params`` is searched
+in the normalised parameter name (wrapper prefixes removed, see ``modules.normalize``); groups are matched before
+the module defaults and the first match wins; ``lr`` and ``weight_decay`` are optional and inherit from the module
+that owns the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .keys import MODULES, OTHER, Key, check_value
+
+KEY = "lr_groups"
+FIELDS = ("name", "params", "lr", "weight_decay")
+EXAMPLE = '[{"name": "vit_last_blocks", "params": "visual\\\\.blocks\\\\.(30|31)\\\\.", "lr": 1.0e-5}]'
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class CustomGroup:
+    name: str
+    pattern: re.Pattern[str]
+    lr: float | None = None
+    weight_decay: float | None = None
+
+    def matches(self, normalized_name: str) -> bool:
+        return self.pattern.search(normalized_name) is not None
+
+
+def _refuse(where: str, value: Any, why: str, fix: str = f"give a list like {EXAMPLE}") -> ConfigError:
+    return ConfigError(where, value, why, fix)
+
+
+def parse_lr_groups(value: Any) -> tuple[CustomGroup, ...]:
+    """Check and compile ``lr_groups``; refuse anything malformed with the key, the value, why and the fix."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise _refuse(KEY, value, f"it is not valid JSON ({error.msg})") from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _refuse(KEY, value, "it must be a non-empty list of groups")
+    groups: list[CustomGroup] = []
+    for index, entry in enumerate(value):
+        where = f"{KEY}[{index}]"
+        if not isinstance(entry, dict):
+            raise _refuse(where, entry, "a group must be a mapping with `name` and `params`")
+        unknown = sorted(set(entry) - set(FIELDS))
+        if unknown:
+            raise _refuse(where, entry, f"unknown field(s) {unknown}", f"use only {list(FIELDS)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise _refuse(f"{where}.name", name, "a group needs a name of letters, digits, '_', '.', '-'")
+        if name in (*MODULES, OTHER):
+            raise _refuse(f"{where}.name", name, "it is the name of a built-in group", "choose another name")
+        if any(group.name == name for group in groups):
+            raise _refuse(f"{where}.name", name, "two groups have this name", "give each group its own name")
+        pattern = entry.get("params")
+        if not isinstance(pattern, str) or not pattern:
+            raise _refuse(f"{where}.params", pattern, "a group needs `params`, a regular expression")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise _refuse(f"{where}.params", pattern, f"it is not a valid regular expression ({error})") from None
+        lr = check_value(Key(f"{where}.lr", OTHER, "lr"), entry.get("lr"))
+        weight_decay = check_value(Key(f"{where}.weight_decay", OTHER, "weight_decay"), entry.get("weight_decay"))
+        groups.append(CustomGroup(name, compiled, lr, weight_decay))
+    return tuple(groups)

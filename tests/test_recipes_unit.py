@@ -1,0 +1,117 @@
+"""Pure pieces of the training recipes: block depths, custom groups, per-module start and warm-up."""
+
+import pickle
+
+import pytest
+import torch
+from transformers.optimization import get_cosine_schedule_with_warmup, get_reduce_on_plateau_schedule
+
+from lf_multilr.custom_groups import parse_lr_groups
+from lf_multilr.errors import ConfigError
+from lf_multilr.layers import EMBEDDINGS, HEAD, block_index, decay_scale, depths
+from lf_multilr.schedule import gate_scheduler, module_multiplier
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("model.visual.blocks.12.attn.qkv.weight", 12),
+        ("model.vision_tower.vision_model.encoder.layers.3.mlp.fc1.weight", 3),
+        ("model.vision_tower.encoder.layer.7.attention.q_proj.weight", 7),
+        ("visual.transformer.resblocks.0.ln_1.weight", 0),
+        ("model.visual.patch_embed.proj.weight", None),
+        ("model.visual.deepstack_merger_list.1.norm.weight", None),
+    ],
+)
+def test_block_index(name, index):
+    assert block_index(name) == index
+
+
+def test_depths_place_unindexed_parameters_by_position():
+    names = ["v.patch_embed.w", "v.pos_embed", "v.blocks.0.a", "v.blocks.1.a", "v.blocks.2.a", "v.post_norm.w"]
+    assert depths(names) == ([EMBEDDINGS, EMBEDDINGS, 0, 1, 2, HEAD], 3)
+    assert [decay_scale(d, 3, 0.5) for d in depths(names)[0]] == [0.125, 0.125, 0.25, 0.5, 1.0, 1.0]
+    assert depths(["v.proj.w"]) == ([HEAD], 0)
+
+
+def test_lr_groups_parse_from_yaml_lists_and_json_strings():
+    (group,) = parse_lr_groups('[{"name": "emb", "params": "embed_tokens", "lr": 1e-4}]')
+    assert (group.name, group.lr, group.weight_decay) == ("emb", 1e-4, None)
+    assert group.matches("model.language_model.embed_tokens.weight")
+    assert parse_lr_groups(None) == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[{", r"`lr_groups: '\[\{'` is refused: it is not valid JSON"),
+        ([], "non-empty list"),
+        (
+            [{"name": "a", "params": "x"}, {"name": "a", "params": "y"}],
+            r"`lr_groups\[1\].name: 'a'`.*two groups have this name",
+        ),
+        ([{"name": "vision_tower", "params": "x"}], "built-in group"),
+        ([{"name": "a", "params": "("}], r"`lr_groups\[0\].params: '\('`.*not a valid regular expression"),
+        ([{"name": "a", "params": "x", "lr": -1}], r"`lr_groups\[0\].lr: -1`.*cannot be negative"),
+        ([{"name": "a", "params": "x", "rate": 1}], r"unknown field\(s\) \['rate'\]"),
+        ([{"params": "x"}], r"`lr_groups\[0\].name: None`"),
+    ],
+)
+def test_lr_groups_refusals_name_the_entry(value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_lr_groups(value)
+
+
+@pytest.mark.parametrize(
+    ("start", "warmup", "expected"),
+    [
+        (0, None, [1, 1, 1, 1, 1]),
+        (2, None, [0, 0, 1, 1, 1]),
+        (0, 4, [0.25, 0.5, 0.75, 1, 1]),
+        (1, 2, [0, 0.5, 1, 1, 1]),
+    ],
+)
+def test_module_multiplier_exact_values(start, warmup, expected):
+    assert [module_multiplier(lambda _: 1.0, start, warmup, t) for t in range(5)] == expected
+
+
+def test_gated_scheduler_values_survive_a_checkpoint():
+    def build():
+        params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": [params[0]], "lr": 1.0, "module": "language_model"},
+                {"params": [params[1]], "lr": 0.1, "module": "vision_tower", "start_step": 2, "warmup_steps": 3},
+            ],
+            lr=1.0,
+        )
+        scheduler = get_cosine_schedule_with_warmup(optimizer, 1, 10)
+        assert gate_scheduler(scheduler, optimizer.param_groups) == 1
+        return optimizer, scheduler
+
+    optimizer, scheduler = build()
+    seen = []
+    for step in range(8):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        if step == 4:
+            saved = pickle.loads(pickle.dumps(scheduler.state_dict()))
+        optimizer.step()
+        scheduler.step()
+    base = [0.0, 1.0, 0.96985, 0.88302, 0.75, 0.58682, 0.41318, 0.25]
+    assert [lrs[0] for lrs in seen] == pytest.approx(base, abs=1e-5)
+    assert [lrs[1] for lrs in seen] == pytest.approx(
+        [0, 0, 0.1 * base[2] / 3, 0.1 * base[3] * 2 / 3] + [0.1 * b for b in base[4:]], abs=1e-6
+    )
+
+    resumed_optimizer, resumed = build()  # a resumed run re-creates the scheduler, then loads its state
+    resumed.load_state_dict(saved)
+    for step in range(5, 8):
+        resumed_optimizer.step()
+        resumed.step()
+        assert [g["lr"] for g in resumed_optimizer.param_groups] == pytest.approx(seen[step], abs=1e-9)
+
+
+def test_gating_needs_per_group_multipliers():
+    optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "start_step": 3}], lr=1.0)
+    with pytest.raises(ConfigError, match="ReduceLROnPlateau has no per-group multiplier"):
+        gate_scheduler(get_reduce_on_plateau_schedule(optimizer), optimizer.param_groups)
