@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lf-multilr-installed
 export OMP_NUM_THREADS := 1
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv chromium test demo lint bench clean
 
 $(STAMP): constraints.txt pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): constraints.txt pyproject.toml setup.py
 
 venv: $(STAMP)
 
-test: lint
+# The web UI tests drive Debian's Chromium (Playwright's own browser download needs more than package registries).
+chromium:
+	command -v chromium >/dev/null || apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
+
+test: lint chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: venv

@@ -25,6 +25,10 @@ WATCHED = frozenset(
         "llamafactory.train.trainer_utils",
         "llamafactory.train.callbacks",
         "llamafactory.extras.ploting",
+        "llamafactory.webui.locales",
+        "llamafactory.webui.manager",
+        "llamafactory.webui.components.train",
+        "llamafactory.webui.runner",
     }
 )
 

@@ -142,3 +142,31 @@ def frozen_fix(module: str, finetuning_type: str) -> str:
         )
     fix = f"set `{FREEZE_FLAG[module]}: false`"
     return fix + " so that LoRA adapts it" if finetuning_type == "lora" else fix
+
+
+def refuse_frozen(settings: Settings, finetuning_args: Any) -> None:
+    """Refuse a key for a module that the config's own flags leave untrained.
+
+    ``finetuning_args`` is anything with LLaMA-Factory's ``finetuning_type``, ``additional_target`` and ``freeze_*``
+    attributes. Under LoRA a frozen module can still train as a full copy in ``additional_target``: the
+    optimizer-time check on the prepared model decides then.
+    """
+    finetuning_type = finetuning_args.finetuning_type
+    copies = finetuning_type == "lora" and bool(finetuning_args.additional_target)
+    for module in MODULES:
+        keys = settings.explicit(module)
+        if keys and not copies and getattr(finetuning_args, FREEZE_FLAG[module], False):
+            raise ConfigError(
+                keys[0],
+                settings.values[keys[0]],
+                f"`{FREEZE_FLAG[module]}: true` freezes the {module}, so its value would do nothing",
+                f"{frozen_fix(module, finetuning_type)}, or remove the key",
+            )
+    projector_keys = settings.explicit("multi_modal_projector")
+    if projector_keys and finetuning_type == "lora" and not finetuning_args.additional_target:
+        raise ConfigError(
+            projector_keys[0],
+            settings.values[projector_keys[0]],
+            "under LoRA the projector has nothing trainable unless it is a full copy in `additional_target`",
+            f"{frozen_fix('multi_modal_projector', 'lora')}, or remove the key",
+        )

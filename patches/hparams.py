@@ -8,7 +8,7 @@ from functools import wraps
 from typing import Any
 
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import FREEZE_FLAG, KEYS, MODULES, SWITCHES, Settings, frozen_fix
+from lf_multilr.keys import KEYS, SWITCHES, Settings, refuse_frozen
 
 from . import versions
 from .registry import config_model_type, known_types, module_map
@@ -139,26 +139,7 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
             "register it first (llamafactory.model.model_utils.visual._register_composite_model) "
             f"or use a registered type ({', '.join(known_types())})",
         )
-    # Under LoRA a frozen module can still train as a full copy in `additional_target`: the optimizer-time check
-    # on the prepared model decides then.
-    copies = finetuning_args.finetuning_type == "lora" and bool(finetuning_args.additional_target)
-    for module in MODULES:
-        keys = settings.explicit(module)
-        if keys and not copies and getattr(finetuning_args, FREEZE_FLAG[module], False):
-            raise ConfigError(
-                keys[0],
-                settings.values[keys[0]],
-                f"`{FREEZE_FLAG[module]}: true` freezes the {module}, so its value would do nothing",
-                f"{frozen_fix(module, finetuning_args.finetuning_type)}, or remove the key",
-            )
-    projector_keys = settings.explicit("multi_modal_projector")
-    if projector_keys and finetuning_args.finetuning_type == "lora" and not finetuning_args.additional_target:
-        raise ConfigError(
-            projector_keys[0],
-            settings.values[projector_keys[0]],
-            "under LoRA the projector has nothing trainable unless it is a full copy in `additional_target`",
-            f"{frozen_fix('multi_modal_projector', 'lora')}, or remove the key",
-        )
+    refuse_frozen(settings, finetuning_args)
 
 
 def wrap_get_train_args(original: Any) -> Any:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from . import hparams, logs, optimizer
+from . import hparams, logs, optimizer, webui
 from ._patching import Target
 from .versions import VERIFIED_LLAMAFACTORY, VERIFIED_TRANSFORMERS
 
 _STAGE_TRAINERS = tuple(f"llamafactory.train.{stage}.trainer" for stage in ("sft", "pt", "rm", "dpo", "kto", "ppo"))
+_RUNNER = "llamafactory.webui.runner"
 
 TARGETS: tuple[Target, ...] = (
     Target(
@@ -81,5 +82,62 @@ TARGETS: tuple[Target, ...] = (
         signature=("self", "logs"),
         trigger="llamafactory.train.trainer_utils",
         verified=VERIFIED_TRANSFORMERS,
+    ),
+    Target(
+        "llamafactory.webui.locales",
+        "LOCALES",
+        webui.with_labels,
+        importers=("llamafactory.webui.engine", _RUNNER),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        "llamafactory.webui.manager",
+        "Manager.get_base_elems",
+        webui.wrap_get_base_elems,
+        signature=("self",),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        "llamafactory.webui.components.train",
+        "create_train_tab",
+        webui.wrap_create_train_tab,
+        importers=("llamafactory.webui.components", "llamafactory.webui.interface"),
+        signature=("engine",),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        _RUNNER,
+        "Runner._initialize",
+        webui.wrap_initialize,
+        signature=("self", "data", "do_train", "from_preview"),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        _RUNNER,
+        "Runner._parse_train_args",
+        webui.wrap_parse_train_args,
+        signature=("self", "data"),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        _RUNNER,
+        "Runner._build_config_dict",
+        webui.wrap_build_config_dict,
+        signature=("self", "data"),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        _RUNNER,
+        "Runner.load_args",
+        webui.wrap_load_args,
+        signature=("self", "lang", "config_path"),
+        verified=VERIFIED_LLAMAFACTORY,
+    ),
+    Target(
+        _RUNNER,
+        "Runner.check_output_dir",
+        webui.wrap_check_output_dir,
+        signature=("self", "lang", "model_name", "finetuning_type", "output_dir"),
+        verified=VERIFIED_LLAMAFACTORY,
     ),
 )

@@ -6,14 +6,18 @@ from conftest import BIN, run
 from lf_multilr.patches.targets import TARGETS
 
 PY = sys.executable
-ALL = str(len(TARGETS))
+TRAINING = [t for t in TARGETS if not t.owner.startswith("llamafactory.webui")]
+ALL, TRAIN = str(len(TARGETS)), str(len(TRAINING))
 PROBE = """
 import sys
 from lf_multilr import patches
-from llamafactory.hparams import get_train_args
+from lf_multilr.patches.targets import TARGETS
+import llamafactory.train.tuner  # every training module lf-multilr patches
 import llamafactory.train.sft.trainer as sft
-print(len(patches.applied()), hasattr(sft.create_custom_optimizer, "__wrapped__"))
+ready = [t.dotted for t in TARGETS if t.trigger_module in sys.modules and t.owner in sys.modules]
+print(len(patches.applied()), len(ready), hasattr(sft.create_custom_optimizer, "__wrapped__"))
 """
+WEBUI = "import llamafactory.webui.interface\n"
 
 
 def test_python_starts_silently_and_light(env):
@@ -29,7 +33,10 @@ def test_python_starts_silently_and_light(env):
 def test_hook_patches_when_llamafactory_is_imported(env):
     result = run([PY, "-c", PROBE], env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [ALL, "True"]
+    assert result.stdout.split() == [TRAIN, TRAIN, "True"]
+    result = run([PY, "-c", WEBUI + PROBE], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [ALL, ALL, "True"]
 
 
 def test_apply_after_llamafactory_was_imported_rebinds_the_importers(env):
@@ -39,7 +46,7 @@ def test_apply_after_llamafactory_was_imported_rebinds_the_importers(env):
     )
     result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [ALL, "True"]
+    assert result.stdout.split() == [TRAIN, TRAIN, "True"]
 
 
 def test_kill_switch_gives_stock_llamafactory_and_its_unknown_key_error(env, tmp_path):
@@ -48,7 +55,7 @@ def test_kill_switch_gives_stock_llamafactory_and_its_unknown_key_error(env, tmp
     )
     result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["0", "False"]
+    assert result.stdout.split() == ["0", TRAIN, "False"]
     config = tmp_path / "c.yaml"
     config.write_text("model_name_or_path: some/model\nstage: sft\noutput_dir: out\nvision_tower_lr: 1.0e-5\n")
     result = run(
@@ -81,9 +88,9 @@ except ValueError as error:
 
 def test_any_llamafactory_module_imported_first_gets_everything_patched(env):
     optional = ("train.mca.workflow", "train.hyper_parallel.workflow")  # their backends are not installed
-    firsts = sorted({m for t in TARGETS for m in (t.owner, *t.importers) if not m.endswith(optional)})
-    firsts.append("llamafactory.webui.interface")
+    firsts = sorted({m for t in TRAINING for m in (t.owner, *t.importers) if not m.endswith(optional)})
     code = "import importlib, sys\nimportlib.import_module(sys.argv[1])\n" + PROBE
-    for first in firsts:
+    for first in [*firsts, "llamafactory.webui.interface"]:
+        expected = [ALL, ALL] if first.startswith("llamafactory.webui") else [TRAIN, TRAIN]
         result = run([PY, "-c", code, first], env)
-        assert (result.returncode, result.stderr, result.stdout.split()) == (0, "", [ALL, "True"]), first
+        assert (result.returncode, result.stderr, result.stdout.split()) == (0, "", [*expected, "True"]), first

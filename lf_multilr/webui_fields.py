@@ -1,0 +1,200 @@
+"""The module-LR fields of LlamaBoard (LLaMA-Factory's web UI): their labels, their values, their saved form.
+
+One text field per key of :data:`lf_multilr.keys.KEYS`, named after the key; blank means "not set" (the module
+inherits). Everything here is plain Python: ``patches.webui`` puts it into the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+from .keys import KEYS, Key, check_value
+
+#: The languages LlamaBoard offers (``webui/locales.py``).
+LANGUAGES: tuple[str, ...] = ("en", "ru", "zh", "ko", "ja")
+#: The element names of the accordion that holds the fields and of the per-module plot.
+TAB = "lf_multilr_tab"
+VIEWER = "lf_multilr_viewer"
+
+_TAB_LABEL = {
+    "en": "Module learning rates (lf-multilr)",
+    "ru": "Скорости обучения модулей (lf-multilr)",
+    "zh": "模块学习率 (lf-multilr)",
+    "ko": "모듈별 학습률 (lf-multilr)",
+    "ja": "モジュール別学習率 (lf-multilr)",
+}
+_VIEWER_LABEL = {  # one short line: the label sits over the top of the plot
+    "en": "Per module: LR, grad norm",
+    "ru": "По модулям: LR, норма градиента",
+    "zh": "各模块：学习率、梯度范数",
+    "ko": "모듈별: 학습률, 그래디언트 노름",
+    "ja": "モジュール別：学習率、勾配ノルム",
+}
+# Each module's name as it reads inside that language's label: Russian takes the genitive ("rate OF the ...").
+_MODULE = {
+    "en": {
+        "vision_tower": "Vision tower",
+        "multi_modal_projector": "Multimodal projector",
+        "language_model": "Language model",
+    },
+    "ru": {
+        "vision_tower": "визуального энкодера",
+        "multi_modal_projector": "мультимодального проектора",
+        "language_model": "языковой модели",
+    },
+    "zh": {"vision_tower": "视觉编码器", "multi_modal_projector": "多模态投影器", "language_model": "语言模型"},
+    "ko": {"vision_tower": "비전 타워", "multi_modal_projector": "멀티모달 프로젝터", "language_model": "언어 모델"},
+    "ja": {
+        "vision_tower": "ビジョンタワー",
+        "multi_modal_projector": "マルチモーダルプロジェクター",
+        "language_model": "言語モデル",
+    },
+}
+_LABEL = {
+    "en": {"lr": "{module} learning rate", "weight_decay": "{module} weight decay"},
+    "ru": {"lr": "Скорость обучения {module}", "weight_decay": "Затухание весов {module}"},
+    "zh": {"lr": "{module}学习率", "weight_decay": "{module}权重衰减"},
+    "ko": {"lr": "{module} 학습률", "weight_decay": "{module} 가중치 감쇠"},
+    "ja": {"lr": "{module}の学習率", "weight_decay": "{module}の重み減衰"},
+}
+_INFO = {
+    "en": {
+        "lr": "Blank: the learning rate above. Example: 1e-6.",
+        "weight_decay": "Blank: weight_decay (set in extra arguments, 0 by default). Example: 0.01.",
+    },
+    "ru": {
+        "lr": "Пусто: общая скорость обучения выше. Пример: 1e-6.",
+        "weight_decay": "Пусто: weight_decay (задаётся в дополнительных аргументах, по умолчанию 0). Пример: 0.01.",
+    },
+    "zh": {
+        "lr": "留空则沿用上方的学习率。例如：1e-6。",
+        "weight_decay": "留空则沿用 weight_decay（可在额外参数中设置，默认为 0）。例如：0.01。",
+    },
+    "ko": {
+        "lr": "비워 두면 위의 학습률을 사용합니다. 예: 1e-6.",
+        "weight_decay": "비워 두면 weight_decay(추가 인수에서 설정, 기본값 0)를 사용합니다. 예: 0.01.",
+    },
+    "ja": {
+        "lr": "空欄の場合は上の学習率を使います。例：1e-6。",
+        "weight_decay": "空欄の場合は weight_decay（追加引数で設定、既定値は 0）を使います。例：0.01。",
+    },
+}
+
+
+def label(key: Key, lang: str) -> dict[str, str]:
+    """The field's label and help in ``lang``; a key this table does not know yet gets its name and CLI help."""
+    module = _MODULE.get(lang, {}).get(key.module)
+    template = _LABEL.get(lang, {}).get(key.kind)
+    info = _INFO.get(lang, {}).get(key.kind)
+    if module is None or template is None or info is None:
+        return {"label": key.name, "info": key.help}
+    return {"label": template.format(module=module), "info": info}
+
+
+def locales() -> dict[str, dict[str, dict[str, str]]]:
+    """The entries lf-multilr adds to LlamaBoard's ``LOCALES`` (element name -> language -> properties)."""
+    entries = {key.name: {lang: label(key, lang) for lang in LANGUAGES} for key in KEYS}
+    entries[TAB] = {lang: {"label": _TAB_LABEL[lang]} for lang in LANGUAGES}
+    entries[VIEWER] = {lang: {"label": _VIEWER_LABEL[lang]} for lang in LANGUAGES}
+    return entries
+
+
+def rows() -> list[list[Key]]:
+    """The fields' layout: one row per kind of key (learning rates, weight decays), in ``KEYS`` order."""
+    by_kind: dict[str, list[Key]] = {}
+    for key in KEYS:
+        by_kind.setdefault(key.kind, []).append(key)
+    return list(by_kind.values())
+
+
+def value(key: Key, text: Any) -> float | None:
+    """A field's value: ``None`` when blank, else a number checked as the CLI checks it.
+
+    Accepts what people type: ``1e-5``, ``1.0E-05``, a decimal comma (``1,5e-5``), full-width characters.
+    Anything else raises the CLI's :class:`~lf_multilr.errors.ConfigError` for that key.
+    """
+    if text is None or isinstance(text, (bool, int, float)):
+        return check_value(key, text)
+    normal = unicodedata.normalize("NFKC", str(text)).strip().replace("\u2212", "-")
+    if not normal:
+        return None
+    if normal.count(",") == 1 and "." not in normal:
+        normal = normal.replace(",", ".")
+    try:
+        number = float(normal)
+    except ValueError:
+        return check_value(key, text)  # raises, with the text as typed
+    return check_value(key, number)
+
+
+def values(texts: Mapping[str, Any]) -> dict[str, float]:
+    """The set keys among ``texts`` (key name -> field text), as numbers; raises on the first bad one."""
+    numbers = {key.name: value(key, texts[key.name]) for key in KEYS if key.name in texts}
+    return {name: number for name, number in numbers.items() if number is not None}
+
+
+def text(number: Any) -> str:
+    """How a saved value shows in its field."""
+    return repr(float(number)) if isinstance(number, (int, float)) and not isinstance(number, bool) else str(number)
+
+
+def fold(config: Mapping[str, Any], field_ids: Mapping[str, str], extra_id: str) -> dict[str, Any]:
+    """A saved UI config with the fields moved into the extra-arguments JSON.
+
+    Stock LlamaBoard refuses to load a config that names an element it does not have, but it loads the extra
+    arguments: so a config saved with lf-multilr still loads where lf-multilr is absent (its keys then show in
+    "Extra arguments"). Blank fields are dropped; a config with none set is exactly LlamaBoard's.
+    """
+    folded = dict(config)
+    if not isinstance(folded.get(extra_id), str):
+        return folded
+    texts = {name: folded.pop(elem_id) for name, elem_id in field_ids.items() if elem_id in folded}
+    numbers = values(texts)
+    if numbers:
+        extra = json.loads(folded[extra_id] or "{}")
+        extra.update(numbers)
+        folded[extra_id] = json.dumps(extra, ensure_ascii=False)
+    return folded
+
+
+def unfold(config: Mapping[str, Any], field_ids: Mapping[str, str], extra_id: str) -> dict[str, str]:
+    """The field texts a saved config sets: its lf-multilr keys in the extra arguments, every other field blank.
+
+    Returns the new extra-arguments text under ``extra_id`` when keys were taken out of it. A config that is not
+    LlamaBoard's train config (no extra arguments) sets nothing.
+    """
+    extra = config.get(extra_id)
+    if not isinstance(extra, str):
+        return {}
+    texts = {
+        elem_id: text(config[elem_id]) if config.get(elem_id) is not None else "" for elem_id in field_ids.values()
+    }
+    try:
+        parsed = json.loads(extra)
+    except json.JSONDecodeError:
+        return texts
+    if isinstance(parsed, dict):
+        moved = [name for name in field_ids if name in parsed]
+        for name in moved:
+            texts[field_ids[name]] = text(parsed.pop(name))
+        if moved:
+            texts[extra_id] = json.dumps(parsed, ensure_ascii=False)
+    return texts
+
+
+def key_names_in(extra: Any) -> list[str]:
+    """The lf-multilr keys set in an extra-arguments JSON text."""
+    try:
+        parsed = json.loads(extra) if isinstance(extra, str) else None
+    except json.JSONDecodeError:
+        return []
+    return [key.name for key in KEYS if isinstance(parsed, dict) and key.name in parsed]
+
+
+def set_names(texts: Mapping[str, Any], extra: Any) -> list[str]:
+    """The keys a UI state sets, in its fields (non-blank) or in its extra arguments."""
+    in_fields = [name for name, text in texts.items() if text is not None and str(text).strip()]
+    return list(dict.fromkeys(in_fields + key_names_in(extra)))
