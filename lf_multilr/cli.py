@@ -1,10 +1,4 @@
-"""``lf-multilr``: explicit activation, the dry-run plan and the environment check.
-
-lf-multilr train CONFIG.yaml [key=value ...]    `llamafactory-cli train` with lf-multilr applied
-lf-multilr plan CONFIG.yaml [key=value ...] [--json]
-                                                the module table the run would use, without loading weights
-lf-multilr doctor                               versions, verified range, hook and patches
-"""
+"""``lf-multilr``: explicit activation, the dry-run plan, ratio sweeps and the environment check (see USAGE)."""
 
 from __future__ import annotations
 
@@ -15,9 +9,11 @@ import sys
 
 USAGE = """usage: lf-multilr train CONFIG.yaml [key=value ...]
        lf-multilr plan CONFIG.yaml [key=value ...] [--json]
+       lf-multilr sweep CONFIG.yaml --set KEY=V1,V2 [--set ...] [--max-steps N] [--out DIR] [key=value ...]
        lf-multilr doctor
   train    run `llamafactory-cli train` with lf-multilr applied (no .pth needed)
   plan     print the module table the run would use (no weights loaded: needs only config.json)
+  sweep    run a grid of short real trainings one after another, ranked by final eval (or train) loss
   doctor   show versions, the verified range, the activation hook and the applied patches
 """
 
@@ -78,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return train(rest)
     if command == "plan":
         return plan(rest)
+    if command == "sweep":
+        from .sweep import main as sweep_main
+
+        return sweep_main(rest)
     if command == "doctor" and not rest:
         return doctor()
     print(f"lf-multilr: unknown command {' '.join(argv)!r}\n{USAGE}", end="", file=sys.stderr)
