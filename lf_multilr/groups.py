@@ -4,7 +4,8 @@ The default path (HF's) splits a module into decay / no-decay by HF's decay-name
 (``loraplus_lr_ratio``) each module is split the way LLaMA-Factory's LoRA+ optimizer splits the whole model:
 ``lora_A`` (and everything else) at the module's LR, ``lora_B`` and 1-D tensors at LR x ratio, LoRA embedding
 B matrices at ``loraplus_lr_embedding``. Every trainable parameter lands in exactly one group, frozen ones in
-none, and no group is empty.
+none, and no group is empty. The plan records the parameters lf-multilr's supplement placed, because the
+registry's keys miss or misplace them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 
 from .errors import ConfigError
 from .keys import FREEZE_FLAG, MODULES, OTHER, Settings, frozen_fix
-from .modules import ModuleMap
+from .modules import ModuleMap, Placement
+from .supplement import Rule
 
 ORDER: tuple[str, ...] = (*MODULES, OTHER)
 
@@ -48,6 +50,31 @@ class ModuleRow:
 
 
 @dataclass
+class SupplementUse:
+    """The parameters one supplement rule placed in a run (see :mod:`.supplement`)."""
+
+    rule: Rule
+    #: The modules LLaMA-Factory's registry gives these names (what its ``freeze_*`` flags act on).
+    registry: tuple[str, ...]
+    names: list[str] = field(default_factory=list)
+    params: int = 0
+    trainable_tensors: int = 0
+
+    @property
+    def module(self) -> str:
+        return self.rule.module
+
+    @property
+    def tensors(self) -> int:
+        return len(self.names)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The rule's keys that matched a name in this run."""
+        return tuple(key for key in self.rule.keys if any(key in name for name in self.names))
+
+
+@dataclass
 class GroupPlan:
     """The param groups for an optimizer and the per-module account of them."""
 
@@ -56,6 +83,8 @@ class GroupPlan:
     param_groups: list[dict[str, Any]]
     other_names: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: What the supplement decided, one entry per rule (and registry answer) in first-seen order.
+    supplement: list[SupplementUse] = field(default_factory=list)
 
     @property
     def model_type(self) -> str:
@@ -74,6 +103,18 @@ class GroupPlan:
 def numel(param: torch.Tensor) -> int:
     """Element count, the full one under DeepSpeed ZeRO-3 where ``param`` holds only a shard."""
     return int(getattr(param, "ds_numel", 0) or param.numel())
+
+
+def _supplement_use(
+    uses: dict[tuple[Rule, tuple[str, ...]], SupplementUse], placement: Placement, name: str, size: int
+) -> SupplementUse | None:
+    """Count ``name`` under the supplement rule that placed it; None when the registry's keys placed it."""
+    if placement.rule is None:
+        return None
+    use = uses.setdefault((placement.rule, placement.registry), SupplementUse(placement.rule, placement.registry))
+    use.names.append(name)
+    use.params += size
+    return use
 
 
 def _role(
@@ -103,9 +144,12 @@ def build_plan(
     rows = {module: ModuleRow(module, *resolved[module]) for module in ORDER}
     buckets: dict[tuple[str, str], dict[str, Any]] = {}
     other_names: list[str] = []
+    uses: dict[tuple[Rule, tuple[str, ...]], SupplementUse] = {}
     trainable_ids: set[int] = set()
     for name, param in named_parameters:
-        module = module_map.owner(name)
+        placement = module_map.placement(name)
+        module = placement.module
+        use = _supplement_use(uses, placement, name, numel(param))
         row = rows[module]
         row.tensors += 1
         row.params += numel(param)
@@ -113,6 +157,8 @@ def build_plan(
             continue
         row.trainable_tensors += 1
         row.trainable_params += numel(param)
+        if use is not None:
+            use.trainable_tensors += 1
         trainable_ids.add(id(param))
         if module == OTHER:
             other_names.append(name)
@@ -135,7 +181,62 @@ def build_plan(
     grouped = [id(p) for group in param_groups for p in group["params"]]
     if len(grouped) != len(set(grouped)) or set(grouped) != trainable_ids:
         raise RuntimeError("lf-multilr: internal error: a trainable parameter is not in exactly one param group")
-    return GroupPlan(module_map, rows, param_groups, other_names)
+    return GroupPlan(module_map, rows, param_groups, other_names, supplement=list(uses.values()))
+
+
+def _registry_part(plan: GroupPlan, module: str) -> tuple[int, int]:
+    """(tensors, trainable tensors) of ``module`` that the registry's keys placed, i.e. without the supplement's."""
+    row = plan.rows[module]
+    uses = [use for use in plan.supplement if use.module == module]
+    return (
+        row.tensors - sum(use.tensors for use in uses),
+        row.trainable_tensors - sum(use.trainable_tensors for use in uses),
+    )
+
+
+def _gap_warning(plan: GroupPlan, use: SupplementUse) -> str | None:
+    """Trainable tensors of a module that its freeze flag cannot reach, where the rest of the module is frozen."""
+    module, keys = use.module, ", ".join(use.keys)
+    rest, rest_trainable = _registry_part(plan, module)
+    if module in use.registry or not use.trainable_tensors or rest_trainable:
+        return None
+    flag = FREEZE_FLAG[module]
+    if rest == 0:
+        registry_keys = ", ".join(plan.module_map.keys[module])
+        return (
+            f"{use.trainable_tensors} {module} tensors train whatever `{flag}` says: LLaMA-Factory's registry keys "
+            f"for `{plan.model_type}` ({registry_keys}) match none of them ({keys})."
+        )
+    return (
+        f"{use.trainable_tensors} {module} tensors still train although the rest of the {module} is frozen "
+        f"(`{flag}: true`): LLaMA-Factory's registry keys for `{plan.model_type}` miss them ({keys}), "
+        "so the flag does not reach them."
+    )
+
+
+def _overlap_warning(plan: GroupPlan, use: SupplementUse) -> str | None:
+    """Frozen tensors of a module that another module's freeze flag froze, where the rest of the module trains."""
+    others = [module for module in use.registry if module != use.module]
+    frozen = use.tensors - use.trainable_tensors
+    if not others or not frozen or not _registry_part(plan, use.module)[1]:
+        return None
+    flags = " or ".join(f"`{FREEZE_FLAG[module]}: true`" for module in others)
+    return (
+        f"{frozen} {use.module} tensors are frozen although the rest of the {use.module} trains: LLaMA-Factory's "
+        f"registry also counts them as {' and '.join(others)} ({', '.join(use.keys)}), so {flags} froze them."
+    )
+
+
+def registry_gap_warnings(plan: GroupPlan, finetuning_type: str) -> list[str]:
+    """Where LLaMA-Factory's freeze flags and lf-multilr's modules disagree in a full fine-tuning run.
+
+    Only full fine-tuning is judged: there the flags alone decide what trains, so a module that is partly frozen
+    shows the flag's reach. (LoRA and freeze tuning freeze base weights for reasons of their own.)
+    """
+    if finetuning_type != "full":
+        return []
+    found = [warning(plan, use) for use in plan.supplement for warning in (_gap_warning, _overlap_warning)]
+    return [warning for warning in found if warning is not None]
 
 
 def check_plan(plan: GroupPlan, settings: Settings, finetuning_type: str) -> None:
@@ -145,13 +246,13 @@ def check_plan(plan: GroupPlan, settings: Settings, finetuning_type: str) -> Non
         if not keys or row.trainable:
             continue
         key = keys[0]
-        keys_text = ", ".join(plan.module_map.keys[module])
+        keys_text = ", ".join(plan.module_map.keys_of(module))
         if row.tensors == 0:
             raise ConfigError(
                 key,
                 settings.values[key],
-                f"model type `{plan.model_type}` has no {module}: LLaMA-Factory's registry keys for it "
-                f"({keys_text}) match none of its parameters",
+                f"model type `{plan.model_type}` has no {module}: its keys (LLaMA-Factory's registry, lf-multilr's "
+                f"supplement: {keys_text}) match none of its parameters",
                 "remove the key",
             )
         raise ConfigError(
@@ -174,3 +275,4 @@ def check_plan(plan: GroupPlan, settings: Settings, finetuning_type: str) -> Non
             f"{plan.rows[OTHER].trainable_tensors} trainable tensors belong to no module and train at "
             f"learning_rate / weight_decay in group `other` ({shown})."
         )
+    plan.warnings.extend(registry_gap_warnings(plan, finetuning_type))

@@ -1,11 +1,12 @@
 """The start-of-training table: per module its tensors, parameters, LR and weight decay.
 
-A trainable module shows what trains (its trainable tensors); a frozen one shows what it holds.
+A trainable module shows what trains (its trainable tensors); a frozen one shows what it holds. One line per
+supplement rule that placed parameters says which, where, and why the registry's keys were not enough.
 """
 
 from __future__ import annotations
 
-from .groups import ORDER, GroupPlan
+from .groups import ORDER, GroupPlan, SupplementUse
 
 
 def human(count: int) -> str:
@@ -14,6 +15,16 @@ def human(count: int) -> str:
         if count >= size:
             return f"{count / size:.2f}{unit}"
     return str(count)
+
+
+def supplement_line(plan: GroupPlan, use: SupplementUse) -> str:
+    """One supplement rule's share of the plan, with the rule's reason."""
+    registry = " and ".join(use.registry) if use.registry else "no module"
+    return (
+        f"supplement: {use.tensors} tensors ({human(use.params)} params; {', '.join(use.keys)}) placed in "
+        f"{use.module} by lf-multilr's supplement (model type `{plan.model_type}`; registry: {registry}): "
+        f"{use.rule.reason}"
+    )
 
 
 def format_table(plan: GroupPlan, warnings: bool = True) -> str:
@@ -40,6 +51,7 @@ def format_table(plan: GroupPlan, warnings: bool = True) -> str:
         )
     tensors, params = plan.frozen
     lines.append(f"  frozen: {tensors} tensors, {human(params)} params; groups: {len(plan.param_groups)}")
+    lines.extend(f"  {supplement_line(plan, use)}" for use in plan.supplement)
     if warnings:
         lines.extend(f"  warning: {warning}" for warning in plan.warnings)
     return "\n".join(lines)

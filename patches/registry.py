@@ -1,10 +1,11 @@
-"""LLaMA-Factory's composite-model registry, read into lf-multilr's :class:`ModuleMap`."""
+"""LLaMA-Factory's composite-model registry, read into lf-multilr's :class:`ModuleMap` with its supplement."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from lf_multilr.modules import ModuleMap
+from lf_multilr.supplement import rules_for
 
 
 def _composite_models() -> dict[str, Any]:
@@ -18,14 +19,16 @@ def known_types() -> list[str]:
 
 
 def module_map(model_type: str | None) -> ModuleMap | None:
-    """The registry's keys for ``model_type``, or None when the registry does not know it."""
+    """The registry's keys for ``model_type`` and the supplement's rules, or None when the registry does not know it."""
     entry = _composite_models().get(model_type or "")
     if entry is None:
         return None
     projector = getattr(entry, "projector_keys", None)
     if projector is None:  # LLaMA-Factory < 0.9.5 has a single `projector_key`
         projector = [entry.projector_key]
-    return ModuleMap.of(str(model_type), projector, entry.vision_model_keys, entry.language_model_keys)
+    return ModuleMap.of(
+        str(model_type), projector, entry.vision_model_keys, entry.language_model_keys, rules_for(str(model_type))
+    )
 
 
 def config_model_type(config: Any) -> str | None:

@@ -12,8 +12,22 @@ from safetensors.torch import load_file
 
 from conftest import BIN, run
 
-TEMPLATE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "llava": "llava"}
-PROJECTOR_COPY = {"qwen2_vl": "merger", "qwen2_5_vl": "merger", "llava": "multi_modal_projector"}
+TEMPLATE = {
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_vl",
+    "qwen3_vl": "qwen3_vl_nothink",
+    "llava": "llava",
+    "llava_next": "llava_next",
+    "gemma3": "gemma3",
+}
+PROJECTOR_COPY = {
+    "qwen2_vl": "merger",
+    "qwen2_5_vl": "merger",
+    "qwen3_vl": "merger",
+    "llava": "multi_modal_projector",
+    "llava_next": "multi_modal_projector",
+    "gemma3": "multi_modal_projector",
+}
 
 
 def write_config(tmp_path: Path, model: Path, data: Path, family: str, **overrides: Any) -> tuple[Path, Path]:

@@ -3,9 +3,11 @@ import torch
 
 from lf_multilr.errors import ConfigError
 from lf_multilr.groups import LoraPlus, build_plan, check_plan
-from lf_multilr.keys import KEY_NAMES, Settings
+from lf_multilr.keys import KEY_NAMES, OTHER, Settings
 from lf_multilr.metrics import module_lrs
+from lf_multilr.modules import ModuleMap
 from lf_multilr.report import format_table
+from lf_multilr.supplement import Rule
 from toy import QWEN2_VL, Toy, decay_names
 
 LRS = {"vision_tower_lr": 1e-3, "multi_modal_projector_lr": 1e-2, "language_model_lr": 1e-1}
@@ -131,3 +133,82 @@ def test_zero_is_a_real_value_with_a_warning_and_other_is_reported():
     assert any("group `other`" in w and "v_head.weight" in w for w in plan.warnings)
     table = format_table(plan)
     assert "vision_tower" in table and "0.000e+00" in table and "other" in table
+
+
+#: The toy's names with two supplement rules: the value head counted as language model (no registry key matches
+#: it), and the second vision block given to the projector (the registry says vision tower).
+SUPPLEMENTED = ModuleMap.of(
+    "toy",
+    QWEN2_VL.keys["multi_modal_projector"],
+    QWEN2_VL.keys["vision_tower"],
+    QWEN2_VL.keys["language_model"],
+    [
+        Rule(("toy",), ("v_head",), "language_model", (), "the value head reads the LLM's hidden states"),
+        Rule(("toy",), ("visual.blocks.1",), "multi_modal_projector", ("vision_tower",), "a second merger"),
+    ],
+)
+
+
+def supplemented_plan(model, finetuning_type="full", **values):
+    plan = build_plan(model.named_parameters(), SUPPLEMENTED, settings(**values), 1e-4, 0.0, decay_names(model), None)
+    check_plan(plan, settings(**values), finetuning_type)
+    return plan
+
+
+def test_the_plan_and_the_table_say_what_the_supplement_placed():
+    plan = supplemented_plan(Toy(), **LRS)
+    assert plan.rows[OTHER].tensors == 0
+    uses = {
+        use.keys: (use.module, use.registry, use.tensors, use.params, use.trainable_tensors) for use in plan.supplement
+    }
+    assert uses == {
+        ("v_head",): ("language_model", (), 2, 7, 2),
+        ("visual.blocks.1",): ("multi_modal_projector", ("vision_tower",), 4, 8 + 8 + 64 + 8, 4),
+    }
+    table = format_table(plan)
+    assert "supplement: 2 tensors (7 params; v_head) placed in language_model by lf-multilr's supplement" in table
+    assert "(model type `toy`; registry: no module): the value head reads the LLM's hidden states" in table
+    assert "registry: vision_tower): a second merger" in table
+    assert "supplement:" not in format_table(plan_of(Toy(), **LRS))
+    assert plan.warnings == []  # everything trains: no flag was on
+
+
+def test_a_flag_that_cannot_reach_part_of_its_module_is_warned_about_with_the_count():
+    model = Toy()
+    model.model.language_model.requires_grad_(False)  # what `freeze_language_model: true` freezes
+    model.lm_head.requires_grad_(False)
+    plan = supplemented_plan(model)
+    (warning,) = plan.warnings
+    assert warning.startswith("2 language_model tensors still train although the rest of the language_model is frozen")
+    assert "`freeze_language_model: true`" in warning and "(v_head)" in warning
+    assert supplemented_plan(model, "lora").warnings == []  # LoRA freezes base weights for reasons of its own
+
+
+def test_a_flag_that_freezes_part_of_another_module_is_warned_about_with_the_count():
+    model = Toy()
+    model.model.visual.blocks.requires_grad_(False)  # what `freeze_vision_tower: true` freezes
+    model.model.visual.patch_embed.requires_grad_(False)
+    plan = supplemented_plan(model)
+    (warning,) = plan.warnings
+    assert warning.startswith("4 multi_modal_projector tensors are frozen although the rest of the")
+    assert "`freeze_vision_tower: true` froze them" in warning
+    model.model.visual.merger.requires_grad_(False)  # the projector's flag on too: nothing to say
+    assert supplemented_plan(model).warnings == []
+
+
+def test_a_module_no_flag_reaches_is_said_to_train_whatever_the_flag_says():
+    mapping = ModuleMap.of(
+        "toy",
+        ["merger"],
+        ["vision_tower"],
+        ["language_model", "lm_head"],
+        [
+            Rule(("toy",), ("visual.patch_embed", "visual.blocks"), "vision_tower", (), "towers under other names"),
+        ],
+    )
+    plan = build_plan(Toy().named_parameters(), mapping, settings(), 1e-4, 0.0, set())
+    check_plan(plan, settings(), "full")
+    assert any(
+        w.startswith("9 vision_tower tensors train whatever `freeze_vision_tower` says") and "(vision_tower)" in w
+        for w in plan.warnings
+    )

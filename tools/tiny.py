@@ -1,14 +1,19 @@
 """Deterministic, offline builder of tiny random multimodal models and a tiny dataset.
 
-Builds, without any network access, randomly initialised ~200k-parameter versions of three
+Builds, without any network access, randomly initialised ~200k-parameter versions of six
 vision-language families that LLaMA-Factory can train on a CPU in seconds:
 
-* ``qwen2_vl`` / ``qwen2_5_vl``: Qwen2-VL / Qwen2.5-VL (template ``qwen2_vl`` for both).
-  Text: hidden 64, 2 layers, 4 heads (2 KV), head_dim 16. Vision: depth 2, width 32, patch 14,
-  spatial merge 2, temporal patch 2. The image processor is capped at 56x56..112x112 pixels,
-  so an image becomes 4-16 ``<|image_pad|>`` tokens.
-* ``llava``: llava-1.5 style (template ``llava``). CLIP vision tower (hidden 32, 2 layers,
-  image 56 px, patch 14 -> 16 image tokens) + Llama text model (hidden 64, 2 layers).
+* ``qwen2_vl`` / ``qwen2_5_vl`` / ``qwen3_vl``: Qwen2-VL / Qwen2.5-VL (template ``qwen2_vl``) and
+  Qwen3-VL (template ``qwen3_vl_nothink``). Text: hidden 64, 2 layers, 4 heads (2 KV), head_dim 16.
+  Vision: depth 2, width 32, patch 14, spatial merge 2, temporal patch 2; Qwen3-VL adds an 8x8 learned
+  position grid and one DeepStack merger (``deepstack_visual_indexes=[0]``). The image processor is
+  capped at 56x56..112x112 pixels, so an image becomes 4-16 ``<|image_pad|>`` tokens.
+* ``llava`` / ``llava_next``: llava-1.5 / LLaVA-NeXT style (templates ``llava`` / ``llava_next``).
+  CLIP vision tower (hidden 32, 2 layers, image 56 px, patch 14 -> 16 image tokens) + Llama text model
+  (hidden 64, 2 layers); LLaVA-NeXT adds up to 2x2 tiles of 56 px and the learned ``image_newline``.
+* ``gemma3``: Gemma 3 (template ``gemma3``). SigLIP tower (hidden 32, 2 layers, no head, image 56 px,
+  patch 14) pooled to 4 image tokens + Gemma 3 text (hidden 64, a sliding and a full attention layer,
+  tied embeddings).
 
 Each model directory holds ``config.json``, float32 ``model.safetensors``, ``generation_config.json``,
 the tokenizer, the processor configs and a chat template. The tokenizer is a byte-level BPE
@@ -26,7 +31,11 @@ Gotchas:
 * Special tokens are appended to the trained vocab *before* the tokenizer is built, otherwise
   their ids come out in an odd order.
 * Qwen ``mrope_section`` must sum to head_dim / 2 ([2, 3, 3] for head_dim 16) or the first
-  forward crashes.
+  forward crashes; Qwen3-VL interleaves the sections ([4, 2, 2]).
+* Gemma 3's ``mm_input_projection_weight`` is initialised to zeros by transformers, which blocks every
+  gradient to the vision tower; the builder draws it from N(0, 0.1) instead.
+* ``gemma3``'s tokenizer names its image tokens (``boi_token``, ``eoi_token``, ``image_token`` as
+  ``extra_special_tokens``), which ``Gemma3Processor`` reads from it.
 * LLaVA uses ``vision_feature_layer=-1`` with the ``default`` strategy (CLS dropped,
   ``num_additional_image_tokens=1``), so every vision tensor except CLIP's ``post_layernorm``
   receives a gradient.
@@ -37,7 +46,8 @@ Gotchas:
   do not match") and fp32 on CPU. Under LoRA the projector stays frozen unless
   ``additional_target: merger`` (Qwen) or ``multi_modal_projector`` (LLaVA).
 * After one full fine-tuning step with the vision tower unfrozen (lr 1e-3, Adam), every tensor
-  changes except, for ``llava``, CLIP's ``post_layernorm.{weight,bias}`` (unused with layer -1).
+  changes except, for ``llava`` and ``llava_next``, CLIP's ``post_layernorm.{weight,bias}`` (unused
+  with layer -1).
   The ``llava`` CLIP attention ``k_proj.bias`` tensors change only by ~1e-7: without rotary
   embeddings a key bias shifts all scores of a query equally, so its true gradient is zero and
   Adam only amplifies rounding noise. Qwen has no such case (rotary embeddings in both towers).
@@ -70,9 +80,18 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from transformers import (  # noqa: E402
     CLIPImageProcessor,
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3ImageProcessor,
+    Gemma3Processor,
+    Gemma3TextConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
     LlavaProcessor,
     PretrainedConfig,
     PreTrainedModel,
@@ -87,11 +106,16 @@ from transformers import (  # noqa: E402
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    SiglipVisionConfig,
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # noqa: E402
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor  # noqa: E402
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor  # noqa: E402
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "gemma3")
 
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. A red square, a green circle and a blue triangle "
@@ -138,6 +162,18 @@ TEXT: dict[str, Any] = {
 }
 QWEN_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
 QWEN_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
+LLAVA_NEXT_PINPOINTS = [[56, 56], [56, 112], [112, 56], [112, 112]]
+GEMMA_PREFIX = ("<pad>", "<eos>", "<bos>", "<unk>")
+GEMMA_SUFFIX = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+QWEN3_VIDEO_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
 
 
 def _byte_level(tokenizer: Tokenizer) -> Tokenizer:
@@ -172,7 +208,7 @@ def _train_bpe(prefix: tuple[str, ...], suffix: tuple[str, ...]) -> tuple[dict[s
 
 def _qwen_tokenizer(family: str) -> Qwen2Tokenizer:
     """Qwen2 tokenizer: learned BPE, then the Qwen special tokens (eos ``<|im_end|>``, pad ``<|endoftext|>``)."""
-    extras = QWEN25_EXTRAS if family == "qwen2_5_vl" else ()
+    extras = QWEN25_EXTRAS if family != "qwen2_vl" else ()
     vocab, merges = _train_bpe((), QWEN_SPECIALS + extras)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
@@ -207,7 +243,7 @@ def _padded_vocab(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Random Qwen2-VL or Qwen2.5-VL model and its processor (image + video processor, tokenizer)."""
+    """Random Qwen2-VL, Qwen2.5-VL or Qwen3-VL model and its processor (image + video processor, tokenizer)."""
     tokenizer = _qwen_tokenizer(family)
     ids = tokenizer.get_vocab()
     text = {
@@ -222,14 +258,21 @@ def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     config_cls: type[PretrainedConfig]
     model_cls: type[PreTrainedModel]
     processor_cls: type[ProcessorMixin]
+    video_processor: Any = Qwen2VLVideoProcessor(**QWEN_PIXELS)
     if family == "qwen2_vl":
         vision.update(embed_dim=32, hidden_size=TEXT["hidden_size"], mlp_ratio=4)
         config_cls, model_cls, processor_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-    else:  # window 112 px = 4x4 merged tokens; layer 0 windowed, layer 1 full attention
+    elif family == "qwen2_5_vl":  # window 112 px = 4x4 merged tokens; layer 0 windowed, layer 1 full attention
         vision.update(hidden_size=32, intermediate_size=128, out_hidden_size=TEXT["hidden_size"])
         vision.update(window_size=112, fullatt_block_indexes=[1], tokens_per_second=2)
         config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
         processor_cls = Qwen2_5_VLProcessor
+    else:  # qwen3_vl: 8x8 learned position grid (interpolated); one DeepStack merger, fed into LLM layer 0
+        vision.update(hidden_size=32, intermediate_size=128, out_hidden_size=TEXT["hidden_size"])
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[0])
+        text["rope_parameters"] = {**QWEN_ROPE, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+        config_cls, model_cls, processor_cls = Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+        video_processor = Qwen3VLVideoProcessor(patch_size=14, size=QWEN3_VIDEO_SIZE)
     config = config_cls(
         text_config=text,
         vision_config=vision,
@@ -241,15 +284,19 @@ def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     )
     processor = processor_cls(
         image_processor=Qwen2VLImageProcessor(**QWEN_PIXELS),
-        video_processor=Qwen2VLVideoProcessor(**QWEN_PIXELS),
+        video_processor=video_processor,
         tokenizer=tokenizer,
         chat_template=QWEN_CHAT_TEMPLATE,
     )
     return model_cls(config), processor
 
 
-def _build_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Random llava-1.5 style model (CLIP tower, MLP projector, Llama) and its LlavaProcessor."""
+def _build_llava(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Random llava-1.5 or LLaVA-NeXT style model (CLIP tower, MLP projector, Llama) and its processor.
+
+    LLaVA-NeXT adds any-resolution tiles (``LLAVA_NEXT_PINPOINTS``: up to 2x2 tiles of 56 px) and the learned
+    ``image_newline`` closing each row of tile features.
+    """
     tokenizer = _llava_tokenizer()
     image_size, patch_size = 56, 14
     vision = CLIPVisionConfig(
@@ -268,26 +315,98 @@ def _build_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.get_vocab()["<image>"],
-        image_seq_length=(image_size // patch_size) ** 2,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        tie_word_embeddings=False,
+    common: dict[str, Any] = {
+        "vision_config": vision,
+        "text_config": text,
+        "image_token_index": tokenizer.get_vocab()["<image>"],
+        "image_seq_length": (image_size // patch_size) ** 2,
+        "vision_feature_layer": -1,
+        "vision_feature_select_strategy": "default",
+        "tie_word_embeddings": False,
+    }
+    sizes: dict[str, Any] = {
+        "size": {"shortest_edge": image_size},
+        "crop_size": {"height": image_size, "width": image_size},
+    }
+    processor_kwargs: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "patch_size": patch_size,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,
+        "chat_template": LLAVA_CHAT_TEMPLATE,
+    }
+    if family == "llava":
+        processor: ProcessorMixin = LlavaProcessor(image_processor=CLIPImageProcessor(**sizes), **processor_kwargs)
+        return LlavaForConditionalGeneration(LlavaConfig(**common)), processor
+    image_processor = LlavaNextImageProcessor(**sizes, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS)
+    processor = LlavaNextProcessor(image_processor=image_processor, **processor_kwargs)
+    config = LlavaNextConfig(**common, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS)
+    return LlavaNextForConditionalGeneration(config), processor
+
+
+def _gemma3_tokenizer() -> PreTrainedTokenizerFast:
+    """Gemma-style tokenizer: ``<pad> <eos> <bos> <unk>``, learned BPE, turn and image tokens.
+
+    The image tokens are named (``boi_token``, ``eoi_token``, ``image_token``), as ``Gemma3Processor`` reads them.
+    """
+    vocab, merges = _train_bpe(GEMMA_PREFIX, GEMMA_SUFFIX)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level(Tokenizer(models.BPE(vocab=vocab, merges=merges))),
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        extra_special_tokens=dict(zip(("boi_token", "eoi_token", "image_token"), GEMMA_SUFFIX[2:], strict=True)),
+        model_max_length=TEXT["max_position_embeddings"],
     )
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-        ),
-        tokenizer=tokenizer,
+
+
+def _build_gemma3() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Random Gemma 3 model (SigLIP tower, 2x2-pooling projector, Gemma 3 text with tied embeddings) and processor.
+
+    A 56 px image gives 4x4 SigLIP patches, pooled to ``mm_tokens_per_image`` = 4 image tokens.
+    """
+    tokenizer = _gemma3_tokenizer()
+    ids = tokenizer.get_vocab()
+    image_size, patch_size, image_tokens = 56, 14, 4
+    text = Gemma3TextConfig(
+        **TEXT,
+        vocab_size=_padded_vocab(tokenizer),
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "full_attention"],
+        sliding_window=64,
+        bos_token_id=ids["<bos>"],
+        eos_token_id=ids["<eos>"],
+        pad_token_id=ids["<pad>"],
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
         patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    return LlavaForConditionalGeneration(config), processor
+    vision.vision_use_head = False  # Gemma 3 reads the patch features, not SigLIP's pooling head
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=image_tokens,
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+    )
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        image_seq_length=image_tokens,
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    # transformers initialises the projection to zeros, which would keep every gradient from the vision tower
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.1)
+    return model, processor
 
 
 def build_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
@@ -296,7 +415,10 @@ def build_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     out = Path(out_dir)
     torch.manual_seed(seed)
-    model, processor = _build_llava() if family == "llava" else _build_qwen(family)
+    if family.startswith("llava"):
+        model, processor = _build_llava(family)
+    else:
+        model, processor = _build_gemma3() if family == "gemma3" else _build_qwen(family)
     model.float().save_pretrained(out)
     processor.save_pretrained(out)
     return out

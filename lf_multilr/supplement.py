@@ -1,0 +1,104 @@
+"""lf-multilr's supplement to LLaMA-Factory's composite-model registry: one table, a reason per row.
+
+LLaMA-Factory's registry (``COMPOSITE_MODELS``) names each module by substring keys. Under transformers 5.x some
+keys miss real parameters, some match two modules, and a few give a part to a module it does not belong to. Each
+:class:`Rule` below puts such parameters in the right module. A rule matches a parameter the way the registry
+does (a key is a substring of the name, wrapper prefixes removed) and is consulted before the registry's keys;
+it decides a parameter only when the registry's own answer differs (so a rule the registry has caught up with
+changes nothing). ``registry`` says what LLaMA-Factory's registry does with the rule's names, i.e. which
+``freeze_*`` flags freeze them; ``tests/test_models.py`` checks it against LLaMA-Factory's own freezing code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Parameters of ``model_types`` whose names contain one of ``keys`` belong to ``module``."""
+
+    model_types: tuple[str, ...]
+    keys: tuple[str, ...]
+    module: str
+    #: The modules LLaMA-Factory's registry gives these names (empty: none, so no freeze flag reaches them).
+    registry: tuple[str, ...]
+    reason: str
+
+    def matches(self, normalized_name: str) -> bool:
+        return any(key in normalized_name for key in self.keys)
+
+
+SUPPLEMENT: tuple[Rule, ...] = (
+    Rule(
+        ("glm4v", "glm4v_moe", "glm_ocr"),
+        ("visual.embeddings", "visual.post_conv_layernorm", "visual.post_layernorm", "visual.downsample"),
+        "vision_tower",
+        (),
+        "the GLM vision model has position embeddings, extra norms and a downsampling conv that Qwen2-VL's has "
+        "not; the registry's keys, copied from Qwen2-VL, miss them. Only `visual.merger` is the projector "
+        "(as in ms-swift)",
+    ),
+    Rule(
+        ("llava_next", "llava_next_video"),
+        ("image_newline",),
+        "multi_modal_projector",
+        (),
+        "`image_newline` is a learned vector of the LLM's width placed between rows of the projected image "
+        "features; LLaVA creates it next to `mm_projector`. No registry key matches it",
+    ),
+    Rule(
+        ("video_llava",),
+        ("image_tower", "video_tower"),
+        "vision_tower",
+        (),
+        "Video-LLaVA's towers are `image_tower` and `video_tower`; the registry's default key `vision_tower` "
+        "matches neither, so `freeze_vision_tower` freezes nothing",
+    ),
+    Rule(
+        ("qwen3_vl", "qwen3_vl_moe"),
+        ("visual.deepstack_merger_list",),
+        "multi_modal_projector",
+        ("vision_tower",),
+        "DeepStack mergers are patch mergers of the same class as `visual.merger`, projecting intermediate "
+        "vision features into the LLM's first layers: projector by function (ms-swift's aligner, and the "
+        "registry's own reading for Qwen3-Omni's `merger_list`); the registry lists them as vision tower",
+    ),
+    Rule(
+        ("qwen3_omni_moe_thinker",),
+        ("visual.merger_list",),
+        "multi_modal_projector",
+        ("multi_modal_projector",),
+        "DeepStack mergers, as for Qwen3-VL; the registry's `visual.merger` key matches `visual.merger_list` "
+        "only as a substring, and lf-multilr keeps that answer on purpose",
+    ),
+    Rule(
+        ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"),
+        ("audio_tower.proj",),
+        "multi_modal_projector",
+        ("multi_modal_projector", "vision_tower"),
+        "the audio tower's output projection matches both the projector key `audio_tower.proj` and the tower "
+        "key `audio_tower`; it maps audio features to the LLM's width, so the projector takes it",
+    ),
+    Rule(
+        ("qwen3_omni_moe_thinker",),
+        ("model.embed_tokens", "model.layers.", "model.norm."),
+        "language_model",
+        (),
+        "the thinker's language model is `model.*` (the Qwen2.5-Omni entry uses the key `model`); the "
+        "registry's `language_model` key matches none of it, leaving only `lm_head`",
+    ),
+    Rule(
+        ("gemma3n",),
+        ("embed_vision", "embed_audio"),
+        "multi_modal_projector",
+        (),
+        "Gemma 3n's projectors are the multimodal embedders `embed_vision` / `embed_audio` (the Gemma 4 entry "
+        "uses these keys); the registry's default key `multi_modal_projector` matches nothing",
+    ),
+)
+
+
+def rules_for(model_type: str) -> tuple[Rule, ...]:
+    """The supplement's rules for ``model_type``, in table order."""
+    return tuple(rule for rule in SUPPLEMENT if model_type in rule.model_types)
