@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
+from .custom_groups import CustomGroup
 from .errors import ConfigError
 from .keys import FREEZE_FLAG, MODULES, OTHER, Settings, frozen_fix
-from .modules import ModuleMap, Placement
+from .layers import EMBEDDINGS, HEAD, decay_scale, depths
+from .modules import ModuleMap, Placement, normalize
 from .supplement import Rule
 
 ORDER: tuple[str, ...] = (*MODULES, OTHER)
@@ -85,6 +87,8 @@ class GroupPlan:
     warnings: list[str] = field(default_factory=list)
     #: What the supplement decided, one entry per rule (and registry answer) in first-seen order.
     supplement: list[SupplementUse] = field(default_factory=list)
+    #: Schedules and layer decay, one line each, for the table.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def model_type(self) -> str:
@@ -130,6 +134,48 @@ def _role(
     return "lora_a", 1.0, True
 
 
+def _layer_scales(
+    names: list[str], placements: list[Placement], decay: float | None, model_type: str
+) -> dict[int, tuple[float, str]]:
+    """Per position of a vision-tower parameter, its layer-decay factor and a tag (``vision_tower_lr_layer_decay``)."""
+    if decay is None:
+        return {}
+    positions = [i for i, placement in enumerate(placements) if placement.module == "vision_tower"]
+    found, blocks = depths([normalize(names[i]) for i in positions])
+    if blocks == 0:
+        raise ConfigError(
+            "vision_tower_lr_layer_decay",
+            decay,
+            f"the vision tower of model type `{model_type}` has no numbered blocks to decay over",
+            "remove the key (or set a single `vision_tower_lr`)",
+        )
+    tags = {EMBEDDINGS: "embeddings", HEAD: "head"}
+    return {
+        position: (decay_scale(depth, blocks, decay), tags.get(depth, f"block{depth}"))
+        for position, depth in zip(positions, found, strict=True)
+    }
+
+
+def _custom_row(
+    rows: dict[str, ModuleRow], custom: CustomGroup, module: str, resolved: dict[str, tuple[float, float]]
+) -> ModuleRow:
+    """The row of a custom group; unset lr / weight decay inherit from the module that owns its parameters."""
+    lr, wd = resolved[module]
+    inherited = (lr if custom.lr is None else custom.lr, wd if custom.weight_decay is None else custom.weight_decay)
+    row = rows.get(custom.name)
+    if row is None:
+        row = rows[custom.name] = ModuleRow(custom.name, *inherited)
+    elif (row.lr, row.weight_decay) != inherited:
+        raise ConfigError(
+            "lr_groups",
+            custom.name,
+            f"group `{custom.name}` matches parameters of modules with different LRs or weight decays, "
+            "so it cannot inherit both",
+            f"give group `{custom.name}` its own `lr` and `weight_decay`, or narrow its `params`",
+        )
+    return row
+
+
 def build_plan(
     named_parameters: Iterable[tuple[str, torch.Tensor]],
     module_map: ModuleMap,
@@ -139,18 +185,27 @@ def build_plan(
     decay_names: Collection[str],
     loraplus: LoraPlus | None = None,
 ) -> GroupPlan:
-    """Group every trainable parameter by module and role; see the module docstring."""
+    """Group every trainable parameter by module (or custom group), role and vision block; see the docstring."""
+    named = list(named_parameters)
+    names = [name for name, _ in named]
+    placements = [module_map.placement(name) for name in names]
+    layers = _layer_scales(names, placements, settings.values.get("vision_tower_lr_layer_decay"), module_map.model_type)
     resolved = settings.resolve(learning_rate, weight_decay)
-    rows = {module: ModuleRow(module, *resolved[module]) for module in ORDER}
-    buckets: dict[tuple[str, str], dict[str, Any]] = {}
+    rows = {module: ModuleRow(module, *resolved[module]) for module in MODULES}
+    custom_rows: dict[str, ModuleRow] = {}
+    rows_other = ModuleRow(OTHER, *resolved[OTHER])
+    buckets: dict[tuple[Any, ...], dict[str, Any]] = {}
     other_names: list[str] = []
     uses: dict[tuple[Rule, tuple[str, ...]], SupplementUse] = {}
     trainable_ids: set[int] = set()
-    for name, param in named_parameters:
-        placement = module_map.placement(name)
+    for position, ((name, param), placement) in enumerate(zip(named, placements, strict=True)):
         module = placement.module
         use = _supplement_use(uses, placement, name, numel(param))
-        row = rows[module]
+        custom = next((group for group in settings.groups if group.matches(normalize(name))), None)
+        if custom is not None:
+            row = _custom_row(custom_rows, custom, module, resolved)
+        else:
+            row = rows_other if module == OTHER else rows[module]
         row.tensors += 1
         row.params += numel(param)
         if not param.requires_grad:
@@ -160,28 +215,56 @@ def build_plan(
         if use is not None:
             use.trainable_tensors += 1
         trainable_ids.add(id(param))
-        if module == OTHER:
+        if row is rows_other:
             other_names.append(name)
         role, scale, decays = _role(name, param, decay_names, loraplus)
-        bucket = buckets.get((module, role))
+        layer, tag = (1.0, "") if custom is not None else layers.get(position, (1.0, ""))
+        start, warmup = settings.schedule(module) if module != OTHER else (0, None)
+        key = (row.module, role, tag, start, warmup)
+        bucket = buckets.get(key)
         if bucket is None:
-            lr = loraplus.embedding_lr if scale is None and loraplus is not None else row.lr * (scale or 1.0)
-            bucket = buckets[(module, role)] = {
+            lr_scale = None if scale is None else scale * layer
+            lr = loraplus.embedding_lr if lr_scale is None and loraplus is not None else row.lr * (lr_scale or 1.0)
+            bucket = buckets[key] = {
                 "params": [],
                 "lr": lr,
                 "weight_decay": row.weight_decay if decays else 0.0,
-                "module": module,
-                "name": f"{module}/{role}",
-                "lr_scale": scale,
+                "module": row.module,
+                "name": "/".join(part for part in (row.module, role, tag) if part),
+                "lr_scale": lr_scale,
             }
+            if start or warmup:
+                bucket.update(start_step=start, warmup_steps=warmup)
         bucket["params"].append(param)
 
+    customs = {group.name: custom_rows[group.name] for group in settings.groups if group.name in custom_rows}
+    rows = {**rows, **customs, OTHER: rows_other}
+    rank = {name: i for i, name in enumerate(rows)}
     roles = ("decay", "no_decay", "lora_a", "lora_b", "lora_b_nodecay", "embedding")
-    param_groups = [buckets[(m, r)] for m in ORDER for r in roles if (m, r) in buckets]
+    param_groups = sorted(buckets.values(), key=lambda g: (rank[g["module"]], roles.index(g["name"].split("/")[1])))
     grouped = [id(p) for group in param_groups for p in group["params"]]
     if len(grouped) != len(set(grouped)) or set(grouped) != trainable_ids:
         raise RuntimeError("lf-multilr: internal error: a trainable parameter is not in exactly one param group")
-    return GroupPlan(module_map, rows, param_groups, other_names, supplement=list(uses.values()))
+    plan = GroupPlan(module_map, rows, param_groups, other_names, supplement=list(uses.values()))
+    plan.notes = _notes(plan, settings, layers)
+    return plan
+
+
+def _notes(plan: GroupPlan, settings: Settings, layers: dict[int, tuple[float, str]]) -> list[str]:
+    notes = []
+    for module in MODULES:
+        start, warmup = settings.schedule(module)
+        if plan.rows[module].trainable and (start or warmup):
+            ramp = f", then rises linearly over {warmup} steps" if warmup else ""
+            notes.append(f"{module}: LR 0 before optimizer step {start}{ramp} (times the run's schedule)")
+    decay = settings.values.get("vision_tower_lr_layer_decay")
+    if decay is not None and layers:
+        lr = plan.rows["vision_tower"].lr
+        by_tag = {tag: scale for scale, tag in layers.values()}
+        blocks = sum(tag.startswith("block") for tag in by_tag)
+        shown = ", ".join(f"{tag} {lr * by_tag[tag]:.3e}" for tag in ("embeddings", "block0", f"block{blocks - 1}"))
+        notes.append(f"vision_tower: layer-wise decay {decay:g} over {blocks} blocks: {shown}, head {lr:.3e}")
+    return notes
 
 
 def _registry_part(plan: GroupPlan, module: str) -> tuple[int, int]:
@@ -262,6 +345,17 @@ def check_plan(plan: GroupPlan, settings: Settings, finetuning_type: str) -> Non
             "so its value would do nothing",
             f"{frozen_fix(module, finetuning_type)}, or remove the key",
         )
+    for index, custom in enumerate(settings.groups):
+        matched = plan.rows.get(custom.name)
+        if matched is None or not matched.trainable:
+            raise ConfigError(
+                f"lr_groups[{index}].params",
+                custom.pattern.pattern,
+                f"it matches no trainable parameter of this run ({matched.tensors if matched else 0} frozen "
+                "tensors matched)",
+                "check the pattern against `lf-multilr plan` or the model's parameter names (without the PEFT "
+                "prefix `base_model.model.`), and that the parameters it means are not frozen",
+            )
     for module in MODULES:
         row = plan.rows[module]
         if row.trainable and row.lr == 0 and settings.values[f"{module}_lr"] is not None:

@@ -1,7 +1,8 @@
 """The keys lf-multilr adds to a training config, and how their values are checked.
 
-Each module has a learning-rate key and a weight-decay key. ``None`` means "not set": the module then
-inherits ``learning_rate`` / ``weight_decay``, and when no key is set at all the run is stock.
+Each module has a learning-rate key and a weight-decay key, a start step and a warm-up; the vision tower also has
+a layer-wise LR decay. ``None`` means "not set": the module then inherits ``learning_rate`` / ``weight_decay`` and
+the run's own schedule, and when no key is set at all (``lr_groups`` included) the run is stock.
 """
 
 from __future__ import annotations
@@ -31,31 +32,54 @@ _WHAT: dict[str, str] = {
 }
 
 
+Kind = Literal["lr", "weight_decay", "layer_decay", "start_step", "warmup_steps"]
+
+#: Per kind: what the help says it sets, and what an unset key means.
+_KIND_HELP: dict[str, tuple[str, str]] = {
+    "lr": ("Learning rate of {what}", "`learning_rate`"),
+    "weight_decay": ("Weight decay of {what}", "`weight_decay`"),
+    "layer_decay": (
+        "Layer-wise LR decay of {what}: block i of N trains at vision_tower_lr * d**(N-1-i), embeddings at d**N "
+        "(0 < d <= 1)",
+        "no decay",
+    ),
+    "start_step": ("Optimizer step from which {what} trains (its LR is 0 before)", "0"),
+    "warmup_steps": ("Steps over which the LR of {what} rises linearly from its start step", "the run's schedule"),
+}
+
+
 @dataclass(frozen=True)
 class Key:
-    """One config key: the module it sets and whether it is a learning rate or a weight decay."""
+    """One config key: the module it sets and what kind of value it takes."""
 
     name: str
     module: str
-    kind: Literal["lr", "weight_decay"]
+    kind: Kind
 
     @property
     def inherits(self) -> str:
-        return "learning_rate" if self.kind == "lr" else "weight_decay"
+        return _KIND_HELP[self.kind][1]
 
     @property
     def help(self) -> str:
-        what = "Learning rate" if self.kind == "lr" else "Weight decay"
-        return f"{what} of {_WHAT[self.module]} (lf-multilr). Unset: `{self.inherits}`."
+        what, unset = _KIND_HELP[self.kind]
+        return f"{what.format(what=_WHAT.get(self.module, self.module))} (lf-multilr). Unset: {unset}."
 
 
-_KINDS: tuple[Literal["lr", "weight_decay"], ...] = ("lr", "weight_decay")
-KEYS: tuple[Key, ...] = tuple(
-    Key(f"{module}_{kind}", module, kind)
-    for kind in _KINDS
-    for module in ("vision_tower", "multi_modal_projector", "language_model")
+_KINDS: tuple[Kind, ...] = ("lr", "weight_decay")
+_SCHEDULE_KINDS: tuple[Kind, ...] = ("start_step", "warmup_steps")
+_ORDER = ("vision_tower", "multi_modal_projector", "language_model")
+KEYS: tuple[Key, ...] = (
+    *(Key(f"{module}_{kind}", module, kind) for kind in _KINDS for module in _ORDER),
+    Key("vision_tower_lr_layer_decay", "vision_tower", "layer_decay"),
+    *(Key(f"{module}_{kind}", module, kind) for kind in _SCHEDULE_KINDS for module in _ORDER),
 )
 KEY_NAMES: tuple[str, ...] = tuple(key.name for key in KEYS)
+#: ``lr_groups``: custom groups by regular expression (see :mod:`.custom_groups`).
+LR_GROUPS_HELP = (
+    "Custom param groups (lf-multilr): a list of {name, params, lr, weight_decay}; `params` is a regular "
+    "expression on the parameter name; matched before the modules, first match wins; lr/weight_decay inherit."
+)
 
 
 @dataclass(frozen=True)
@@ -76,11 +100,37 @@ SWITCHES: tuple[Switch, ...] = (
 )
 
 
+_RANGE: dict[str, tuple[str, str]] = {  # kind -> (the rule, an example)
+    "lr": ("a number >= 0", "1.0e-5"),
+    "weight_decay": ("a number >= 0", "0.01"),
+    "layer_decay": ("a number with 0 < d <= 1", "0.9"),
+    "start_step": ("a whole number >= 0", "500"),
+    "warmup_steps": ("a whole number >= 1", "100"),
+}
+
+
+def _in_range(kind: str, number: float) -> str | None:
+    """Why ``number`` is out of range for ``kind``, or None."""
+    if kind in ("lr", "weight_decay") and number < 0:
+        return f"a {'learning rate' if kind == 'lr' else 'weight decay'} cannot be negative"
+    if kind == "layer_decay" and not 0 < number <= 1:
+        return "a layer-wise decay must be greater than 0 and at most 1"
+    if kind in ("start_step", "warmup_steps") and number != int(number):
+        return "a number of steps must be a whole number"
+    if kind == "start_step" and number < 0:
+        return "a start step cannot be negative"
+    if kind == "warmup_steps" and number < 1:
+        return "a warm-up lasts at least 1 step"
+    return None
+
+
 def check_value(key: Key, value: Any) -> float | None:
-    """Return ``value`` as a float, or ``None`` when unset; refuse anything that is not a finite number >= 0."""
+    """Return ``value`` as a float, or ``None`` when unset; refuse anything outside the key's range."""
     if value is None:
         return None
-    fix = f"give a number >= 0 such as 1.0e-5, or remove the key to inherit `{key.inherits}`"
+    rule, example = _RANGE[key.kind]
+    unset = f"to inherit {key.inherits}" if key.kind in _KINDS else f"(unset: {key.inherits})"
+    fix = f"give {rule} such as {example}, or remove the key {unset}"
     if isinstance(value, bool):
         raise ConfigError(key.name, value, "it is a boolean, not a number", fix)
     if isinstance(value, str):
@@ -94,8 +144,8 @@ def check_value(key: Key, value: Any) -> float | None:
         raise ConfigError(key.name, value, f"it is a {type(value).__name__}, not a number", fix)
     if math.isnan(number) or math.isinf(number):
         raise ConfigError(key.name, value, "it is not a finite number", fix)
-    if number < 0:
-        why = "a learning rate cannot be negative" if key.kind == "lr" else "a weight decay cannot be negative"
+    why = _in_range(key.kind, number)
+    if why:
         raise ConfigError(key.name, value, why, fix)
     return number
 
@@ -105,18 +155,40 @@ class Settings:
     """The values of every key as the user set them (``None``: not set)."""
 
     values: dict[str, float | None]
+    #: ``lr_groups``, parsed (:class:`~lf_multilr.custom_groups.CustomGroup` entries).
+    groups: tuple[Any, ...] = ()
+    #: ``lr_groups`` as given, for messages.
+    groups_value: Any = None
 
     @classmethod
     def read(cls, args: Any) -> Settings:
         """Read (and check) the keys from any object that has them as attributes, e.g. finetuning args."""
-        return cls({key.name: check_value(key, getattr(args, key.name, None)) for key in KEYS})
+        from .custom_groups import parse_lr_groups
+
+        raw = getattr(args, "lr_groups", None)
+        values = {key.name: check_value(key, getattr(args, key.name, None)) for key in KEYS}
+        return cls(values, parse_lr_groups(raw), raw)
 
     @property
     def any_set(self) -> bool:
+        return self.module_keys_set or bool(self.groups)
+
+    @property
+    def module_keys_set(self) -> bool:
+        """Whether a key of the modules is set (``lr_groups`` alone needs no module map)."""
         return any(value is not None for value in self.values.values())
 
     def set_keys(self) -> list[str]:
-        return [name for name, value in self.values.items() if value is not None]
+        names = [name for name, value in self.values.items() if value is not None]
+        return [*names, "lr_groups"] if self.groups else names
+
+    def value_of(self, name: str) -> Any:
+        return self.groups_value if name == "lr_groups" else self.values[name]
+
+    def schedule(self, module: str) -> tuple[int, int | None]:
+        """``module``'s (start step, warm-up steps or None)."""
+        start, warmup = self.values.get(f"{module}_start_step"), self.values.get(f"{module}_warmup_steps")
+        return int(start or 0), None if warmup is None else int(warmup)
 
     def explicit(self, module: str) -> list[str]:
         """The keys set for ``module``."""

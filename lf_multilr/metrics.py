@@ -50,13 +50,26 @@ class GradNormMonitor:
     norms is the norm over all trainable parameters, which is HF's ``grad_norm``.
     """
 
-    def __init__(self, named_parameters: Iterable[tuple[str, torch.Tensor]], module_map: ModuleMap) -> None:
+    def __init__(self, params: dict[str, list[torch.Tensor]]) -> None:
+        self.params = params
+        self._measured: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    @classmethod
+    def of_model(cls, named_parameters: Iterable[tuple[str, torch.Tensor]], module_map: ModuleMap) -> GradNormMonitor:
+        """For a stock optimizer: the model's trainable parameters by module."""
         params: dict[str, list[torch.Tensor]] = {}
         for name, param in named_parameters:
             if param.requires_grad:
                 params.setdefault(module_map.owner(name), []).append(param)
-        self.params = {module: params[module] for module in ORDER if module in params}
-        self._measured: tuple[int, dict[str, torch.Tensor]] | None = None
+        return cls({module: params[module] for module in ORDER if module in params})
+
+    @classmethod
+    def of_groups(cls, param_groups: Iterable[Mapping[str, Any]]) -> GradNormMonitor:
+        """For lf-multilr's optimizer: the parameters of each module and custom group, as grouped."""
+        params: dict[str, list[torch.Tensor]] = {}
+        for group in param_groups:
+            params.setdefault(group["module"], []).extend(group["params"])
+        return cls(params)
 
     def measure(self, step: int) -> None:
         norms = {}

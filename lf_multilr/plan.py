@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .groups import ORDER, GroupPlan, numel
+from .groups import GroupPlan, numel
 
 
 def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:
@@ -13,8 +13,7 @@ def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:
     A trainable module counts what trains (with LoRA: the adapter matrices and copies); a frozen one what it holds.
     """
     modules = {}
-    for name in ORDER:
-        row = plan.rows[name]
+    for name, row in plan.rows.items():
         if row.tensors == 0:
             continue
         modules[name] = {

@@ -6,7 +6,7 @@ supplement rule that placed parameters says which, where, and why the registry's
 
 from __future__ import annotations
 
-from .groups import ORDER, GroupPlan, SupplementUse
+from .groups import GroupPlan, SupplementUse
 
 
 def human(count: int) -> str:
@@ -33,8 +33,8 @@ def format_table(plan: GroupPlan, warnings: bool = True) -> str:
         f"lf-multilr param groups for model type `{plan.model_type}`:",
         f"  {'module':<22} {'tensors':>8} {'params':>9} {'trainable':>10} {'lr':>10} {'weight_decay':>13}",
     ]
-    for module in ORDER:
-        row = plan.rows[module]
+    for row in plan.rows.values():
+        module = row.module
         if row.tensors == 0:
             continue
         if row.trainable:
@@ -52,6 +52,7 @@ def format_table(plan: GroupPlan, warnings: bool = True) -> str:
     tensors, params = plan.frozen
     lines.append(f"  frozen: {tensors} tensors, {human(params)} params; groups: {len(plan.param_groups)}")
     lines.extend(f"  {supplement_line(plan, use)}" for use in plan.supplement)
+    lines.extend(f"  {note}" for note in plan.notes)
     if warnings:
         lines.extend(f"  warning: {warning}" for warning in plan.warnings)
     return "\n".join(lines)

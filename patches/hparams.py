@@ -8,7 +8,7 @@ from functools import wraps
 from typing import Any
 
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import KEYS, SWITCHES, Settings, refuse_frozen
+from lf_multilr.keys import KEYS, LR_GROUPS_HELP, SWITCHES, Settings, refuse_frozen
 
 from . import versions
 from .registry import config_model_type, known_types, module_map
@@ -38,6 +38,7 @@ def keyed_class(base: type) -> type:
     fields += [
         (switch.name, bool, field(default=switch.default, metadata={"help": switch.help})) for switch in SWITCHES
     ]
+    fields.append(("lr_groups", str | None, field(default=None, metadata={"help": LR_GROUPS_HELP})))
     cls = make_dataclass(
         base.__name__,
         fields,
@@ -56,7 +57,7 @@ def with_keys(classes: list[type]) -> list[type]:
 
 def first_set(settings: Settings) -> tuple[str, Any]:
     key = settings.set_keys()[0]
-    return key, settings.values[key]
+    return key, settings.value_of(key)
 
 
 def refuse_own_optimizers(settings: Settings, finetuning_args: Any) -> None:
@@ -128,7 +129,7 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
             "or remove the lf-multilr keys",
         )
     refuse_deepspeed_blocks(settings, training_args)
-    model_type = _read_model_type(model_args)
+    model_type = _read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules
     if model_type is not None and module_map(model_type) is None:
         raise ConfigError(
             key,

@@ -42,14 +42,18 @@ def monitor_of(trainer: Any) -> GradNormMonitor | None:
     finetuning_args = getattr(trainer, "finetuning_args", None)  # only LLaMA-Factory's trainers have it
     if finetuning_args is not None and getattr(finetuning_args, "log_module_metrics", False):
         mapping = module_map(config_model_type(model_config(trainer.model)))
+        optimizer = getattr(trainer, "optimizer", None)
+        groups = [g for g in getattr(optimizer, "param_groups", []) if "module" in g]  # lf-multilr's groups
         sharded = _sharded_gradients(trainer)
-        if mapping is not None and sharded:
+        if (mapping is not None or groups) and sharded:
             _warn_once(
                 f"per-module gradient norms are not logged under {sharded}: each rank holds only a shard of the "
                 "gradients, and a shard's norm is not the module's."
             )
+        elif groups:
+            monitor = GradNormMonitor.of_groups(groups)
         elif mapping is not None:
-            monitor = GradNormMonitor(trainer.model.named_parameters(), mapping)
+            monitor = GradNormMonitor.of_model(trainer.model.named_parameters(), mapping)
     _monitors[trainer] = monitor
     return monitor
 

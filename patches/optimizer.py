@@ -41,7 +41,7 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
     """The checked plan for ``model`` as LLaMA-Factory has prepared it (frozen, PEFT-wrapped, ...)."""
     model_type = config_model_type(model_config(model))
     mapping = module_map(model_type)
-    if mapping is None and not settings.any_set:  # a plan without keys: everything trains at learning_rate
+    if mapping is None and not settings.module_keys_set:  # no module keys (a plan, or lr_groups alone): all `other`
         mapping = ModuleMap.of(str(model_type), [], [], [])
     if mapping is None:
         key, value = first_set(settings)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import hparams, logs, optimizer, webui
+from . import hparams, logs, optimizer, scheduler, webui
 from ._patching import Target
 from .versions import VERIFIED_LLAMAFACTORY, VERIFIED_TRANSFORMERS
 
@@ -72,6 +72,14 @@ TARGETS: tuple[Target, ...] = (
         "Trainer._get_grad_norm",
         logs.wrap_get_grad_norm,
         signature=("self", "model", "grad_norm"),
+        trigger="llamafactory.train.trainer_utils",
+        verified=VERIFIED_TRANSFORMERS,
+    ),
+    Target(
+        "transformers.trainer",
+        "Trainer.create_scheduler",
+        scheduler.wrap_create_scheduler,
+        signature=("self", "num_training_steps", "optimizer"),
         trigger="llamafactory.train.trainer_utils",
         verified=VERIFIED_TRANSFORMERS,
     ),

@@ -16,6 +16,13 @@ def test_key_names_follow_the_freeze_family():
         "vision_tower_weight_decay",
         "multi_modal_projector_weight_decay",
         "language_model_weight_decay",
+        "vision_tower_lr_layer_decay",
+        "vision_tower_start_step",
+        "multi_modal_projector_start_step",
+        "language_model_start_step",
+        "vision_tower_warmup_steps",
+        "multi_modal_projector_warmup_steps",
+        "language_model_warmup_steps",
     )
 
 

@@ -211,13 +211,14 @@ UI_PROBE = """
 import json, sys
 from llamafactory.webui import interface, runner
 from llamafactory.webui.locales import LOCALES
+SUFFIXES = ("_lr", "_weight_decay", "_layer_decay", "_start_step", "_warmup_steps")
 demo = interface.create_ui()
 methods = ("_initialize", "_parse_train_args", "_build_config_dict", "load_args", "check_output_dir")
 print(json.dumps({
     "patches": "lf_multilr.patches" in sys.modules,
     "wrapped": [name for name in methods if hasattr(getattr(runner.Runner, name), "__wrapped__")]
     + (["create_train_tab"] if hasattr(interface.create_train_tab, "__wrapped__") else []),
-    "labels": sorted(name for name in LOCALES if "lf_multilr" in name or name.endswith(("_lr", "_weight_decay"))),
+    "labels": sorted(name for name in LOCALES if "lf_multilr" in name or name.endswith(SUFFIXES)),
     "elements": sorted(str(block.elem_id) for block in demo.blocks.values() if "lf_multilr" in str(block.elem_id)),
 }))
 """
