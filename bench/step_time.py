@@ -36,7 +36,7 @@ MODULE_LRS = {"vision_tower_lr": 2.0e-6, "multi_modal_projector_lr": 5.0e-6, "la
 
 
 def build_mid_model(folder: Path, sizes: Path | None) -> Path:
-    """A Qwen2-VL with the tiny model's tokenizer and processor: ~40M parameters, or the sizes of a config.json."""
+    """A Qwen2-VL with the tiny model's tokenizer and processor: 32M parameters, or the sizes of a config.json."""
     tiny = build_model("qwen2_vl", folder / "tiny")
     config = AutoConfig.from_pretrained(tiny)
     if sizes is None:

@@ -8,6 +8,7 @@ the run's own schedule, and when no key is set at all (``lr_groups`` included) t
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -216,7 +217,7 @@ def frozen_fix(module: str, finetuning_type: str) -> str:
     return fix + " so that LoRA adapts it" if finetuning_type == "lora" else fix
 
 
-def refuse_frozen(settings: Settings, finetuning_args: Any) -> None:
+def refuse_frozen(settings: Settings, finetuning_args: Any, unreachable: Collection[str] = ()) -> None:
     """Refuse a key for a module that the config's own flags leave untrained.
 
     ``finetuning_args`` is anything with LLaMA-Factory's ``finetuning_type``, ``additional_target`` and ``freeze_*``
@@ -227,7 +228,7 @@ def refuse_frozen(settings: Settings, finetuning_args: Any) -> None:
     copies = finetuning_type == "lora" and bool(finetuning_args.additional_target)
     for module in MODULES:
         keys = settings.explicit(module)
-        if keys and not copies and getattr(finetuning_args, FREEZE_FLAG[module], False):
+        if keys and not copies and module not in unreachable and getattr(finetuning_args, FREEZE_FLAG[module], False):
             raise ConfigError(
                 keys[0],
                 settings.values[keys[0]],

@@ -9,6 +9,7 @@ from typing import Any
 
 from lf_multilr.errors import ConfigError
 from lf_multilr.keys import KEYS, LR_GROUPS_HELP, SWITCHES, Settings, refuse_frozen
+from lf_multilr.supplement import rules_for
 
 from . import versions
 from .registry import config_model_type, known_types, module_map
@@ -140,7 +141,10 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
             "register it first (llamafactory.model.model_utils.visual._register_composite_model) "
             f"or use a registered type ({', '.join(known_types())})",
         )
-    refuse_frozen(settings, finetuning_args)
+    # Where the registry misses parts of a module, its freeze flag does not freeze all of it: the optimizer-time
+    # check on the prepared model decides.
+    unreachable = {rule.module for rule in rules_for(model_type or "") if not rule.registry}
+    refuse_frozen(settings, finetuning_args, unreachable)
 
 
 def wrap_get_train_args(original: Any) -> Any:

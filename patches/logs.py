@@ -14,6 +14,8 @@ from lf_multilr.plots import plot_module_metrics
 from .registry import config_model_type, model_config, module_map
 
 _monitors: weakref.WeakKeyDictionary[Any, GradNormMonitor | None] = weakref.WeakKeyDictionary()
+#: Each trainer's module LRs as they were when HF read its `learning_rate` (the LR the step just taken used).
+_step_lrs: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
 _warned: set[str] = set()
 
 
@@ -59,7 +61,8 @@ def monitor_of(trainer: Any) -> GradNormMonitor | None:
 
 
 def will_log(args: Any, state: Any) -> bool:
-    """Whether the optimizer step about to happen ends in a log (HF's DefaultFlowCallback rules)."""
+    """Whether the current optimizer step ends in a log (HF's DefaultFlowCallback rules). ``global_step`` counts
+    the step only after the optimizer and the scheduler stepped, so it is one behind here."""
     step = state.global_step + 1
     strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
     if strategy == "epoch":  # the last step of an epoch is not known here: measure every step
@@ -94,14 +97,30 @@ def wrap_get_grad_norm(original: Any) -> Any:
     return _get_grad_norm
 
 
+def wrap_get_learning_rate(original: Any) -> Any:
+    """HF reads the step's ``learning_rate`` between the optimizer step and the scheduler step: read the modules'
+    LRs at the same moment, so that ``lr/<module>`` is the LR the step used, like ``learning_rate``."""
+
+    @wraps(original)
+    def _get_learning_rate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        value = original(self, *args, **kwargs)
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and will_log(self.args, self.state):
+            _step_lrs[self] = module_lrs(optimizer.param_groups)
+        return value
+
+    return _get_learning_rate
+
+
 def wrap_trainer_log(original: Any) -> Any:
     """Add ``lr/<module>`` and ``grad_norm/<module>`` to every training log record, before HF stores and reports it."""
 
     @wraps(original)
     def log(self: Any, logs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         optimizer = getattr(self, "optimizer", None)
+        lrs = _step_lrs.pop(self, None)
         if optimizer is not None and "learning_rate" in logs:
-            logs.update(module_lrs(optimizer.param_groups))
+            logs.update(lrs if lrs is not None else module_lrs(optimizer.param_groups))
         monitor = _monitors.get(self)
         if monitor is not None:
             logs.update(monitor.entries(self.state.global_step))

@@ -85,6 +85,14 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "transformers.trainer",
+        "Trainer._get_learning_rate",
+        logs.wrap_get_learning_rate,
+        signature=("self",),
+        trigger="llamafactory.train.trainer_utils",
+        verified=VERIFIED_TRANSFORMERS,
+    ),
+    Target(
+        "transformers.trainer",
         "Trainer.log",
         logs.wrap_trainer_log,
         signature=("self", "logs"),

@@ -63,3 +63,15 @@ def test_resolve_inherits_unset_keys():
     assert resolved["other"] == (1e-4, 0.1)
     assert settings.any_set and settings.explicit("vision_tower") == ["vision_tower_lr"]
     assert not Settings(dict.fromkeys(KEY_NAMES)).any_set
+
+
+def test_a_frozen_flag_the_registry_cannot_reach_is_left_to_the_prepared_model():
+    from types import SimpleNamespace
+
+    from lf_multilr.keys import refuse_frozen
+
+    settings = Settings({**dict.fromkeys(KEY_NAMES), "vision_tower_lr": 1e-5})
+    args = SimpleNamespace(finetuning_type="full", additional_target=None, freeze_vision_tower=True)
+    with pytest.raises(ConfigError, match="freeze_vision_tower: true"):
+        refuse_frozen(settings, args)
+    refuse_frozen(settings, args, unreachable={"vision_tower"})  # e.g. Video-LLaVA: the flag freezes nothing

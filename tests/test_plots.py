@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from e2e import train, write_config
@@ -48,3 +49,8 @@ def test_a_run_with_plot_loss_draws_both_plots(tiny, data, tmp_path, env):
             assert image.format == "PNG" and image.size == ((640, 480) if name == "training_loss.png" else (750, 450))
             assert len(image.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # drawn lines, not a blank canvas
         assert f"Figure saved at: {out / name}" in result.stdout
+    history = [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
+    assert len({r["learning_rate"] for r in history}) > 3  # warm-up and cosine: the LR moves every step
+    for record in history:  # the LR each step used, as HF's learning_rate (group 0, the language model) is
+        assert record["lr/language_model"] == record["learning_rate"]
+        assert record["lr/vision_tower"] == pytest.approx(record["learning_rate"] * 0.1, rel=1e-12)

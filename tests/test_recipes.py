@@ -81,8 +81,9 @@ def test_warmup_values_are_exact_and_survive_a_resume(tiny, data, tmp_path, env)
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [r for r in log_records(out) if "lr/vision_tower" in r]
-    # logged after optimizer step k: the LR of step k, multiplier min(1, (k - 1 + 1) / 3) from start step 1
-    assert [r["lr/vision_tower"] for r in records] == pytest.approx([1e-4 / 3, 2e-4 / 3, 1e-4, 1e-4, 1e-4], rel=1e-9)
+    # logged at step k, like HF's learning_rate: the LR step k used, i.e. 0-based optimizer step t = k - 1,
+    # multiplier 0 before start step 1, then min(1, (t - 1 + 1) / 3)
+    assert [r["lr/vision_tower"] for r in records] == pytest.approx([0, 1e-4 / 3, 2e-4 / 3, 1e-4, 1e-4], rel=1e-9)
     assert [r["lr/language_model"] for r in records] == [1.0e-3] * 5
     assert "vision_tower: LR 0 before optimizer step 1, then rises linearly over 3 steps" in result.stdout
 
