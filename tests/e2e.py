@@ -30,11 +30,9 @@ PROJECTOR_COPY = {
 }
 
 
-def write_config(tmp_path: Path, model: Path, data: Path, family: str, **overrides: Any) -> tuple[Path, Path]:
-    """A training YAML for ``family`` (full fine-tuning, everything unfrozen, one constant-LR step by default)."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    output_dir = tmp_path / "out"
-    config: dict[str, Any] = {
+def base_config(model: Path, data: Path, family: str, output_dir: Path) -> dict[str, Any]:
+    """The arguments every test run shares: ``family``'s tiny model, everything unfrozen, full fine-tuning."""
+    return {
         "model_name_or_path": str(model),
         "stage": "sft",
         "do_train": True,
@@ -44,11 +42,21 @@ def write_config(tmp_path: Path, model: Path, data: Path, family: str, **overrid
         "dataset": "tiny_mm",
         "dataset_dir": str(data),
         "template": TEMPLATE[family],
+        "output_dir": str(output_dir),
+        "report_to": "none",
+    }
+
+
+def write_config(tmp_path: Path, model: Path, data: Path, family: str, **overrides: Any) -> tuple[Path, Path]:
+    """A training YAML for ``family`` (full fine-tuning, everything unfrozen, one constant-LR step by default)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    output_dir = tmp_path / "out"
+    config: dict[str, Any] = {
+        **base_config(model, data, family, output_dir),
         "cutoff_len": 256,
         "max_samples": 16,
         "overwrite_cache": True,
         "preprocessing_num_workers": 1,
-        "output_dir": str(output_dir),
         "logging_steps": 1,
         "per_device_train_batch_size": 2,
         "learning_rate": 1.0e-3,
@@ -56,7 +64,6 @@ def write_config(tmp_path: Path, model: Path, data: Path, family: str, **overrid
         "lr_scheduler_type": "constant",
         "weight_decay": 0.0,
         "adam_epsilon": 1.0e-20,
-        "report_to": "none",
         "save_strategy": "no",
         "seed": 0,
     }

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from e2e import PROJECTOR_COPY, train, write_config
+from e2e import PROJECTOR_COPY, base_config, train, write_config
 from lf_multilr.keys import Settings
 from lf_multilr.patches.hparams import refuse_deepspeed_blocks
 
@@ -18,21 +18,7 @@ def get_train_args():
 
 
 def args_for(model, data, tmp_path, **overrides):
-    config = {
-        "model_name_or_path": str(model),
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "full",
-        "freeze_vision_tower": False,
-        "freeze_multi_modal_projector": False,
-        "dataset": "tiny_mm",
-        "dataset_dir": str(data),
-        "template": "qwen2_vl",
-        "output_dir": str(tmp_path / "out"),
-        "report_to": "none",
-    }
-    config.update(overrides)
-    return config
+    return {**base_config(model, data, "qwen2_vl", tmp_path / "out"), **overrides}
 
 
 def config_only_model(tmp_path, model_type):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from e2e import adapter, train, write_config
+from e2e import adapter, base_config, train, write_config
 
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
 
@@ -36,21 +36,7 @@ def prepared(tiny, data, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     def make(**overrides):
-        config = {
-            "model_name_or_path": str(tiny("qwen2_vl")),
-            "stage": "sft",
-            "do_train": True,
-            "finetuning_type": "full",
-            "freeze_vision_tower": False,
-            "freeze_multi_modal_projector": False,
-            "dataset": "tiny_mm",
-            "dataset_dir": str(data),
-            "template": "qwen2_vl",
-            "output_dir": str(tmp_path / "out"),
-            "report_to": "none",
-            **LRS,
-            **overrides,
-        }
+        config = {**base_config(tiny("qwen2_vl"), data, "qwen2_vl", tmp_path / "out"), **LRS, **overrides}
         _, _, training_args, finetuning_args, _ = get_train_args(config)
         model = AutoModelForImageTextToText.from_pretrained(tiny("qwen2_vl"))
         return model, training_args, finetuning_args
