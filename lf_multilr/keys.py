@@ -33,7 +33,7 @@ _WHAT: dict[str, str] = {
 }
 
 
-Kind = Literal["lr", "weight_decay", "layer_decay", "start_step", "warmup_steps"]
+Kind = Literal["lr", "weight_decay", "layer_decay", "start_step", "warmup_steps", "groups"]
 
 #: Per kind: what the help says it sets, and what an unset key means.
 _KIND_HELP: dict[str, tuple[str, str]] = {
@@ -46,6 +46,11 @@ _KIND_HELP: dict[str, tuple[str, str]] = {
     ),
     "start_step": ("Optimizer step from which {what} trains (its LR is 0 before)", "0"),
     "warmup_steps": ("Steps over which the LR of {what} rises linearly from its start step", "the run's schedule"),
+    "groups": (
+        "Custom param groups: a list of {{name, params, lr, weight_decay}}; `params` is a regular expression on the "
+        "parameter name; matched before the modules, first match wins; lr and weight_decay inherit",
+        "none",
+    ),
 }
 
 
@@ -76,11 +81,8 @@ KEYS: tuple[Key, ...] = (
     *(Key(f"{module}_{kind}", module, kind) for kind in _SCHEDULE_KINDS for module in _ORDER),
 )
 KEY_NAMES: tuple[str, ...] = tuple(key.name for key in KEYS)
-#: ``lr_groups``: custom groups by regular expression (see :mod:`.custom_groups`).
-LR_GROUPS_HELP = (
-    "Custom param groups (lf-multilr): a list of {name, params, lr, weight_decay}; `params` is a regular "
-    "expression on the parameter name; matched before the modules, first match wins; lr/weight_decay inherit."
-)
+#: ``lr_groups``: custom groups by regular expression (see :mod:`.custom_groups`); a list, so not one of ``KEYS``.
+LR_GROUPS = Key("lr_groups", OTHER, "groups")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-from .keys import KEYS, Key, check_value
+from .custom_groups import parse_lr_groups
+from .keys import KEYS, LR_GROUPS, Key, check_value
+
+
+def ui_keys() -> tuple[Key, ...]:
+    """The accordion's fields: every key, then ``lr_groups`` as JSON text."""
+    return (*KEYS, LR_GROUPS)
+
 
 #: The languages LlamaBoard offers (``webui/locales.py``).
 LANGUAGES: tuple[str, ...] = ("en", "ru", "zh", "ko", "ja")
@@ -129,8 +136,39 @@ _INFO = {
 }
 
 
+_GROUPS = {
+    "en": {
+        "label": "Custom groups (lr_groups, JSON)",
+        "info": 'Matched before the modules; lr and weight_decay inherit. Example: [{"name": "vit_last", '
+        '"params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
+    },
+    "ru": {
+        "label": "Собственные группы (lr_groups, JSON)",
+        "info": "Проверяются раньше модулей; lr и weight_decay наследуются. Пример: "
+        '[{"name": "vit_last", "params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
+    },
+    "zh": {
+        "label": "自定义参数组（lr_groups，JSON）",
+        "info": '先于各模块匹配；lr 与 weight_decay 可继承。例如：[{"name": "vit_last", '
+        '"params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
+    },
+    "ko": {
+        "label": "사용자 정의 그룹 (lr_groups, JSON)",
+        "info": "모듈보다 먼저 일치시킵니다. lr과 weight_decay는 상속됩니다. 예: "
+        '[{"name": "vit_last", "params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
+    },
+    "ja": {
+        "label": "カスタムグループ（lr_groups、JSON）",
+        "info": "モジュールより先に照合し、lr と weight_decay は継承されます。例："
+        '[{"name": "vit_last", "params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
+    },
+}
+
+
 def label(key: Key, lang: str) -> dict[str, str]:
     """The field's label and help in ``lang``; a key this table does not know yet gets its name and CLI help."""
+    if key.kind == "groups":
+        return dict(_GROUPS.get(lang) or {"label": key.name, "info": key.help})
     module = _MODULE.get(lang, {}).get(key.module)
     template = _LABEL.get(lang, {}).get(key.kind)
     info = _INFO.get(lang, {}).get(key.kind)
@@ -141,7 +179,7 @@ def label(key: Key, lang: str) -> dict[str, str]:
 
 def locales() -> dict[str, dict[str, dict[str, str]]]:
     """The entries lf-multilr adds to LlamaBoard's ``LOCALES`` (element name -> language -> properties)."""
-    entries = {key.name: {lang: label(key, lang) for lang in LANGUAGES} for key in KEYS}
+    entries = {key.name: {lang: label(key, lang) for lang in LANGUAGES} for key in ui_keys()}
     entries[TAB] = {lang: {"label": _TAB_LABEL[lang]} for lang in LANGUAGES}
     entries[VIEWER] = {lang: {"label": _VIEWER_LABEL[lang]} for lang in LANGUAGES}
     return entries
@@ -150,7 +188,7 @@ def locales() -> dict[str, dict[str, dict[str, str]]]:
 def rows() -> list[list[Key]]:
     """The fields' layout: one row per kind of key (learning rates, weight decays), in ``KEYS`` order."""
     by_kind: dict[str, list[Key]] = {}
-    for key in KEYS:
+    for key in ui_keys():
         by_kind.setdefault(key.kind, []).append(key)
     return list(by_kind.values())
 
@@ -159,8 +197,14 @@ def value(key: Key, text: Any) -> float | None:
     """A field's value: ``None`` when blank, else a number checked as the CLI checks it.
 
     Accepts what people type: ``1e-5``, ``1.0E-05``, a decimal comma (``1,5e-5``), full-width characters.
-    Anything else raises the CLI's :class:`~lf_multilr.errors.ConfigError` for that key.
+    Anything else raises the CLI's :class:`~lf_multilr.errors.ConfigError` for that key. ``lr_groups`` is JSON:
+    its value is the list, checked as the CLI checks it.
     """
+    if key.kind == "groups":
+        if text is None or not str(text).strip():
+            return None
+        parse_lr_groups(str(text))  # raises the CLI's message
+        return json.loads(str(text))
     if text is None or isinstance(text, (bool, int, float)):
         return check_value(key, text)
     normal = unicodedata.normalize("NFKC", str(text)).strip().replace("\u2212", "-")
@@ -175,14 +219,16 @@ def value(key: Key, text: Any) -> float | None:
     return check_value(key, number)
 
 
-def values(texts: Mapping[str, Any]) -> dict[str, float]:
-    """The set keys among ``texts`` (key name -> field text), as numbers; raises on the first bad one."""
-    numbers = {key.name: value(key, texts[key.name]) for key in KEYS if key.name in texts}
+def values(texts: Mapping[str, Any]) -> dict[str, Any]:
+    """The set keys among ``texts`` (key name -> field text), as values; raises on the first bad one."""
+    numbers = {key.name: value(key, texts[key.name]) for key in ui_keys() if key.name in texts}
     return {name: number for name, number in numbers.items() if number is not None}
 
 
 def text(number: Any) -> str:
     """How a saved value shows in its field."""
+    if isinstance(number, (list, dict)):
+        return json.dumps(number, ensure_ascii=False)
     return repr(float(number)) if isinstance(number, (int, float)) and not isinstance(number, bool) else str(number)
 
 
@@ -236,7 +282,7 @@ def key_names_in(extra: Any) -> list[str]:
         parsed = json.loads(extra) if isinstance(extra, str) else None
     except json.JSONDecodeError:
         return []
-    return [key.name for key in KEYS if isinstance(parsed, dict) and key.name in parsed]
+    return [key.name for key in ui_keys() if isinstance(parsed, dict) and key.name in parsed]
 
 
 def set_names(texts: Mapping[str, Any], extra: Any) -> list[str]:

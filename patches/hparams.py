@@ -8,7 +8,7 @@ from functools import wraps
 from typing import Any
 
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import KEYS, LR_GROUPS_HELP, SWITCHES, Settings, refuse_frozen
+from lf_multilr.keys import KEYS, LR_GROUPS, SWITCHES, Settings, refuse_frozen
 from lf_multilr.supplement import rules_for
 
 from . import versions
@@ -39,7 +39,7 @@ def keyed_class(base: type) -> type:
     fields += [
         (switch.name, bool, field(default=switch.default, metadata={"help": switch.help})) for switch in SWITCHES
     ]
-    fields.append(("lr_groups", str | None, field(default=None, metadata={"help": LR_GROUPS_HELP})))
+    fields.append((LR_GROUPS.name, str | None, field(default=None, metadata={"help": LR_GROUPS.help})))
     cls = make_dataclass(
         base.__name__,
         fields,

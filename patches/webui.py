@@ -25,12 +25,12 @@ from typing import Any
 
 from lf_multilr import webui_fields, webui_view
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import KEYS, Settings, refuse_frozen
+from lf_multilr.keys import Settings, refuse_frozen
 
 from . import hparams
 
 #: Element id of each field (key name -> ``train.<key>``) and of LlamaBoard's extra-arguments box.
-FIELD_IDS: dict[str, str] = {key.name: f"train.{key.name}" for key in KEYS}
+FIELD_IDS: dict[str, str] = {key.name: f"train.{key.name}" for key in webui_fields.ui_keys()}
 EXTRA_ARGS = "train.extra_args"
 #: HTML ids, for people and tests that look for the fields.
 HTML_ID = "lf_multilr_{}"
@@ -73,7 +73,7 @@ def wrap_create_train_tab(original: Any) -> Any:
                 label=english[key.name]["en"]["label"],
                 info=english[key.name]["en"]["info"],
             )
-            for key in KEYS
+            for key in webui_fields.ui_keys()
         }
         token = _extra_inputs.set(frozenset(inputs.values()))
         try:

@@ -29,6 +29,7 @@ from lf_multilr.webui_view import number
 MODEL_NAME = "Qwen2-VL-2B-Instruct"  # a multimodal entry of LlamaBoard's list; its path is replaced by the tiny model
 SCREENSHOT_DIR = "LF_MULTILR_SCREENSHOT_DIR"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+GROUPS = [{"name": "vit_last", "params": "visual\\.blocks\\.1\\.", "lr": 1e-5}]  # the last of two ViT blocks
 EXTRA = {
     "optim": "adamw_torch",
     "max_steps": 2,
@@ -224,6 +225,7 @@ def test_module_lrs_flow_from_the_fields_to_the_run_and_back(boards, browser, ti
     module_field(page, "vision_tower_lr").fill("2e-6")
     module_field(page, "multi_modal_projector_lr").fill("1,5e-4")  # a decimal comma
     module_field(page, "language_model_weight_decay").fill("0.01")
+    module_field(page, "lr_groups").fill(json.dumps(GROUPS))
     screenshot(page.locator("#lf_multilr_tab"), tmp_path / "webui_accordion.png")
 
     tab.get_by_role("button", name="Preview command").click()
@@ -232,6 +234,7 @@ def test_module_lrs_flow_from_the_fields_to_the_run_and_back(boards, browser, ti
     expect(preview).to_contain_text("--multi_modal_projector_lr 0.00015")
     expect(preview).to_contain_text("--language_model_weight_decay 0.01")
     expect(preview).not_to_contain_text("--language_model_lr")
+    expect(preview).to_contain_text("--lr_groups")
 
     tab.get_by_role("button", name="Start").click()
     expect(tab).to_contain_text("Finished.", timeout=180_000)
@@ -243,6 +246,7 @@ def test_module_lrs_flow_from_the_fields_to_the_run_and_back(boards, browser, ti
         assert record["lr/vision_tower"] == 2e-6
         assert record["lr/multi_modal_projector"] == 1.5e-4
         assert record["lr/language_model"] == record["lr"] == 1e-3
+        assert record["lr/vit_last"] == 1e-5 and record["grad_norm/vit_last"] > 0
     # The module table the run logged, in LlamaBoard's output box.
     expect(tab).to_contain_text("lf-multilr param groups for model type `qwen2_vl`")
     table = tab.locator("code", has_text="lf-multilr param groups")
@@ -275,8 +279,9 @@ def test_module_lrs_flow_from_the_fields_to_the_run_and_back(boards, browser, ti
         "vision_tower_lr": 2e-6,
         "multi_modal_projector_lr": 1.5e-4,
         "language_model_weight_decay": 0.01,
+        "lr_groups": GROUPS,
     }
-    for name in KEY_NAMES:
+    for name in (*KEY_NAMES, "lr_groups"):
         module_field(page, name).fill("")
     tab.get_by_role("button", name="Load arguments").click()
     expect(tab).to_contain_text("Arguments have been restored.")
@@ -284,8 +289,9 @@ def test_module_lrs_flow_from_the_fields_to_the_run_and_back(boards, browser, ti
         "vision_tower_lr": "2e-06",
         "multi_modal_projector_lr": "0.00015",
         "language_model_weight_decay": "0.01",
+        "lr_groups": json.dumps(GROUPS),
     }
-    for name in KEY_NAMES:
+    for name in (*KEY_NAMES, "lr_groups"):
         expect(module_field(page, name)).to_have_value(restored.get(name, ""))
     expect(named(tab, "Extra arguments")).to_have_value(json.dumps(EXTRA))
 

@@ -7,10 +7,10 @@ import pytest
 
 from lf_multilr import webui_fields, webui_view
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import KEY_NAMES, KEYS, Key, check_value
+from lf_multilr.keys import KEY_NAMES, KEYS, LR_GROUPS, Key, check_value
 
 VISION_LR = next(key for key in KEYS if key.name == "vision_tower_lr")
-FIELD_IDS = {key.name: f"train.{key.name}" for key in KEYS}
+FIELD_IDS = {key.name: f"train.{key.name}" for key in webui_fields.ui_keys()}
 EXTRA = "train.extra_args"
 
 
@@ -113,7 +113,7 @@ def test_the_languages_are_llamaboards():
 
 def test_rows_hold_every_key_once_in_table_order():
     rows = webui_fields.rows()
-    assert [key for row in rows for key in row] == sorted(KEYS, key=lambda key: (key.kind != "lr", KEYS.index(key)))
+    assert [key for row in rows for key in row] == [*KEYS, LR_GROUPS]
     assert all(len({key.kind for key in row}) == 1 for row in rows)
 
 
@@ -223,3 +223,27 @@ def test_read_records_skips_a_line_being_written(tmp_path):
     assert webui_view.read_records(path) == []
     path.write_text(json.dumps(RECORDS[0]) + "\n" + '{"current_steps": 2, "lo')
     assert webui_view.read_records(path) == [RECORDS[0]]
+
+
+def test_lr_groups_is_a_json_field_checked_like_the_cli():
+    groups = '[{"name": "vit_last", "params": "visual\\\\.blocks\\\\.1\\\\.", "lr": 1e-2}]'
+    assert webui_fields.values({"lr_groups": groups}) == {
+        "lr_groups": [{"name": "vit_last", "params": "visual\\.blocks\\.1\\.", "lr": 1e-2}]
+    }
+    assert webui_fields.values({"lr_groups": "  "}) == {}
+    with pytest.raises(ConfigError, match=r"`lr_groups: '\[\{'` is refused: it is not valid JSON"):
+        webui_fields.values({"lr_groups": "[{"})
+    with pytest.raises(ConfigError, match=r"`lr_groups\[0\].params: '\('`"):
+        webui_fields.values({"lr_groups": '[{"name": "a", "params": "("}]'})
+    for lang in webui_fields.LANGUAGES:
+        assert webui_fields.locales()["lr_groups"][lang]["label"] != "lr_groups"
+
+
+def test_lr_groups_round_trip_through_a_saved_config():
+    groups = '[{"name": "emb", "params": "embed_tokens", "lr": 0.0001}]'
+    config = {"top.model_name": "Qwen2-VL-2B-Instruct", EXTRA: "{}", **dict.fromkeys(FIELD_IDS.values(), "")}
+    config[FIELD_IDS["lr_groups"]] = groups
+    folded = webui_fields.fold(config, FIELD_IDS, EXTRA)
+    assert json.loads(folded[EXTRA]) == {"lr_groups": [{"name": "emb", "params": "embed_tokens", "lr": 0.0001}]}
+    texts = webui_fields.unfold(folded, FIELD_IDS, EXTRA)
+    assert json.loads(texts[FIELD_IDS["lr_groups"]]) == json.loads(groups) and json.loads(texts[EXTRA]) == {}

@@ -19,7 +19,7 @@ from lf_multilr.keys import KEY_NAMES
 from lf_multilr.patches import _patching
 from lf_multilr.patches.targets import TARGETS
 
-FIELD_IDS = {name: f"train.{name}" for name in KEY_NAMES}
+FIELD_IDS = {key.name: f"train.{key.name}" for key in webui_fields.ui_keys()}
 MODEL_NAME = "Qwen2-VL-2B-Instruct"
 
 
@@ -211,7 +211,7 @@ UI_PROBE = """
 import json, sys
 from llamafactory.webui import interface, runner
 from llamafactory.webui.locales import LOCALES
-SUFFIXES = ("_lr", "_weight_decay", "_layer_decay", "_start_step", "_warmup_steps")
+SUFFIXES = ("_lr", "_weight_decay", "_layer_decay", "_start_step", "_warmup_steps", "lr_groups")
 demo = interface.create_ui()
 methods = ("_initialize", "_parse_train_args", "_build_config_dict", "load_args", "check_output_dir")
 print(json.dumps({
@@ -244,7 +244,7 @@ def test_kill_switch_gives_the_stock_ui(tmp_path):
         found[name] = json.loads(stdout.splitlines()[-1])
     assert found["stock"] == {"patches": False, "wrapped": [], "labels": [], "elements": []}
     assert found["active"]["patches"] and len(found["active"]["wrapped"]) == 6
-    assert set(found["active"]["labels"]) == {*KEY_NAMES, webui_fields.TAB, webui_fields.VIEWER}
+    assert set(found["active"]["labels"]) == {*KEY_NAMES, "lr_groups", webui_fields.TAB, webui_fields.VIEWER}
     assert "lf_multilr_tab" in found["active"]["elements"]
 
 
