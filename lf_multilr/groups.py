@@ -262,7 +262,8 @@ def _notes(plan: GroupPlan, settings: Settings, layers: dict[int, tuple[float, s
         lr = plan.rows["vision_tower"].lr
         by_tag = {tag: scale for scale, tag in layers.values()}
         blocks = sum(tag.startswith("block") for tag in by_tag)
-        shown = ", ".join(f"{tag} {lr * by_tag[tag]:.3e}" for tag in ("embeddings", "block0", f"block{blocks - 1}"))
+        ends = ("embeddings", "block0", f"block{blocks - 1}")
+        shown = ", ".join(f"{tag} {lr * by_tag[tag]:.3e}" for tag in ends if tag in by_tag)
         notes.append(f"vision_tower: layer-wise decay {decay:g} over {blocks} blocks: {shown}, head {lr:.3e}")
     return notes
 

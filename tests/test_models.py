@@ -194,3 +194,21 @@ def test_docs_models_md_is_the_scripts_output():
         return [line for line in text.splitlines() if not any(line.startswith(f"| `{t}` |") for t in missing)]
 
     assert rows(models_table.DOC.read_text()) == rows(models_table.page()), "run `tools/models_table.py --write`"
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_vit_layer_decay_finds_the_blocks_of_every_vision_tower(model_type):
+    from lf_multilr.layers import block_index
+
+    net = model(model_type)
+    net.requires_grad_(True)
+    settings = Settings({**dict.fromkeys(KEY_NAMES), "vision_tower_lr": 1.0, "vision_tower_lr_layer_decay": 0.5})
+    plan = build_plan(net.named_parameters(), module_map(model_type), settings, 1e-3, 0.0, set())
+    vision = [name for name, _ in net.named_parameters() if module_map(model_type).owner(name) == "vision_tower"]
+    blocks = max(i for i in map(block_index, vision) if i is not None) + 1
+    assert blocks >= 2
+    scales = {g["name"].rsplit("/", 1)[-1]: g["lr_scale"] for g in plan.param_groups if g["module"] == "vision_tower"}
+    for i in range(blocks):
+        if f"block{i}" in scales:
+            assert scales[f"block{i}"] == 0.5 ** (blocks - 1 - i), (model_type, i)
+    assert f"block{blocks - 1}" in scales and scales.get("embeddings", 0.5**blocks) == 0.5**blocks
