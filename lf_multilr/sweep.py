@@ -482,6 +482,12 @@ def summarize(sweep: Sweep, runs: Sequence[Run]) -> str:
     return table
 
 
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    """``|#####---------------|`` for ``done`` of ``total`` runs finished."""
+    filled = round(width * done / total) if total else width
+    return "|" + "#" * filled + "-" * (width - filled) + "|"
+
+
 def main(argv: list[str]) -> int:
     try:
         sweep = parse_args(argv)
@@ -492,7 +498,7 @@ def main(argv: list[str]) -> int:
     sweep.out.mkdir(parents=True, exist_ok=True)
     try:
         for i, run in enumerate(runs, 1):
-            step(sweep, run, f"[{i}/{len(runs)}] {run.label}")
+            step(sweep, run, f"[{i}/{len(runs)}] {progress_bar(i - 1, len(runs))} {run.label}")
     except KeyboardInterrupt:
         print("lf-multilr sweep: interrupted. Run the same command again to train what is missing.", file=sys.stderr)
         return 130

@@ -312,3 +312,9 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tiny, data, tmp_path, en
     assert lines[0] == "Ranked by final eval loss (lower is better)."
     assert lines[4].startswith("| 1 | false | ") and lines[4].endswith(" | 2 | ok |")
     assert lines[5] == f"| 2 | true |  |  |  | failed: {failed['error']} |"
+
+
+def test_progress_bar():
+    from lf_multilr.sweep import progress_bar
+
+    assert [progress_bar(done, 4, width=8) for done in (0, 2, 4)] == ["|--------|", "|####----|", "|########|"]
