@@ -20,6 +20,7 @@ from .custom_groups import CustomGroup
 from .errors import ConfigError
 from .keys import FREEZE_FLAG, MODULES, OTHER, Settings, frozen_fix
 from .layers import EMBEDDINGS, HEAD, decay_scale, depths
+from .layout import LAYOUT, digest
 from .modules import ModuleMap, Placement, normalize
 from .supplement import Rule
 
@@ -236,12 +237,15 @@ def build_plan(
             if start or warmup:
                 bucket.update(start_step=start, warmup_steps=warmup)
         bucket["params"].append(param)
+        bucket.setdefault("_names", []).append(normalize(name))
 
     customs = {group.name: custom_rows[group.name] for group in settings.groups if group.name in custom_rows}
     rows = {**rows, **customs, OTHER: rows_other}
     rank = {name: i for i, name in enumerate(rows)}
     roles = ("decay", "no_decay", "lora_a", "lora_b", "lora_b_nodecay", "embedding")
     param_groups = sorted(buckets.values(), key=lambda g: (rank[g["module"]], roles.index(g["name"].split("/")[1])))
+    for group in param_groups:
+        group[LAYOUT] = digest(group.pop("_names"))
     grouped = [id(p) for group in param_groups for p in group["params"]]
     if len(grouped) != len(set(grouped)) or set(grouped) != trainable_ids:
         raise RuntimeError("lf-multilr: internal error: a trainable parameter is not in exactly one param group")

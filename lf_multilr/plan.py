@@ -31,6 +31,7 @@ def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:
             "weight_decay": group["weight_decay"],
             "num_tensors": len(group["params"]),
             "num_params": sum(numel(p) for p in group["params"]),
+            "layout": group["layout"],
         }
         for group in plan.param_groups
     ]

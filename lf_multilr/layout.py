@@ -1,0 +1,73 @@
+"""What a set of param groups looks like, so that two of them can be compared.
+
+Each module group carries ``layout``: a digest of the (wrapper-free) names of its parameters, in order. Two
+optimizers whose groups have the same names, sizes and layouts put the same parameters in the same places, so
+optimizer state can move between them. That is checked when a checkpoint's optimizer state is loaded (HF and
+torch match groups by position and size only) and, under several processes, between the ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+#: The group key that holds the digest.
+LAYOUT = "layout"
+
+
+def digest(names: Iterable[str]) -> str:
+    """A short, stable digest of parameter names in order."""
+    return hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
+
+
+def signature(groups: Sequence[dict[str, Any]]) -> list[tuple[str | None, int, str | None]]:
+    """(name, parameter count, layout) per group; names and layouts are None for groups lf-multilr did not build."""
+    return [(group.get("name"), _count(group), group.get(LAYOUT)) for group in groups]
+
+
+def _count(group: dict[str, Any]) -> int:
+    return len(group["params"])
+
+
+def describe(groups: Sequence[dict[str, Any]]) -> str:
+    """One line that lists the groups, for messages."""
+    parts = [f"{name or 'unnamed'} ({count})" for name, count, _ in signature(groups)]
+    return f"{len(parts)} groups: " + ", ".join(parts)
+
+
+def mismatch(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]) -> str | None:
+    """Why optimizer state built for ``saved`` groups would land on the wrong parameters of ``current``; None if not.
+
+    Groups built by stock code (no names) are compared by count and size, as torch does; lf-multilr's groups also
+    by name and layout, which catches groups of equal size that hold different parameters.
+    """
+    old, new = signature(saved), signature(current)
+    if len(old) != len(new):
+        return f"the checkpoint has {describe(saved)}; this run has {describe(current)}"
+    for index, ((old_name, old_count, old_layout), (new_name, new_count, new_layout)) in enumerate(
+        zip(old, new, strict=True)
+    ):
+        where = f"group {index} ({new_name or 'unnamed'})"
+        if old_name != new_name:
+            return f"{where} is `{old_name or 'unnamed'}` in the checkpoint"
+        if old_count != new_count:
+            return f"{where} holds {old_count} tensors in the checkpoint and {new_count} in this run"
+        if old_layout is not None and new_layout is not None and old_layout != new_layout:
+            return f"{where} holds different parameters in the checkpoint (same count, other names)"
+    return None
+
+
+def lr_changes(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """(group, checkpoint LR, config LR) for every group whose starting LR differs from the checkpoint's.
+
+    ``initial_lr`` is what the scheduler scales; a checkpoint saved before any scheduler step has only ``lr``.
+    """
+    changes = []
+    for old, new in zip(saved, current, strict=False):
+        was = float(old.get("initial_lr", old.get("lr", math.nan)))
+        now = float(new.get("initial_lr", new.get("lr", math.nan)))
+        if not math.isclose(was, now, rel_tol=1e-9, abs_tol=0.0):
+            changes.append((str(new.get("name") or old.get("name") or "unnamed"), was, now))
+    return changes

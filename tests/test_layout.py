@@ -1,0 +1,55 @@
+"""Group layouts: what makes optimizer state safe to move between two sets of param groups."""
+
+from __future__ import annotations
+
+import torch
+
+from lf_multilr.layout import LAYOUT, describe, digest, lr_changes, mismatch
+
+
+def _groups(*spec: tuple[str | None, list[str], float]) -> list[dict]:
+    groups = []
+    for name, names, lr in spec:
+        group = {"params": [torch.zeros(1) for _ in names], "lr": lr, "initial_lr": lr}
+        if name is not None:
+            group.update(name=name, **{LAYOUT: digest(names)})
+        groups.append(group)
+    return groups
+
+
+def test_same_layout_passes():
+    a = _groups(("language_model/decay", ["m.a", "m.b"], 1e-5), ("vision_tower/decay", ["v.a"], 1e-6))
+    b = _groups(("language_model/decay", ["m.a", "m.b"], 2e-5), ("vision_tower/decay", ["v.a"], 1e-6))
+    assert mismatch(a, b) is None
+
+
+def test_count_name_size_and_names_are_told_apart():
+    base = _groups(("language_model/decay", ["m.a", "m.b"], 1e-5), ("vision_tower/decay", ["v.a"], 1e-6))
+    fewer = _groups(("language_model/decay", ["m.a", "m.b"], 1e-5))
+    assert "the checkpoint has 2 groups: language_model/decay (2), vision_tower/decay (1)" in mismatch(base, fewer)
+    renamed = _groups(("language_model/decay", ["m.a", "m.b"], 1e-5), ("multi_modal_projector/decay", ["v.a"], 1e-6))
+    assert "is `vision_tower/decay` in the checkpoint" in mismatch(base, renamed)
+    bigger = _groups(("language_model/decay", ["m.a", "m.b", "m.c"], 1e-5), ("vision_tower/decay", ["v.a"], 1e-6))
+    assert "holds 2 tensors in the checkpoint and 3" in mismatch(base, bigger)
+    swapped = _groups(("language_model/decay", ["m.b", "m.a"], 1e-5), ("vision_tower/decay", ["v.a"], 1e-6))
+    assert "different parameters" in mismatch(base, swapped)
+
+
+def test_stock_groups_compare_by_size_only():
+    stock = _groups((None, ["a", "b"], 1e-5), (None, ["c"], 1e-5))
+    assert mismatch(stock, _groups((None, ["x", "y"], 1e-5), (None, ["z"], 1e-5))) is None
+    assert "unnamed (2)" in describe(stock)
+    ours = _groups(("language_model/decay", ["a", "b"], 1e-5), ("language_model/no_decay", ["c"], 1e-5))
+    assert "is `unnamed` in the checkpoint" in mismatch(stock, ours)
+
+
+def test_lr_changes_name_the_group_and_both_values():
+    old = _groups(("language_model/decay", ["a"], 1e-5), ("vision_tower/decay", ["v"], 1e-6))
+    new = _groups(("language_model/decay", ["a"], 1e-5), ("vision_tower/decay", ["v"], 3e-6))
+    assert lr_changes(old, new) == [("vision_tower/decay", 1e-6, 3e-6)]
+    assert lr_changes(old, old) == []
+
+
+def test_digest_is_order_sensitive_and_stable():
+    assert digest(["a", "b"]) == digest(["a", "b"]) != digest(["b", "a"])
+    assert len(digest(["a"])) == 16
