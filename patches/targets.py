@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import hparams, logs, optimizer, scheduler, webui
+from . import hparams, logs, optimizer, resume, scheduler, webui
 from ._patching import Target
 from .versions import VERIFIED_LLAMAFACTORY, VERIFIED_TRANSFORMERS
 
@@ -96,6 +96,30 @@ TARGETS: tuple[Target, ...] = (
         "Trainer.log",
         logs.wrap_trainer_log,
         signature=("self", "logs"),
+        trigger="llamafactory.train.trainer_utils",
+        verified=VERIFIED_TRANSFORMERS,
+    ),
+    Target(
+        "transformers.trainer",
+        "Trainer._load_from_checkpoint",
+        resume.wrap_load_from_checkpoint,
+        signature=("self", "resume_from_checkpoint", "model"),
+        trigger="llamafactory.train.trainer_utils",
+        verified=VERIFIED_TRANSFORMERS,
+    ),
+    Target(
+        "transformers.trainer",
+        "Trainer._load_best_model",
+        resume.wrap_load_best_model,
+        signature=("self",),
+        trigger="llamafactory.train.trainer_utils",
+        verified=VERIFIED_TRANSFORMERS,
+    ),
+    Target(
+        "transformers.trainer",
+        "Trainer._load_optimizer_and_scheduler",
+        resume.wrap_load_optimizer_and_scheduler,
+        signature=("self", "checkpoint"),
         trigger="llamafactory.train.trainer_utils",
         verified=VERIFIED_TRANSFORMERS,
     ),

@@ -53,3 +53,37 @@ def test_lr_changes_name_the_group_and_both_values():
 def test_digest_is_order_sensitive_and_stable():
     assert digest(["a", "b"]) == digest(["a", "b"]) != digest(["b", "a"])
     assert len(digest(["a"])) == 16
+
+
+def test_tied_tensors_count_as_loaded_through_their_twin():
+    from lf_multilr.checkpoint import Account
+
+    account = Account({"embed": 1, "lm_head": 1, "norm": 2, "extra": 3})
+    account.loaded.update({"embed", "norm"})
+    assert account.missing() == ["extra"]
+    assert account.missing(ignored={"extra"}) == []
+
+
+def test_incomplete_checkpoints_are_refused_with_key_value_why_fix():
+    import pytest
+
+    from lf_multilr.checkpoint import Account, refuse_incomplete
+    from lf_multilr.errors import ConfigError
+
+    account = Account({f"w{i}": i for i in range(5)}, loaded={"w0"}, unexpected=["visual.x"])
+    with pytest.raises(ConfigError) as refused:
+        refuse_incomplete("ckpt", account)
+    message = str(refused.value)
+    assert message.startswith("lf-multilr: `resume_from_checkpoint: 'ckpt'` is refused")
+    assert "4 of the model's 5 tensors are not filled from it (w1, w2, w3, ... (4 in all))" in message
+    assert "1 of its tensors match nothing in the model (visual.x)" in message and "Fix: " in message
+    refuse_incomplete("ckpt", Account({"w0": 0}, loaded={"w0"}))  # complete: no error
+
+
+def test_the_lr_message_names_each_changed_module_once():
+    from lf_multilr.checkpoint import lr_message
+
+    changes = [("vision_tower/decay", 1e-4, 3e-4), ("vision_tower/no_decay", 1e-4, 3e-4)]
+    message = lr_message("ckpt", changes)
+    assert message.count("vision_tower") == 1 and "vision_tower: 1.000e-04 (config: 3.000e-04)" in message
+    assert lr_message("ckpt", []) is None

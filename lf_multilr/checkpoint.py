@@ -1,0 +1,90 @@
+"""What resuming from a checkpoint must restore, and how to say when it does not.
+
+HF's Trainer reloads a full fine-tuning checkpoint with a plain ``load_state_dict``, but ``save_pretrained``
+wrote it in the original (hub) key layout, so on models that ``from_pretrained`` renames (Qwen2-VL, LLaVA, ...)
+no key matches and training goes on from the initial weights. lf-multilr loads such checkpoints through the
+same renaming and then accounts for every tensor of the model here: each one must have come from the checkpoint,
+directly or through a tensor it shares storage with (tied embeddings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+KEY = "resume_from_checkpoint"
+
+
+@dataclass
+class Account:
+    """Which of the model's tensors a checkpoint filled, and which checkpoint tensors had no place."""
+
+    #: model tensor name -> storage it lives in (tied tensors share one)
+    storage: Mapping[str, object]
+    loaded: set[str] = field(default_factory=set)
+    unexpected: list[str] = field(default_factory=list)
+
+    def missing(self, ignored: Collection[str] = ()) -> list[str]:
+        """Model tensors the checkpoint did not fill, directly or through a tied tensor."""
+        filled = {self.storage[name] for name in self.loaded if name in self.storage}
+        return [
+            name
+            for name, where in self.storage.items()
+            if name not in self.loaded and where not in filled and name not in ignored
+        ]
+
+
+def _sample(names: list[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+
+
+def refuse_incomplete(checkpoint: str, account: Account, ignored: Collection[str] = ()) -> None:
+    """Raise when the checkpoint leaves any model tensor unfilled or holds tensors the model has no place for."""
+    missing = account.missing(ignored)
+    if not missing and not account.unexpected:
+        return
+    parts = []
+    if missing:
+        total = len(account.storage)
+        parts.append(f"{len(missing)} of the model's {total} tensors are not filled from it ({_sample(missing)})")
+    if account.unexpected:
+        extra = account.unexpected
+        parts.append(f"{len(extra)} of its tensors match nothing in the model ({_sample(extra)})")
+    raise ConfigError(
+        KEY,
+        checkpoint,
+        "resuming would train on from weights that are not the checkpoint's: " + "; ".join(parts),
+        "resume with the same model and `finetuning_type` the checkpoint was saved with, or start a new run from "
+        "its weights (`model_name_or_path` set to the checkpoint, without `resume_from_checkpoint`)",
+    )
+
+
+def refuse_other_layout(checkpoint: str, why: str, lora: bool) -> None:
+    """Raise because the checkpoint's optimizer state belongs to other param groups (see :mod:`.layout`)."""
+    weights = "adapter_name_or_path" if lora else "model_name_or_path"
+    raise ConfigError(
+        KEY,
+        checkpoint,
+        f"its optimizer state was saved for other param groups ({why}), so loading it would give parameters "
+        "another parameter's optimizer state",
+        "resume with the lf-multilr keys (and freeze flags) the checkpoint was trained with, or start a new run "
+        f"from its weights (`{weights}` set to the checkpoint, without `resume_from_checkpoint`)",
+    )
+
+
+def lr_message(checkpoint: str, changes: list[tuple[str, float, float]]) -> str | None:
+    """One message naming the LRs in force after resuming, when the config's differ from the checkpoint's."""
+    if not changes:
+        return None
+    modules: dict[str, tuple[float, float]] = {}
+    for group, was, now in changes:
+        modules.setdefault(group.split("/", 1)[0], (was, now))
+    listed = "; ".join(f"{module}: {was:.3e} (config: {now:.3e})" for module, (was, now) in modules.items())
+    return (
+        f"resuming from {checkpoint}: the checkpoint's starting LRs stay in force, because the optimizer and "
+        f"scheduler state it holds carry them: {listed}. To train with the config's LRs, start a new run from the "
+        "checkpoint's weights instead of resuming."
+    )

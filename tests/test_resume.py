@@ -1,0 +1,162 @@
+"""Resuming through the real ``llamafactory-cli train``: the checkpoint's weights are loaded (or the run is refused),
+a resumed run ends exactly where the uninterrupted one does, and optimizer state never lands in other groups."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from e2e import log_records, train, write_config
+
+LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
+RUN = {  # four steps of warm-up + cosine with weight decay, a checkpoint every two steps
+    "max_steps": 4,
+    "save_steps": 2,
+    "save_strategy": "steps",
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 1,
+    "weight_decay": 0.01,
+}
+LORA = {"finetuning_type": "lora", "lora_target": "all", "additional_target": "merger"}
+
+
+def _uninterrupted(tmp_path: Path, tiny, data, env, family: str, **overrides) -> Path:
+    config, out = write_config(tmp_path / "whole", tiny(family), data, family, **RUN, **overrides)
+    result = train(config, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def _resume(tmp_path: Path, tiny, data, env, family: str, checkpoint: Path, name: str = "resumed", **overrides):
+    config, out = write_config(
+        tmp_path / name, tiny(family), data, family, **RUN, resume_from_checkpoint=str(checkpoint), **overrides
+    )
+    return train(config, env), out
+
+
+def _module_lrs(out: Path) -> dict[int, dict[str, float]]:
+    return {
+        r["current_steps"]: {k: v for k, v in r.items() if k.startswith("lr/") or k == "loss"}
+        for r in log_records(out)
+        if "loss" in r
+    }
+
+
+@pytest.mark.parametrize(("family", "keys"), [("qwen2_vl", LRS), ("llava", LRS), ("qwen2_vl", {})])
+def test_full_fine_tuning_resumes_exactly_where_the_uninterrupted_run_goes(family, keys, tiny, data, tmp_path, env):
+    whole = _uninterrupted(tmp_path, tiny, data, env, family, **keys)
+    result, resumed = _resume(tmp_path, tiny, data, env, family, whole / "checkpoint-2", **keys)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "with from_pretrained's key conversion" in output
+    assert "missing keys" not in output and "unexpected keys" not in output
+    expected, got = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    assert all((expected[name] == got[name]).all() for name in expected)  # bit for bit
+    before, after = _module_lrs(whole), _module_lrs(resumed)
+    assert sorted(after) == [3, 4] and all(after[step] == before[step] for step in (3, 4))
+    if keys:
+        assert {"lr/vision_tower", "lr/multi_modal_projector", "lr/language_model"} <= after[3].keys()
+
+
+def test_lora_resumes_exactly_where_the_uninterrupted_run_goes(tiny, data, tmp_path, env):
+    family = "qwen2_5_vl"
+    whole = _uninterrupted(tmp_path, tiny, data, env, family, **LORA, **LRS)
+    result, resumed = _resume(tmp_path, tiny, data, env, family, whole / "checkpoint-2", **LORA, **LRS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, got = load_file(whole / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    assert expected.keys() == got.keys() and any("merger" in name for name in got)
+    assert all((expected[name] == got[name]).all() for name in expected)
+    before, after = _module_lrs(whole), _module_lrs(resumed)
+    assert all(after[step] == before[step] for step in (3, 4))
+
+
+def test_a_checkpoint_without_some_weights_is_refused(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    whole = _uninterrupted(tmp_path, tiny, data, env, family, **LRS)
+    broken = tmp_path / "broken"
+    shutil.copytree(whole / "checkpoint-2", broken)
+    tensors = load_file(broken / "model.safetensors")
+    dropped = sorted(name for name in tensors if "blocks.1.mlp.fc1.weight" in name)
+    assert len(dropped) == 1
+    del tensors[dropped[0]]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    result, resumed = _resume(tmp_path, tiny, data, env, family, broken, **LRS)
+    assert result.returncode != 0
+    assert "lf-multilr: `resume_from_checkpoint:" in result.stderr
+    assert "1 of the model's" in result.stderr and "blocks.1.mlp.fc1.weight" in result.stderr
+    assert not (resumed / "model.safetensors").exists()
+
+
+def test_an_adapter_checkpoint_without_some_tensors_is_refused(tiny, data, tmp_path, env):
+    family = "qwen2_5_vl"
+    whole = _uninterrupted(tmp_path, tiny, data, env, family, **LORA, **LRS)
+    broken = tmp_path / "broken"
+    shutil.copytree(whole / "checkpoint-2", broken)
+    tensors = load_file(broken / "adapter_model.safetensors")
+    dropped = sorted(name for name in tensors if "lora_B" in name)[0]
+    del tensors[dropped]
+    save_file(tensors, broken / "adapter_model.safetensors", metadata={"format": "pt"})
+    result, _ = _resume(tmp_path, tiny, data, env, family, broken, **LORA, **LRS)
+    assert result.returncode != 0
+    assert "lf-multilr: `resume_from_checkpoint:" in result.stderr and dropped in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "told"),
+    [
+        (LRS, {**LRS, "vision_tower_lr": None, "freeze_vision_tower": True}, "this run has 4 groups"),
+        ({}, LRS, "the checkpoint has 2 groups: unnamed ("),
+    ],
+    ids=["vision-tower-frozen-since", "stock-checkpoint"],
+)
+def test_optimizer_state_for_other_groups_is_refused(saved, now, told, tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    whole = _uninterrupted(tmp_path, tiny, data, env, family, **saved)
+    overrides = {key: value for key, value in now.items() if value is not None}
+    result, resumed = _resume(tmp_path, tiny, data, env, family, whole / "checkpoint-2", **overrides)
+    assert result.returncode != 0
+    assert "its optimizer state was saved for other param groups" in result.stderr
+    assert told in result.stderr, result.stderr[-2000:]
+    assert not (resumed / "model.safetensors").exists()
+
+
+def test_changed_module_lrs_say_which_values_are_in_force(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    whole = _uninterrupted(tmp_path, tiny, data, env, family, **LRS)
+    changed = {**LRS, "vision_tower_lr": 3.0e-4}
+    result, resumed = _resume(tmp_path, tiny, data, env, family, whole / "checkpoint-2", **changed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "the checkpoint's starting LRs stay in force" in output
+    assert "vision_tower: 1.000e-04 (config: 3.000e-04)" in output
+    assert "language_model:" not in output.split("stay in force", 1)[1].split("\n", 1)[0]
+    before, after = _module_lrs(whole), _module_lrs(resumed)
+    assert all(after[step] == before[step] for step in (3, 4))  # the message is true: the checkpoint's LRs ran
+
+
+def test_the_best_model_is_loaded_with_its_weights(tiny, data, tmp_path, env):
+    """``load_best_model_at_end`` reloads a checkpoint the same way HF resumes, with the same fault (stock config)."""
+    family = "qwen2_vl"
+    whole = _uninterrupted(
+        tmp_path,
+        tiny,
+        data,
+        env,
+        family,
+        val_size=0.25,
+        eval_strategy="steps",
+        eval_steps=2,
+        per_device_eval_batch_size=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,  # the worse of the two evaluations (step 2), so that loading it changes weights
+    )
+    best = Path(json.loads((whole / "trainer_state.json").read_text())["best_model_checkpoint"])
+    assert best.name == "checkpoint-2"
+    expected, got = load_file(best / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert all((expected[name] == got[name]).all() for name in expected)
