@@ -71,10 +71,17 @@ class StepTimer(TrainerCallback):
         self._start = 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        _sync()
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        _sync()  # on a GPU a step is only done when its kernels are
         self.times.append(time.perf_counter() - self._start)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def run(config: dict, steps: int) -> float:
