@@ -10,7 +10,7 @@ registry's keys miss or misplace them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,8 +185,12 @@ def build_plan(
     weight_decay: float,
     decay_names: Collection[str],
     loraplus: LoraPlus | None = None,
+    sizes: Mapping[int, int] | None = None,
 ) -> GroupPlan:
-    """Group every trainable parameter by module (or custom group), role and vision block; see the docstring."""
+    """Group every trainable parameter by module (or custom group), role and vision block; see the docstring.
+
+    ``sizes`` gives full element counts by ``id`` where a parameter holds only this rank's piece (FSDP1).
+    """
     named = list(named_parameters)
     names = [name for name, _ in named]
     placements = [module_map.placement(name) for name in names]
@@ -201,18 +205,19 @@ def build_plan(
     trainable_ids: set[int] = set()
     for position, ((name, param), placement) in enumerate(zip(named, placements, strict=True)):
         module = placement.module
-        use = _supplement_use(uses, placement, name, numel(param))
+        size = sizes[id(param)] if sizes and id(param) in sizes else numel(param)
+        use = _supplement_use(uses, placement, name, size)
         custom = next((group for group in settings.groups if group.matches(normalize(name))), None)
         if custom is not None:
             row = _custom_row(custom_rows, custom, module, resolved)
         else:
             row = rows_other if module == OTHER else rows[module]
         row.tensors += 1
-        row.params += numel(param)
+        row.params += size
         if not param.requires_grad:
             continue
         row.trainable_tensors += 1
-        row.trainable_params += numel(param)
+        row.trainable_params += size
         if use is not None:
             use.trainable_tensors += 1
         trainable_ids.add(id(param))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import field, make_dataclass
 from functools import wraps
 from typing import Any
 
+from lf_multilr.distributed import fsdp_of, refuse_flat
 from lf_multilr.errors import ConfigError
 from lf_multilr.keys import KEYS, LR_GROUPS, SWITCHES, Settings, refuse_frozen
 from lf_multilr.supplement import rules_for
@@ -130,6 +132,7 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
             "or remove the lf-multilr keys",
         )
     refuse_deepspeed_blocks(settings, training_args)
+    refuse_flat(key, value, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))
     model_type = _read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules
     if model_type is not None and module_map(model_type) is None:
         raise ConfigError(

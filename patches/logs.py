@@ -8,9 +8,10 @@ import weakref
 from functools import wraps
 from typing import Any
 
-from lf_multilr.metrics import GradNormMonitor, module_entries, module_lrs
+from lf_multilr.metrics import GradNormMonitor, Reduce, module_entries, module_lrs
 from lf_multilr.plots import plot_module_metrics
 
+from .distributed import sharded_norms
 from .registry import config_model_type, model_config, module_map
 
 _monitors: weakref.WeakKeyDictionary[Any, GradNormMonitor | None] = weakref.WeakKeyDictionary()
@@ -27,13 +28,16 @@ def _warn_once(message: str) -> None:
         logging.get_logger("llamafactory.lf_multilr").warning_rank0(f"lf-multilr: {message}")
 
 
-def _sharded_gradients(trainer: Any) -> str | None:
-    """Why this trainer's gradients are not whole on each rank, or None."""
+def _sharding(trainer: Any) -> tuple[Reduce | None, str | None]:
+    """How this trainer's per-module gradient norms are made whole across ranks: (a reducer or None; None, or why
+    they cannot be). DDP's gradients are whole on every rank; FSDP2's are DTensors, whose norms are global; FSDP1's
+    with ``use_orig_params`` are pieces whose squares add up; DeepSpeed keeps them in its own partitioned buffers."""
     kind = str(getattr(getattr(trainer, "accelerator", None), "distributed_type", ""))
-    for name in ("DEEPSPEED", "FSDP"):
-        if name in kind:
-            return name
-    return None
+    if "DEEPSPEED" in kind:
+        return None, "under DeepSpeed each rank holds only a partition of the gradients, in DeepSpeed's own buffers"
+    if "FSDP" in kind:
+        return sharded_norms(trainer.model)
+    return None, None
 
 
 def monitor_of(trainer: Any) -> GradNormMonitor | None:
@@ -46,16 +50,13 @@ def monitor_of(trainer: Any) -> GradNormMonitor | None:
         mapping = module_map(config_model_type(model_config(trainer.model)))
         optimizer = getattr(trainer, "optimizer", None)
         groups = [g for g in getattr(optimizer, "param_groups", []) if "module" in g]  # lf-multilr's groups
-        sharded = _sharded_gradients(trainer)
-        if (mapping is not None or groups) and sharded:
-            _warn_once(
-                f"per-module gradient norms are not logged under {sharded}: each rank holds only a shard of the "
-                "gradients, and a shard's norm is not the module's."
-            )
+        reduce, withheld = _sharding(trainer) if mapping is not None or groups else (None, None)
+        if withheld is not None:
+            _warn_once(f"per-module gradient norms are not logged: {withheld}; a piece's norm is not the module's.")
         elif groups:
-            monitor = GradNormMonitor.of_groups(groups)
+            monitor = GradNormMonitor.of_groups(groups, reduce)
         elif mapping is not None:
-            monitor = GradNormMonitor.of_model(trainer.model.named_parameters(), mapping)
+            monitor = GradNormMonitor.of_model(trainer.model.named_parameters(), mapping, reduce)
     _monitors[trainer] = monitor
     return monitor
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from lf_multilr.distributed import FLAT_FIX, FLAT_WHY, flat_parameters
 from lf_multilr.errors import ConfigError
 from lf_multilr.groups import GroupPlan, LoraPlus, build_plan, check_plan
 from lf_multilr.keys import Settings
@@ -15,6 +16,7 @@ from lf_multilr.modules import ModuleMap
 from lf_multilr.report import format_table
 from lf_multilr.schedule import per_group_kwargs
 
+from .distributed import check_ranks, fsdp1_sizes
 from .hparams import first_set, refuse_own_optimizers
 from .registry import config_model_type, known_types, model_config, module_map
 
@@ -52,6 +54,10 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
             "so it has no modules to tell apart",
             f"set `learning_rate` instead, or use a registered type ({', '.join(known_types())})",
         )
+    flat = flat_parameters(model.named_parameters())
+    if flat:
+        key, value = first_set(settings)
+        raise ConfigError(key, value, f"{FLAT_WHY} (the model holds {len(flat)}, e.g. `{flat[0]}`)", FLAT_FIX)
     ratio = getattr(finetuning_args, "loraplus_lr_ratio", None)
     loraplus = None
     if ratio is not None:
@@ -64,6 +70,7 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
         float(training_args.weight_decay),
         decay_names(model, loraplus is not None),
         loraplus,
+        fsdp1_sizes(model),
     )
     check_plan(plan, settings, finetuning_args.finetuning_type)
     return plan
@@ -104,6 +111,10 @@ def wrap_create_custom_optimizer(original: Any) -> Any:
             return original(model, training_args, finetuning_args)
         refuse_own_optimizers(settings, finetuning_args)
         plan = plan_for(model, training_args, finetuning_args, settings)
+        logger = _logger()
+        same = check_ranks(plan.param_groups)  # every rank, before any of them trains
+        if same is not None:
+            logger.info(same)
         cls, kwargs = optimizer_cls_and_kwargs(training_args, model, settings)
         optimizer = cls(plan.param_groups, **kwargs)
         scheduler_type = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
@@ -115,7 +126,6 @@ def wrap_create_custom_optimizer(original: Any) -> Any:
         )
         if scheduler_kwargs is not None:
             training_args.lr_scheduler_kwargs = scheduler_kwargs
-        logger = _logger()
         logger.info_rank0(format_table(plan, warnings=False))
         for warning in plan.warnings:
             logger.warning_rank0(f"lf-multilr: {warning}")
