@@ -1,0 +1,57 @@
+"""``accelerate launch --config_file FSDP.yaml tests/fsdp_cpu.py TRAIN.yaml``: LLaMA-Factory's launcher with FSDP on
+CPU ranks, for tests only.
+
+accelerate 1.11 turns FSDP on only for GPU-like process groups: on CPU ranks (``MULTI_CPU``, gloo) it ignores an
+FSDP config and silently runs DDP. This lets its FSDP plugin through there, and nothing else: after accelerate set
+up its state, a ``MULTI_CPU`` state that was given an FSDP plugin becomes an ``FSDP`` state on device ``cpu`` (FSDP1
+wants the bare device), as the GPU branch would have made it. accelerate then wraps the model itself (FSDP1
+``FullyShardedDataParallel`` or FSDP2 ``fully_shard``), and HF's Trainer, LLaMA-Factory and lf-multilr run unchanged.
+"""
+
+import runpy
+from functools import wraps
+
+import torch
+from accelerate import Accelerator, state
+from accelerate.utils import DistributedType
+
+_original = state.AcceleratorState.__init__
+
+
+@wraps(_original)
+def _init(self, *args, fsdp_plugin=None, **kwargs):
+    _original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        for shared in (self.__dict__, state.PartialState._shared_state):
+            shared.update(distributed_type=DistributedType.FSDP, device=torch.device("cpu"))
+        self.fsdp_plugin = fsdp_plugin
+
+
+def _describe(accelerator, model):
+    """Print what accelerate made of the model on this rank, so a test can tell that FSDP really wrapped it."""
+    params = list(model.parameters())
+    flat = any(getattr(param, "_is_flat_param", False) for param in params)  # FlatParameter passes as Parameter
+    kinds = "FlatParameter" if flat else "/".join(sorted({type(param).__name__ for param in params}))
+    local = sum(param.to_local().numel() if hasattr(param, "to_local") else param.numel() for param in params)
+    where = f"fsdp_cpu: rank {accelerator.process_index}"
+    print(f"{where}: {type(model).__name__}, {kinds}, {local} elements here", flush=True)
+
+
+def _report(prepare):
+    @wraps(prepare)
+    def wrapped(self, *args, **kwargs):
+        result = prepare(self, *args, **kwargs)
+        for thing in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(thing, torch.nn.Module):
+                _describe(self, thing)
+        return result
+
+    return wrapped
+
+
+state.AcceleratorState.__init__ = _init
+Accelerator.prepare_model = _report(Accelerator.prepare_model)  # FSDP1
+Accelerator._prepare_fsdp2 = _report(Accelerator._prepare_fsdp2)  # FSDP2
+
+if __name__ == "__main__":
+    runpy.run_module("llamafactory.launcher", run_name="__main__")

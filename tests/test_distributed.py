@@ -1,0 +1,319 @@
+"""Several processes on CPU (gloo): DDP through LLaMA-Factory's launcher, FSDP1 and FSDP2 through ``accelerate
+launch``, two ranks each, one AdamW step on the tiny Qwen2-VL. Every rank builds the same groups, each module moves
+by exactly its LR, and the per-module gradient norms are the whole modules' (they add up to HF's ``grad_norm``).
+
+accelerate runs FSDP only on GPU-like ranks; ``tests/fsdp_cpu.py`` lets its FSDP plugin through on CPU ranks and
+reports what accelerate wrapped, so that these runs are FSDP and say so.
+"""
+
+import importlib.util
+import json
+import math
+import re
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from conftest import BIN, ROOT, run
+from e2e import log_records, max_steps_by_module, owner, train, weights, write_config
+from lf_multilr.distributed import Fsdp, flat_parameters, fsdp_of, rank_mismatch, same_groups_on_every_rank
+from lf_multilr.errors import ConfigError
+from lf_multilr.keys import Settings
+from lf_multilr.patches import logs
+from lf_multilr.patches.hparams import refuse_deepspeed_blocks
+from lf_multilr.report import human
+
+FAMILY = "qwen2_vl"
+LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
+EXPECTED = {"vision_tower": 1.0e-4, "multi_modal_projector": 1.0e-3, "language_model": 1.0e-2}
+MODULES = tuple(EXPECTED)
+SIGNATURE = re.compile(r"lf-multilr: rank (\d) of 2: 6 param groups, signature ([0-9a-f]{16}), the same on every rank")
+
+ACCELERATE = {
+    "compute_environment": "LOCAL_MACHINE",
+    "distributed_type": "FSDP",
+    "mixed_precision": "no",
+    "downcast_bf16": "no",
+    "num_machines": 1,
+    "num_processes": 2,
+    "machine_rank": 0,
+    "rdzv_backend": "static",
+    "same_network": True,
+    "use_cpu": False,
+}
+FSDP1 = {
+    "fsdp_version": 1,
+    "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "fsdp_sharding_strategy": "FULL_SHARD",
+    "fsdp_state_dict_type": "FULL_STATE_DICT",
+    "fsdp_use_orig_params": True,
+    "fsdp_sync_module_states": False,  # accelerate's sync wants a GPU
+    "fsdp_offload_params": False,
+    "fsdp_cpu_ram_efficient_loading": False,
+}
+FSDP2 = {
+    "fsdp_version": 2,
+    "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "fsdp_reshard_after_forward": True,
+    "fsdp_state_dict_type": "FULL_STATE_DICT",
+    "fsdp_offload_params": False,
+    "fsdp_cpu_ram_efficient_loading": False,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch(config, env, fsdp, script):
+    """``accelerate launch`` of ``script`` (LLaMA-Factory's launcher, or the CPU FSDP one) on two CPU ranks."""
+    accelerate = config.parent / "accelerate.yaml"
+    accelerate.write_text(yaml.safe_dump({**ACCELERATE, "fsdp_config": fsdp}))
+    command = [str(BIN / "accelerate"), "launch", "--config_file", str(accelerate)]
+    command += ["--main_process_port", str(free_port()), str(script), str(config)]
+    return run(command, {**env, "PATH": f"{BIN}:{env['PATH']}"}, cwd=config.parent)
+
+
+def fsdp_cpu(config, env, fsdp):
+    return launch(config, env, fsdp, ROOT / "tests" / "fsdp_cpu.py")
+
+
+def whole_table(tiny, output):
+    """The start-of-training table counts every module's tensors and parameters whole, not one rank's piece."""
+    sizes: dict[str, list[int]] = {}
+    for name, tensor in weights(tiny(FAMILY)).items():
+        size = sizes.setdefault(owner(FAMILY, name), [0, 0])
+        size[0], size[1] = size[0] + 1, size[1] + tensor.numel()
+    for module in MODULES:
+        tensors, params = sizes[module]
+        assert re.search(rf"\n  {module}\s+{tensors}\s+{re.escape(human(params))}\s+yes", output), output[-3000:]
+
+
+def same_signature_on_both_ranks(output):
+    found = dict(SIGNATURE.findall(output))
+    assert set(found) == {"0", "1"}, output[-3000:]
+    assert found["0"] == found["1"]
+
+
+def history(out):
+    return [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
+
+
+def one_step_by_module_lr(tiny, out):
+    steps = max_steps_by_module(FAMILY, weights(tiny(FAMILY)), weights(out))
+    assert set(steps) == set(EXPECTED)
+    for module, values in steps.items():
+        assert values == pytest.approx([EXPECTED[module]] * len(values), rel=1e-3), module
+
+
+def norms_add_up(out):
+    (record,) = history(out)
+    norms = [record[f"grad_norm/{module}"] for module in MODULES]
+    assert all(norm > 0 for norm in norms)
+    assert math.sqrt(sum(norm * norm for norm in norms)) == pytest.approx(record["grad_norm"], rel=1e-5)
+    return record
+
+
+def test_ddp_ranks_build_the_same_groups_and_every_module_steps_by_its_lr(tiny, data, tmp_path, env):
+    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **LRS)
+    result = torchrun(config, env, 2)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size: 2" in output
+    same_signature_on_both_ranks(output)
+    whole_table(tiny, output)
+    one_step_by_module_lr(tiny, out)
+    record = norms_add_up(out)
+    assert (record["lr/vision_tower"], record["lr/multi_modal_projector"], record["lr/language_model"]) == (
+        1.0e-4,
+        1.0e-3,
+        1.0e-2,
+    )
+    assert [r for r in log_records(out) if "loss" in r][0]["grad_norm/vision_tower"] == record["grad_norm/vision_tower"]
+
+
+@pytest.mark.parametrize(
+    ("fsdp", "wrapped"), [(FSDP1, "FullyShardedDataParallel, Parameter"), (FSDP2, "DTensor")], ids=["fsdp1", "fsdp2"]
+)
+def test_fsdp_keeps_the_groups_steps_every_module_by_its_lr_and_logs_whole_norms(
+    fsdp, wrapped, tiny, data, tmp_path, env
+):
+    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **LRS)
+    result = fsdp_cpu(config, env, fsdp)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    pieces = re.findall(rf"fsdp_cpu: rank (\d): .*{wrapped}.*, (\d+) elements here", output)
+    assert sorted(rank for rank, _ in pieces) == ["0", "1"]
+    whole = sum(tensor.numel() for tensor in weights(tiny(FAMILY)).values())
+    assert sum(int(size) for _, size in pieces) == whole  # each rank holds a piece, together the whole model
+    same_signature_on_both_ranks(output)
+    whole_table(tiny, output)
+    one_step_by_module_lr(tiny, out)
+    norms_add_up(out)
+    assert "gradient norms are not logged" not in output
+
+
+def test_fsdp1_without_orig_params_is_refused_before_the_model_loads(tiny, data, tmp_path, env):
+    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **LRS)
+    launcher = importlib.util.find_spec("llamafactory.launcher").origin  # what LLaMA-Factory's docs launch
+    result = launch(config, env, {**FSDP1, "fsdp_use_orig_params": False}, launcher)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (
+        "lf-multilr: `vision_tower_lr: 0.0001` is refused: FSDP1 without `use_orig_params` hands the optimizer one "
+        "flattened tensor per wrapped block" in output
+    )
+    assert "(`fsdp_use_orig_params` in the accelerate config (FSDP_USE_ORIG_PARAMS=false))" in output
+    assert "Fix: set `fsdp_use_orig_params: true` in the accelerate config" in output
+    assert "Loading weights" not in output
+    assert not out.exists()
+
+
+def test_fsdp1_without_orig_params_and_no_key_withholds_the_norms_with_one_warning(tiny, data, tmp_path, env):
+    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY)
+    result = fsdp_cpu(config, env, {**FSDP1, "fsdp_use_orig_params": False})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FlatParameter" in output  # FSDP1 really flattened the model
+    warnings = re.findall(r"lf-multilr: per-module gradient norms are not logged: (.*)", output)
+    assert warnings == [
+        "FSDP1 without `use_orig_params` flattens the parameters of several modules into one tensor, so no module's "
+        "gradient can be told apart; a piece's norm is not the module's."
+    ]
+    (record,) = history(out)
+    assert "grad_norm" in record and not any(key.startswith("grad_norm/") for key in record)
+
+
+def deepspeed_config(tmp_path, stage, **blocks):
+    """LLaMA-Factory's example ZeRO config (examples/deepspeed/ds_z{2,3}_config.json, the essentials), plus blocks."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (docs/compatibility.md: Multi-process)")
+    zero = {"stage": stage, **({"stage3_gather_16bit_weights_on_model_save": True} if stage == 3 else {})}
+    config = {
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_allow_untested_optimizer": True,
+        "fp16": {"enabled": "auto"},
+        "bf16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        **blocks,
+    }
+    path = tmp_path / f"ds_z{stage}.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def torchrun(config, env, ranks):
+    path = f"{BIN}:{env['PATH']}"  # LLaMA-Factory's launcher runs `torchrun` from PATH
+    return train(config, {**env, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(ranks), "PATH": path})
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_keeps_the_groups_and_steps_every_module_by_its_lr(stage, tiny, data, tmp_path, env):
+    deepspeed = deepspeed_config(tmp_path, stage)
+    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, deepspeed=deepspeed, **LRS)
+    result = torchrun(config, env, 2)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    same_signature_on_both_ranks(output)
+    whole_table(tiny, output)  # ZeRO-3's partitions counted whole
+    one_step_by_module_lr(tiny, out)
+    warnings = re.findall(r"lf-multilr: per-module gradient norms are not logged: (.*)", output)
+    assert warnings == [
+        "under DeepSpeed each rank holds only a partition of the gradients, in DeepSpeed's own buffers; a piece's "
+        "norm is not the module's."
+    ]
+    (record,) = history(out)
+    assert record["lr/vision_tower"] == 1.0e-4 and "grad_norm" in record
+    assert not any(key.startswith("grad_norm/") for key in record)
+
+
+def test_a_deepspeed_config_with_an_optimizer_block_is_refused_by_the_cli(tiny, data, tmp_path, env):
+    deepspeed = deepspeed_config(tmp_path, 2, optimizer={"type": "AdamW", "params": {"lr": "auto"}})
+    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, deepspeed=deepspeed, **LRS)
+    result = torchrun(config, env, 1)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "has a `optimizer` block, and DeepSpeed then builds one flat param group" in output
+    assert "Loading weights" not in output
+    assert not out.exists()
+
+
+GROUPS = [
+    {"name": "language_model/decay", "params": [torch.zeros(1)] * 3, "layout": "a" * 16},
+    {"name": "vision_tower/decay", "params": [torch.zeros(1)] * 2, "layout": "b" * 16},
+]
+
+
+def test_ranks_whose_groups_differ_are_refused_on_every_rank():
+    def on_rank_1(changed):
+        return lambda mine: [mine, [*mine[:1], changed]]  # a fake all_gather_object: rank 1 built group 1 otherwise
+
+    assert "rank 1 of 2: 2 param groups, signature" in same_groups_on_every_rank(GROUPS, 1, lambda mine: [mine, mine])
+    for changed, why in [
+        (["vision_tower/decay", 3, "b" * 16], "group 1 (vision_tower/decay) holds 2 tensors on rank 0 and 3 on rank 1"),
+        (["vision_tower/decay", 2, "c" * 16], "holds different parameters on rank 0 and on rank 1 (same count"),
+        (["other/decay", 2, "b" * 16], "group 1 is `vision_tower/decay` on rank 0 and `other/decay` on rank 1"),
+    ]:
+        with pytest.raises(RuntimeError, match=re.escape(why)) as raised:
+            same_groups_on_every_rank(GROUPS, 0, on_rank_1(changed))
+        assert "the ranks built different param groups" in str(raised.value)
+        assert "Fix: give every rank the same model" in str(raised.value)
+    short = rank_mismatch([[("a", 1, "x"), ("b", 1, "y")], [("a", 1, "x")]])
+    assert short == "rank 0 has 2 param groups (a, b), rank 1 has 1 (a)"
+
+
+def test_fsdp_settings_are_read_where_transformers_and_accelerate_read_them():
+    accelerate = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_USE_ORIG_PARAMS": "false"}
+    assert fsdp_of(None, {}) is None and fsdp_of(None, {"ACCELERATE_USE_FSDP": "false"}) is None
+    assert fsdp_of(None, accelerate) == Fsdp(1, False, fsdp_of(None, accelerate).source)
+    assert fsdp_of(None, {"ACCELERATE_USE_FSDP": "true"}).use_orig_params is False  # accelerate's default
+    assert fsdp_of(None, {**accelerate, "FSDP_VERSION": "2"}).version == 2
+    # transformers' `fsdp` / `fsdp_config` arguments build the plugin themselves and win over the environment
+    assert fsdp_of({"fsdp_version": 1, "use_orig_params": True}, accelerate).use_orig_params is True
+    assert fsdp_of({"fsdp_version": 1, "use_orig_params": False}, {}).use_orig_params is False
+
+
+def test_flat_parameters_are_found_by_torchs_own_flag():
+    flat = torch.nn.Parameter(torch.zeros(4))
+    flat._is_flat_param = True
+    assert flat_parameters([("a._flat_param", flat), ("b.weight", torch.nn.Parameter(torch.zeros(2)))]) == [
+        "a._flat_param"
+    ]
+
+
+class Trainer:
+    """A stand-in trainer (hashable and weakly referable, as the monitors are kept by weak reference)."""
+
+    def __init__(self, **attributes):
+        self.__dict__.update(attributes)
+
+
+def test_deepspeed_withholds_the_norms_with_one_warning(monkeypatch):
+    warned = []
+    monkeypatch.setattr(logs, "_warn_once", warned.append)
+    model = torch.nn.Linear(2, 2)
+    model.config = SimpleNamespace(model_type="qwen2_vl")
+    trainer = Trainer(
+        finetuning_args=SimpleNamespace(log_module_metrics=True),
+        model=model,
+        optimizer=SimpleNamespace(param_groups=[{"module": "language_model", "params": list(model.parameters())}]),
+        accelerator=SimpleNamespace(distributed_type="DistributedType.DEEPSPEED"),
+    )
+    assert logs.monitor_of(trainer) is None
+    assert warned == [
+        "per-module gradient norms are not logged: under DeepSpeed each rank holds only a partition of the "
+        "gradients, in DeepSpeed's own buffers; a piece's norm is not the module's."
+    ]
+
+
+def test_the_deepspeed_block_check_reads_inline_configs_too():
+    settings = Settings.read(SimpleNamespace(vision_tower_lr=1e-5))
+    with pytest.raises(ConfigError, match="has a `scheduler` block"):
+        refuse_deepspeed_blocks(settings, SimpleNamespace(deepspeed='{"scheduler": {"type": "WarmupLR"}}'))
