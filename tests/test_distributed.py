@@ -83,6 +83,12 @@ def fsdp_cpu(config, env, fsdp):
     return launch(config, env, fsdp, ROOT / "tests" / "fsdp_cpu.py")
 
 
+def torchrun(config, env, ranks):
+    """LLaMA-Factory's own launcher: `llamafactory-cli train` with FORCE_TORCHRUN=1 on `ranks` CPU ranks."""
+    path = f"{BIN}:{env['PATH']}"  # LLaMA-Factory's launcher runs `torchrun` from PATH
+    return train(config, {**env, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(ranks), "PATH": path})
+
+
 def whole_table(tiny, output):
     """The start-of-training table counts every module's tensors and parameters whole, not one rank's piece."""
     sizes: dict[str, list[int]] = {}
@@ -158,17 +164,25 @@ def test_fsdp_keeps_the_groups_steps_every_module_by_its_lr_and_logs_whole_norms
     assert "gradient norms are not logged" not in output
 
 
-def test_fsdp1_without_orig_params_is_refused_before_the_model_loads(tiny, data, tmp_path, env):
-    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **LRS)
-    launcher = importlib.util.find_spec("llamafactory.launcher").origin  # what LLaMA-Factory's docs launch
-    result = launch(config, env, {**FSDP1, "fsdp_use_orig_params": False}, launcher)
+@pytest.mark.parametrize("route", ["accelerate config", "training arguments"])
+def test_fsdp1_without_orig_params_is_refused_before_the_model_loads(route, tiny, data, tmp_path, env):
+    if route == "accelerate config":  # `accelerate launch` of the launcher LLaMA-Factory's docs name
+        config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **LRS)
+        launcher = importlib.util.find_spec("llamafactory.launcher").origin
+        result = launch(config, env, {**FSDP1, "fsdp_use_orig_params": False}, launcher)
+        where = "(`fsdp_use_orig_params` in the accelerate config (FSDP_USE_ORIG_PARAMS=false))"
+    else:  # transformers' own `fsdp` arguments in the training YAML
+        fsdp = {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": False}}
+        config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **fsdp, **LRS)
+        result = torchrun(config, env, 2)
+        where = "(`use_orig_params` under `fsdp_config` in the training arguments)"
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert (
         "lf-multilr: `vision_tower_lr: 0.0001` is refused: FSDP1 without `use_orig_params` hands the optimizer one "
         "flattened tensor per wrapped block" in output
     )
-    assert "(`fsdp_use_orig_params` in the accelerate config (FSDP_USE_ORIG_PARAMS=false))" in output
+    assert where in output
     assert "Fix: set `fsdp_use_orig_params: true` in the accelerate config" in output
     assert "Loading weights" not in output
     assert not out.exists()
@@ -207,11 +221,6 @@ def deepspeed_config(tmp_path, stage, **blocks):
     path = tmp_path / f"ds_z{stage}.json"
     path.write_text(json.dumps(config))
     return str(path)
-
-
-def torchrun(config, env, ranks):
-    path = f"{BIN}:{env['PATH']}"  # LLaMA-Factory's launcher runs `torchrun` from PATH
-    return train(config, {**env, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(ranks), "PATH": path})
 
 
 @pytest.mark.parametrize("stage", [2, 3])
