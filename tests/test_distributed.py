@@ -149,7 +149,8 @@ def test_ddp_ranks_build_the_same_groups_and_every_module_steps_by_its_lr(tiny, 
 def test_fsdp_keeps_the_groups_steps_every_module_by_its_lr_and_logs_whole_norms(
     fsdp, wrapped, tiny, data, tmp_path, env
 ):
-    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **LRS)
+    # Two micro-batches per step: the norms are measured on gradients accumulated, reduced and sharded.
+    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, gradient_accumulation_steps=2, **LRS)
     result = fsdp_cpu(config, env, fsdp)
     output = result.stdout + result.stderr
     assert result.returncode == 0, result.stderr[-3000:]
