@@ -54,8 +54,9 @@ def _sum_over(group: Any) -> Reduce:
 def fsdp1_pieces(model: torch.nn.Module) -> Reduce | None | str:
     """How this model's FSDP1 parameters add up across ranks.
 
-    A reducer (sum over the sharding process group) when they are sharded, None when each rank holds them whole
-    (``NO_SHARD``), or a sentence saying why it cannot be told.
+    A reducer (sum over the process group FSDP1 shards over) under ``FULL_SHARD`` and ``SHARD_GRAD_OP``, None when
+    each rank holds them whole (``NO_SHARD``), or a sentence saying why it cannot be told (the hybrid strategies,
+    whose pieces repeat across nodes, are not handled).
     """
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 
@@ -66,8 +67,11 @@ def fsdp1_pieces(model: torch.nn.Module) -> Reduce | None | str:
     groups = {id(module.process_group): module.process_group for module in modules}
     if len(strategies) != 1 or len(groups) != 1:
         return "its modules are sharded in more than one way"
-    if strategies == {ShardingStrategy.NO_SHARD}:
+    (strategy,) = strategies
+    if strategy == ShardingStrategy.NO_SHARD:
         return None
+    if strategy not in (ShardingStrategy.FULL_SHARD, ShardingStrategy.SHARD_GRAD_OP):
+        return f"lf-multilr does not add up pieces sharded by {strategy.name}"
     return _sum_over(next(iter(groups.values())))
 
 
