@@ -53,6 +53,8 @@ Gotchas:
   Adam only amplifies rounding noise. Qwen has no such case (rotary embeddings in both towers).
 * transformers 5 saves checkpoints in the original hub layout (e.g. ``visual.*``, ``model.*`` for
   Qwen; ``vision_tower.*``, ``language_model.model.*`` for llava), not the in-memory module names.
+* Under transformers 4.x (LLaMA-Factory 0.9.4) a Qwen config saved with a nested ``text_config`` reads back with
+  ``model_type`` ``qwen2_vl_text``; the builder drops that nested key so the model reads like a hub checkpoint.
 * Known LLaMA-Factory 0.9.5 + transformers 5.6 limitations (not caused by these models):
   ``stage: kto`` fails for Qwen (its KTO trainer drops ``mm_token_type_ids``) but works for llava;
   ``stage: rm`` fails for llava (value head looks for ``model.language_model``) but works for Qwen.
@@ -75,6 +77,7 @@ os.environ["RAYON_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
@@ -174,6 +177,8 @@ GEMMA3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 QWEN3_VIDEO_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
+#: transformers 4.x (LLaMA-Factory 0.9.4 pins 4.57) has slow/fast tokenizer pairs and `rope_scaling` configs.
+TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 
 
 def _byte_level(tokenizer: Tokenizer) -> Tokenizer:
@@ -206,17 +211,27 @@ def _train_bpe(prefix: tuple[str, ...], suffix: tuple[str, ...]) -> tuple[dict[s
     return vocab, [tuple(merge) for merge in bpe["merges"]]
 
 
-def _qwen_tokenizer(family: str) -> Qwen2Tokenizer:
+def _qwen_tokenizer(family: str) -> PreTrainedTokenizerBase:
     """Qwen2 tokenizer: learned BPE, then the Qwen special tokens (eos ``<|im_end|>``, pad ``<|endoftext|>``)."""
     extras = QWEN25_EXTRAS if family != "qwen2_vl" else ()
     vocab, merges = _train_bpe((), QWEN_SPECIALS + extras)
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,  # type: ignore[arg-type]  # the BPE backend wants (left, right) tuples
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        model_max_length=TEXT["max_position_embeddings"],
-    )
+    common: dict[str, Any] = {
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "model_max_length": TEXT["max_position_embeddings"],
+    }
+    tokenizer: PreTrainedTokenizerBase
+    if TRANSFORMERS_4:  # 4.x's Qwen2Tokenizer is the slow one (files only); the fast one takes the same pipeline
+        from transformers import Qwen2TokenizerFast
+
+        backend = _byte_level(Tokenizer(models.BPE(vocab=vocab, merges=merges)))
+        tokenizer = Qwen2TokenizerFast(tokenizer_object=backend, **common)
+    else:
+        tokenizer = Qwen2Tokenizer(
+            vocab=vocab,
+            merges=merges,  # type: ignore[arg-type]  # the BPE backend wants (left, right) tuples
+            **common,
+        )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIALS[1:])})
     tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in extras])
     return tokenizer
@@ -237,6 +252,15 @@ def _llava_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def _rope(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Text-config keys for ``parameters``: transformers 5's ``rope_parameters``, 4.x's ``rope_theta`` and
+    ``rope_scaling``."""
+    if not TRANSFORMERS_4:
+        return {"rope_parameters": dict(parameters)}
+    scaling = {key: value for key, value in parameters.items() if key != "rope_theta"}
+    return {"rope_theta": parameters["rope_theta"], "rope_scaling": scaling}
+
+
 def _padded_vocab(tokenizer: PreTrainedTokenizerBase) -> int:
     """Vocabulary size for the embedding: ``len(tokenizer)`` rounded up to a multiple of 8."""
     return -(-len(tokenizer) // 8) * 8
@@ -249,7 +273,7 @@ def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     text = {
         **TEXT,
         "vocab_size": _padded_vocab(tokenizer),
-        "rope_parameters": dict(QWEN_ROPE),
+        **_rope(QWEN_ROPE),
         "bos_token_id": None,
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
@@ -270,7 +294,7 @@ def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     else:  # qwen3_vl: 8x8 learned position grid (interpolated); one DeepStack merger, fed into LLM layer 0
         vision.update(hidden_size=32, intermediate_size=128, out_hidden_size=TEXT["hidden_size"])
         vision.update(num_position_embeddings=64, deepstack_visual_indexes=[0])
-        text["rope_parameters"] = {**QWEN_ROPE, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+        text.update(_rope({**QWEN_ROPE, "mrope_section": [4, 2, 2], "mrope_interleaved": True}))
         config_cls, model_cls, processor_cls = Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
         video_processor = Qwen3VLVideoProcessor(patch_size=14, size=QWEN3_VIDEO_SIZE)
     config = config_cls(
@@ -421,7 +445,24 @@ def build_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
         model, processor = _build_gemma3() if family == "gemma3" else _build_qwen(family)
     model.float().save_pretrained(out)
     processor.save_pretrained(out)
+    if TRANSFORMERS_4:
+        _read_like_the_hub(out, type(model.config).model_type)
     return out
+
+
+def _read_like_the_hub(out: Path, model_type: str) -> None:
+    """transformers 4.x writes Qwen2-VL's nested ``text_config`` with its own ``model_type`` (``qwen2_vl_text``) and,
+    reading it back, reports that as the model's type, so LLaMA-Factory 0.9.4 finds no registry entry for it (its
+    freeze flags then do nothing). Hub checkpoints are flat and have no such key: drop it, so the tiny model reads
+    like them."""
+    from transformers import AutoConfig
+
+    if AutoConfig.from_pretrained(out).model_type == model_type:
+        return
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    del config["text_config"]["model_type"]
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 SHAPES = ("circle", "square", "triangle")
