@@ -17,7 +17,10 @@ class Target:
     ``owner.attr`` is replaced by ``patch(original)``; ``importers`` are the modules that bound the name with
     ``from owner import attr`` and are rebound too. The patch is applied when ``trigger`` (default: owner) is
     imported. ``stock_safe`` targets are applied on unverified LLaMA-Factory versions as well (they only add
-    the keys and refuse them); the others only on verified versions.
+    the keys and refuse them); the others only on verified versions, and a LLaMA-Factory target only on the
+    releases in its ``verified``. ``instead_of`` names the targets this one stands in for: it applies only where
+    none of them exists (e.g. transformers 4.x, which measures the gradient norm inline), and they are then not
+    missed.
     """
 
     owner: str
@@ -28,6 +31,7 @@ class Target:
     trigger: str = ""
     stock_safe: bool = False
     verified: tuple[str, ...] = ()
+    instead_of: tuple[str, ...] = ()
 
     @property
     def dotted(self) -> str:
@@ -36,6 +40,14 @@ class Target:
     @property
     def trigger_module(self) -> str:
         return self.trigger or self.owner
+
+    def exists(self) -> bool:
+        """Whether ``owner.attr`` is there in the imported owner module (a version may lack it)."""
+        try:
+            self.resolve()
+        except (KeyError, AttributeError):
+            return False
+        return True
 
     def resolve(self) -> tuple[Any, str, Any]:
         """(container, attribute name, current object) in the imported owner module."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lf_multilr import _boot
 
-from . import applied, versions
+from . import applied, versions, why_stock
 from .targets import TARGETS
 
 
@@ -38,8 +38,8 @@ def report() -> tuple[list[str], bool]:
     transformers = _version("transformers")
     lines.append(
         f"transformers {transformers}: "
-        f"{'verified' if transformers in versions.VERIFIED_TRANSFORMERS else 'not verified'} "
-        f"(verified: {', '.join(versions.VERIFIED_TRANSFORMERS)})"
+        f"{'verified' if transformers in versions.CORE_TRANSFORMERS else 'not verified'} "
+        f"(verified: {', '.join(versions.CORE_TRANSFORMERS)})"
     )
     lines.append(f"torch {_version('torch')}")
     pth = _pth_files()
@@ -58,7 +58,13 @@ def report() -> tuple[list[str], bool]:
         return lines, False
     done = set(applied())
     lines.append(f"patches applied: {len(done)} of {len(TARGETS)}")
+    missed = False
     for target in TARGETS:
-        lines.append(f"  [{'x' if target.dotted in done else ' '}] {target.dotted}")
-    ok &= len(done) == len(TARGETS)
+        if target.dotted in done:
+            lines.append(f"  [x] {target.dotted}")
+            continue
+        reason = why_stock(target) if target.owner in sys.modules else "its module is not imported"
+        missed |= reason is None
+        lines.append(f"  [ ] {target.dotted}  ({reason or 'NOT patched: see the lf-multilr line above'})")
+    ok &= not missed
     return lines, ok

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from . import hparams, logs, optimizer, resume, scheduler, webui
+from . import hparams, logs, optimizer, resume, scheduler, transformers4, webui
 from ._patching import Target
-from .versions import VERIFIED_LLAMAFACTORY, VERIFIED_TRANSFORMERS
+from .versions import CORE_TRANSFORMERS, FULL_SUITE_LLAMAFACTORY, VERIFIED_LLAMAFACTORY, VERIFIED_TRANSFORMERS
 
 _STAGE_TRAINERS = tuple(f"llamafactory.train.{stage}.trainer" for stage in ("sft", "pt", "rm", "dpo", "kto", "ppo"))
 _RUNNER = "llamafactory.webui.runner"
+_GRAD_NORM_TARGETS = ("transformers.trainer.Trainer._clip_grad_norm", "transformers.trainer.Trainer._get_grad_norm")
 
 TARGETS: tuple[Target, ...] = (
     Target(
@@ -75,13 +76,31 @@ TARGETS: tuple[Target, ...] = (
         trigger="llamafactory.train.trainer_utils",
         verified=VERIFIED_TRANSFORMERS,
     ),
+    Target(  # transformers 4.x has neither of the two above: its loop clips inline with the accelerator
+        "transformers.trainer",
+        "Trainer._inner_training_loop",
+        transformers4.wrap_inner_training_loop,
+        signature=("self", "batch_size", "args"),
+        trigger="llamafactory.train.trainer_utils",
+        verified=("4.57.1",),
+        instead_of=_GRAD_NORM_TARGETS,
+    ),
+    Target(
+        "accelerate.accelerator",
+        "Accelerator.clip_grad_norm_",
+        transformers4.wrap_accelerator_clip_grad_norm,
+        signature=("self", "parameters", "max_norm"),
+        trigger="llamafactory.train.trainer_utils",
+        verified=("1.11.0",),  # accelerate, under transformers 4.57.1
+        instead_of=_GRAD_NORM_TARGETS,
+    ),
     Target(
         "transformers.trainer",
         "Trainer.create_scheduler",
         scheduler.wrap_create_scheduler,
         signature=("self", "num_training_steps", "optimizer"),
         trigger="llamafactory.train.trainer_utils",
-        verified=VERIFIED_TRANSFORMERS,
+        verified=CORE_TRANSFORMERS,
     ),
     Target(
         "transformers.trainer",
@@ -89,7 +108,7 @@ TARGETS: tuple[Target, ...] = (
         logs.wrap_get_learning_rate,
         signature=("self",),
         trigger="llamafactory.train.trainer_utils",
-        verified=VERIFIED_TRANSFORMERS,
+        verified=CORE_TRANSFORMERS,
     ),
     Target(
         "transformers.trainer",
@@ -97,7 +116,7 @@ TARGETS: tuple[Target, ...] = (
         logs.wrap_trainer_log,
         signature=("self", "logs"),
         trigger="llamafactory.train.trainer_utils",
-        verified=VERIFIED_TRANSFORMERS,
+        verified=CORE_TRANSFORMERS,
     ),
     Target(
         "transformers.trainer",
@@ -128,14 +147,14 @@ TARGETS: tuple[Target, ...] = (
         "LOCALES",
         webui.with_labels,
         importers=("llamafactory.webui.engine", _RUNNER),
-        verified=VERIFIED_LLAMAFACTORY,
+        verified=FULL_SUITE_LLAMAFACTORY,
     ),
     Target(
         "llamafactory.webui.manager",
         "Manager.get_base_elems",
         webui.wrap_get_base_elems,
         signature=("self",),
-        verified=VERIFIED_LLAMAFACTORY,
+        verified=FULL_SUITE_LLAMAFACTORY,
     ),
     Target(
         "llamafactory.webui.components.train",
@@ -143,41 +162,41 @@ TARGETS: tuple[Target, ...] = (
         webui.wrap_create_train_tab,
         importers=("llamafactory.webui.components", "llamafactory.webui.interface"),
         signature=("engine",),
-        verified=VERIFIED_LLAMAFACTORY,
+        verified=FULL_SUITE_LLAMAFACTORY,
     ),
     Target(
         _RUNNER,
         "Runner._initialize",
         webui.wrap_initialize,
         signature=("self", "data", "do_train", "from_preview"),
-        verified=VERIFIED_LLAMAFACTORY,
+        verified=FULL_SUITE_LLAMAFACTORY,
     ),
     Target(
         _RUNNER,
         "Runner._parse_train_args",
         webui.wrap_parse_train_args,
         signature=("self", "data"),
-        verified=VERIFIED_LLAMAFACTORY,
+        verified=FULL_SUITE_LLAMAFACTORY,
     ),
     Target(
         _RUNNER,
         "Runner._build_config_dict",
         webui.wrap_build_config_dict,
         signature=("self", "data"),
-        verified=VERIFIED_LLAMAFACTORY,
+        verified=FULL_SUITE_LLAMAFACTORY,
     ),
     Target(
         _RUNNER,
         "Runner.load_args",
         webui.wrap_load_args,
         signature=("self", "lang", "config_path"),
-        verified=VERIFIED_LLAMAFACTORY,
+        verified=FULL_SUITE_LLAMAFACTORY,
     ),
     Target(
         _RUNNER,
         "Runner.check_output_dir",
         webui.wrap_check_output_dir,
         signature=("self", "lang", "model_name", "finetuning_type", "output_dir"),
-        verified=VERIFIED_LLAMAFACTORY,
+        verified=FULL_SUITE_LLAMAFACTORY,
     ),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -13,7 +14,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BIN = Path(sys.executable).parent
+#: The installed LLaMA-Factory: 0.9.5 in .venv runs the full suite, 0.9.4 in .venv-lf094 the `core` tests.
+LLAMAFACTORY = importlib.metadata.version("llamafactory")
+TRANSFORMERS_4 = importlib.metadata.version("transformers").startswith("4.")
 INHERITED_OUT = ("FORCE_TORCHRUN", "USE_V1", "CUDA_VISIBLE_DEVICES", "NPROC_PER_NODE", "LF_MULTILR_DISABLE", "USE_MCA")
+
+
+def full_suite_only(what: str) -> pytest.MarkDecorator:
+    """Skip ``what`` where the installed LLaMA-Factory is not one the full suite verifies (it is 0.9.5-only)."""
+    from lf_multilr.patches.versions import FULL_SUITE_LLAMAFACTORY
+
+    return pytest.mark.skipif(
+        LLAMAFACTORY not in FULL_SUITE_LLAMAFACTORY,
+        reason=f"{what}: verified on LLaMA-Factory {', '.join(FULL_SUITE_LLAMAFACTORY)} only, installed {LLAMAFACTORY}",
+    )
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:

@@ -99,8 +99,9 @@ def owner(model_type: str, name: str) -> str:
     from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
 
     entry = COMPOSITE_MODELS[model_type]
+    projector = getattr(entry, "projector_keys", None) or [entry.projector_key]  # one `projector_key` before 0.9.5
     for module, keys in (
-        ("multi_modal_projector", entry.projector_keys),
+        ("multi_modal_projector", projector),
         ("vision_tower", entry.vision_model_keys),
         ("language_model", entry.language_model_keys),
     ):

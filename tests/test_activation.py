@@ -2,19 +2,25 @@
 
 import sys
 
+import pytest
+
 from conftest import BIN, run
 from lf_multilr.patches.targets import TARGETS
 
 PY = sys.executable
-TRAINING = [t for t in TARGETS if not t.owner.startswith("llamafactory.webui")]
-ALL, TRAIN = str(len(TARGETS)), str(len(TRAINING))
+# transformers 4.x's stand-ins stay stock on 5.x (the full suite's); `core` tests do not count targets
+PATCHED = [t for t in TARGETS if not t.instead_of]
+TRAINING = [t for t in PATCHED if not t.owner.startswith("llamafactory.webui")]
+ALL, TRAIN = str(len(PATCHED)), str(len(TRAINING))
 PROBE = """
 import sys
 from lf_multilr import patches
 from lf_multilr.patches.targets import TARGETS
 import llamafactory.train.tuner  # every training module lf-multilr patches
 import llamafactory.train.sft.trainer as sft
-ready = [t.dotted for t in TARGETS if t.trigger_module in sys.modules and t.owner in sys.modules]
+ready = [
+    t.dotted for t in TARGETS if t.trigger_module in sys.modules and t.owner in sys.modules and not patches.why_stock(t)
+]
 print(len(patches.applied()), len(ready), hasattr(sft.create_custom_optimizer, "__wrapped__"))
 """
 WEBUI = "import llamafactory.webui.interface\n"
@@ -49,13 +55,15 @@ def test_apply_after_llamafactory_was_imported_rebinds_the_importers(env):
     assert result.stdout.split() == [TRAIN, TRAIN, "True"]
 
 
+@pytest.mark.core
 def test_kill_switch_gives_stock_llamafactory_and_its_unknown_key_error(env, tmp_path):
     code = "import lf_multilr\nassert not lf_multilr.apply()\n" + PROBE.replace(
         "from lf_multilr import patches", "import lf_multilr.patches as patches"
     )
     result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["0", TRAIN, "False"]
+    applied, ready, wrapped = result.stdout.split()
+    assert (applied, wrapped) == ("0", "False") and int(ready) > 0
     config = tmp_path / "c.yaml"
     config.write_text("model_name_or_path: some/model\nstage: sft\noutput_dir: out\nvision_tower_lr: 1.0e-5\n")
     result = run(
@@ -66,6 +74,7 @@ def test_kill_switch_gives_stock_llamafactory_and_its_unknown_key_error(env, tmp
     assert "lf-multilr" not in result.stdout + result.stderr
 
 
+@pytest.mark.core
 def test_unverified_llamafactory_warns_once_and_refuses_keys(env):
     code = """
 import llamafactory.extras.env as lf_env
@@ -84,6 +93,41 @@ except ValueError as error:
     assert len(result.stderr.splitlines()) == 1 and "0.9.1 is outside the verified range" in result.stderr
     assert "['_TRAIN_ARGS', '_TRAIN_MCA_ARGS', 'get_train_args']" in result.stdout
     assert "REFUSED lf-multilr: `vision_tower_lr: 1e-05` is refused: LLaMA-Factory 0.9.1 is outside" in result.stdout
+
+
+@pytest.mark.core
+def test_llamafactory_0_9_3_is_refused_with_the_installed_and_verified_versions_and_the_fix(env):
+    """0.9.3 (transformers <= 4.52.4) is refused, its layout faked here: it has no `_TRAIN_MCA_ARGS`, which must not
+    keep the check that refuses the keys from being patched in (it did: the keys were parsed and silently ignored)."""
+    code = """
+import os
+import llamafactory.extras.env as lf_env
+lf_env.VERSION = "0.9.3"
+from llamafactory.hparams import parser
+del parser._TRAIN_MCA_ARGS
+import llamafactory.train.tuner
+del os.environ["LF_MULTILR_DISABLE"]
+import lf_multilr
+assert lf_multilr.apply()
+from lf_multilr import patches
+print(sorted(t.rsplit(".", 1)[-1] for t in patches.applied()))
+try:
+    parser.get_train_args({"vision_tower_lr": 1e-5, "model_name_or_path": "x", "output_dir": "o", "stage": "sft"})
+except ValueError as error:
+    print("REFUSED", error)
+"""
+    result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "lf-multilr: LLaMA-Factory 0.9.3 is outside the verified range (>=0.9.4,<=0.9.5); training is stock and "
+        "lf-multilr keys are refused."
+    ]
+    assert "['_TRAIN_ARGS', 'get_train_args']" in result.stdout
+    assert (
+        "REFUSED lf-multilr: `vision_tower_lr: 1e-05` is refused: LLaMA-Factory 0.9.3 is outside lf-multilr's "
+        "verified range (>=0.9.4,<=0.9.5). Fix: install a verified version "
+        "(pip install 'llamafactory>=0.9.4,<=0.9.5') or remove the lf-multilr keys"
+    ) in result.stdout
 
 
 def test_any_llamafactory_module_imported_first_gets_everything_patched(env):
