@@ -1,11 +1,15 @@
 # `make test` and `make demo` create (or reuse) the environment in .venv from constraints.txt, then run.
+# `make test-compat` does the same for LLaMA-Factory 0.9.4 in .venv-lf094 from constraints-lf094.txt.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lf-multilr-installed
+COMPAT_VENV := .venv-lf094
+COMPAT_BIN := $(COMPAT_VENV)/bin
+COMPAT_STAMP := $(COMPAT_VENV)/.lf-multilr-installed
 export OMP_NUM_THREADS := 1
 
-.PHONY: venv chromium test demo lint bench clean
+.PHONY: venv venv-compat chromium test test-compat demo lint bench clean
 
 $(STAMP): constraints.txt pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +19,25 @@ $(STAMP): constraints.txt pyproject.toml setup.py
 
 venv: $(STAMP)
 
+$(COMPAT_STAMP): constraints-lf094.txt pyproject.toml setup.py
+	test -x $(COMPAT_BIN)/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_BIN)/python -m pip install -q --upgrade pip
+	$(COMPAT_BIN)/python -m pip install -q -c constraints-lf094.txt -e '.[test]'
+	touch $@
+
+venv-compat: $(COMPAT_STAMP)
+
 # The web UI tests drive Debian's Chromium (Playwright's own browser download needs more than package registries).
 chromium:
 	command -v chromium >/dev/null || apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
 
 test: lint chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-compat
+
+# The end-to-end cases marked `core` (pyproject.toml) on LLaMA-Factory 0.9.4 with transformers 4.57.1.
+test-compat: venv-compat
+	$(COMPAT_BIN)/python -m pytest -m core $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/python examples/demo.py
@@ -30,4 +47,4 @@ lint: venv
 	$(BIN)/mypy lf_multilr patches
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo_output
+	rm -rf $(VENV) $(COMPAT_VENV) build dist *.egg-info demo_output

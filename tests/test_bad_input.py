@@ -61,6 +61,7 @@ CASES = {
 }
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("case", list(CASES))
 def test_refused_before_the_model_loads(case, get_train_args, tiny, data, tmp_path):
     overrides, message = CASES[case]
@@ -69,6 +70,7 @@ def test_refused_before_the_model_loads(case, get_train_args, tiny, data, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("model_type", ["llama", "idefics3"])
 def test_a_model_type_the_registry_does_not_know_is_refused_with_the_way_forward(
     model_type, get_train_args, data, tmp_path
@@ -92,6 +94,7 @@ def test_a_deepspeed_config_with_its_own_optimizer_or_scheduler_is_refused(block
     refuse_deepspeed_blocks(settings, SimpleNamespace(deepspeed={"zero_optimization": {"stage": 2}}))
 
 
+@pytest.mark.core
 def test_the_cli_exits_non_zero_with_the_message_and_writes_nothing(tiny, data, tmp_path, env):
     config, out = write_config(tmp_path, tiny("qwen2_vl"), data, "qwen2_vl", vision_tower_lr=-1.0e-5)
     result = train(config, env)
@@ -101,6 +104,7 @@ def test_the_cli_exits_non_zero_with_the_message_and_writes_nothing(tiny, data, 
     assert not out.exists()
 
 
+@pytest.mark.core
 def test_a_module_left_frozen_by_the_prepared_model_is_refused_at_optimizer_time(tiny, data, tmp_path, env):
     family = "qwen2_vl"
     config, out = write_config(

@@ -16,12 +16,15 @@ from functools import cache
 import pytest
 import torch
 
+from conftest import full_suite_only
 from lf_multilr.groups import GroupPlan, build_plan, check_plan
 from lf_multilr.keys import FREEZE_FLAG, KEY_NAMES, MODULES, OTHER, Settings
 from lf_multilr.modules import ModuleMap
 from lf_multilr.report import format_table
 from lf_multilr.supplement import SUPPLEMENT
 from tools import zoo
+
+pytestmark = full_suite_only("the registry of 31 types and tools/zoo.py's transformers 5 configs")
 
 TYPES = [
     pytest.param(

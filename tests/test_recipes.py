@@ -44,6 +44,7 @@ def test_vit_layer_decay_follows_the_formula_in_one_adamw_step(tiny, data, tmp_p
             assert step == pytest.approx(1.0e-4, rel=1e-3), name
 
 
+@pytest.mark.core
 def test_a_module_with_a_start_step_holds_still_before_it_and_moves_after(tiny, data, tmp_path, env):
     before = weights(tiny(FAMILY))
     moved = {}

@@ -9,6 +9,7 @@ LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_
 EXPECTED = {"vision_tower": 1.0e-4, "multi_modal_projector": 1.0e-3, "language_model": 1.0e-2}
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava"])
 def test_full_one_adamw_step_moves_every_changed_tensor_by_its_module_lr(family, tiny, data, tmp_path, env):
     config, out = write_config(tmp_path, tiny(family), data, family, **LRS)
@@ -25,6 +26,7 @@ def test_full_one_adamw_step_moves_every_changed_tensor_by_its_module_lr(family,
     assert record["lr/language_model"] == record["lr"] == 1.0e-2
 
 
+@pytest.mark.core
 def test_lora_groups_adapters_by_the_module_they_adapt(tiny, data, tmp_path, env):
     family = "qwen2_5_vl"
     config, out = write_config(
@@ -53,6 +55,7 @@ def test_lora_groups_adapters_by_the_module_they_adapt(tiny, data, tmp_path, env
     assert seen == set(EXPECTED)
 
 
+@pytest.mark.core
 def test_llava_lora_with_the_official_projector_lr(tiny, data, tmp_path, env):
     family = "llava"
     config, out = write_config(
@@ -81,6 +84,7 @@ def test_llava_lora_with_the_official_projector_lr(tiny, data, tmp_path, env):
         assert tensor.abs().max().item() == pytest.approx(2.0e-4, rel=1e-3), name
 
 
+@pytest.mark.core
 def test_module_lrs_equal_to_learning_rate_reproduce_stock_exactly(tiny, data, tmp_path, env):
     family = "qwen2_vl"
     common = dict(max_steps=3, lr_scheduler_type="cosine", warmup_steps=1, weight_decay=0.01, adam_epsilon=1.0e-8)
@@ -97,6 +101,7 @@ def test_module_lrs_equal_to_learning_rate_reproduce_stock_exactly(tiny, data, t
     assert all(torch.equal(our_weights[name], tensor) for name, tensor in stock_weights.items())
 
 
+@pytest.mark.core
 def test_vision_tower_lr_zero_holds_the_vision_weights_still(tiny, data, tmp_path, env):
     family = "qwen2_vl"
     config, out = write_config(tmp_path, tiny(family), data, family, max_steps=2, weight_decay=0.1, vision_tower_lr=0.0)

@@ -21,10 +21,12 @@ import pytest
 import yaml
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from conftest import BIN, clean_env
+from conftest import BIN, clean_env, full_suite_only
 from lf_multilr.keys import KEY_NAMES
 from lf_multilr.metrics import PREFIXES
 from lf_multilr.webui_view import number
+
+pytestmark = full_suite_only("LlamaBoard")
 
 MODEL_NAME = "Qwen2-VL-2B-Instruct"  # a multimodal entry of LlamaBoard's list; its path is replaced by the tiny model
 SCREENSHOT_DIR = "LF_MULTILR_SCREENSHOT_DIR"

@@ -13,11 +13,13 @@ import pytest
 import yaml
 
 import lf_multilr
-from conftest import BIN, clean_env, run
+from conftest import BIN, clean_env, full_suite_only, run
 from lf_multilr import webui_fields
 from lf_multilr.keys import KEY_NAMES
 from lf_multilr.patches import _patching
 from lf_multilr.patches.targets import TARGETS
+
+pytestmark = full_suite_only("LlamaBoard")
 
 FIELD_IDS = {key.name: f"train.{key.name}" for key in webui_fields.ui_keys()}
 MODEL_NAME = "Qwen2-VL-2B-Instruct"
