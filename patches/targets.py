@@ -124,7 +124,7 @@ TARGETS: tuple[Target, ...] = (
         resume.wrap_load_from_checkpoint,
         signature=("self", "resume_from_checkpoint", "model"),
         trigger="llamafactory.train.trainer_utils",
-        verified=VERIFIED_TRANSFORMERS,
+        verified=CORE_TRANSFORMERS,
     ),
     Target(
         "transformers.trainer",
@@ -132,7 +132,7 @@ TARGETS: tuple[Target, ...] = (
         resume.wrap_load_best_model,
         signature=("self",),
         trigger="llamafactory.train.trainer_utils",
-        verified=VERIFIED_TRANSFORMERS,
+        verified=CORE_TRANSFORMERS,
     ),
     Target(
         "transformers.trainer",
@@ -140,7 +140,7 @@ TARGETS: tuple[Target, ...] = (
         resume.wrap_load_optimizer_and_scheduler,
         signature=("self", "checkpoint"),
         trigger="llamafactory.train.trainer_utils",
-        verified=VERIFIED_TRANSFORMERS,
+        verified=CORE_TRANSFORMERS,
     ),
     Target(
         "llamafactory.webui.locales",
