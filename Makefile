@@ -15,6 +15,8 @@ $(STAMP): constraints.txt pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	# DeepSpeed for the multi-process tests: its setup.py imports torch, so it builds in this environment.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-build-isolation -c constraints.txt deepspeed
 	touch $@
 
 venv: $(STAMP)
