@@ -138,3 +138,42 @@ def test_any_llamafactory_module_imported_first_gets_everything_patched(env):
         expected = [ALL, ALL] if first.startswith("llamafactory.webui") else [TRAIN, TRAIN]
         result = run([PY, "-c", code, first], env)
         assert (result.returncode, result.stderr, result.stdout.split()) == (0, "", [*expected, "True"]), first
+
+
+@pytest.mark.core
+def test_llamafactory_absent_leaves_python_as_it_would_be(env):
+    """No LLaMA-Factory to import: the hook never fires; the import error and everything else are Python's own."""
+    code = """
+import sys
+sys.modules["llamafactory"] = None  # what an environment without LLaMA-Factory looks like to `import`
+import json, lf_multilr
+try:
+    import llamafactory.train.tuner
+except ImportError as error:
+    print(type(error).__name__, error)
+print(sorted(m for m in sys.modules if m.startswith(("llamafactory", "lf_multilr.patches"))))
+"""
+    results = [run([PY, "-c", code], {**env, **extra}) for extra in ({}, {"LF_MULTILR_DISABLE": "1"})]
+    assert [(r.returncode, r.stdout, r.stderr) for r in results] == [(results[1].returncode, results[1].stdout, "")] * 2
+    assert results[0].stdout.splitlines() == [
+        "ModuleNotFoundError No module named 'llamafactory.train'; 'llamafactory' is not a package",
+        "['llamafactory']",
+    ]
+
+
+@pytest.mark.core
+def test_llamafactory_failing_to_import_fails_exactly_as_stock(env, tmp_path):
+    """A broken LLaMA-Factory (here: one whose parser raises while it imports) raises its own error, unchanged,
+    with or without the plugin, and the plugin prints nothing (its loader shows as one frame of the traceback)."""
+    site = tmp_path / "broken"
+    (site / "llamafactory" / "hparams").mkdir(parents=True)
+    (site / "llamafactory" / "__init__.py").write_text("")
+    (site / "llamafactory" / "hparams" / "__init__.py").write_text("from . import parser\n")
+    (site / "llamafactory" / "hparams" / "parser.py").write_text("raise RuntimeError('broken install')\n")
+    for extra in ({}, {"LF_MULTILR_DISABLE": "1"}):
+        result = run([PY, "-c", "import llamafactory.hparams"], {**env, "PYTHONPATH": str(site), **extra})
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr.splitlines()[-1] == "RuntimeError: broken install"
+        assert not [line for line in result.stderr.splitlines() if line.startswith("lf-multilr")]
+    result = run([PY, "-c", "pass"], {**env, "PYTHONPATH": str(site)})
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
