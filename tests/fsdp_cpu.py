@@ -8,7 +8,9 @@ wants the bare device), as the GPU branch would have made it. accelerate then wr
 ``FullyShardedDataParallel`` or FSDP2 ``fully_shard``), and HF's Trainer, LLaMA-Factory and lf-multilr run unchanged.
 """
 
+import os
 import runpy
+import sys
 from functools import wraps
 
 import torch
@@ -53,5 +55,27 @@ state.AcceleratorState.__init__ = _init
 Accelerator.prepare_model = _report(Accelerator.prepare_model)  # FSDP1
 Accelerator._prepare_fsdp2 = _report(Accelerator._prepare_fsdp2)  # FSDP2
 
+
+def _destroy_after_barrier(destroy):
+    """LLaMA-Factory destroys the process group as soon as its rank is done; on CPU (gloo) a rank that tears the
+    group down while the other still finishes its last collective was once seen aborting (SIGABRT) after training
+    had completed and saved. The ranks meet first, then tear down."""
+
+    @wraps(destroy)
+    def wrapped(*args, **kwargs):
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        return destroy(*args, **kwargs)
+
+    return wrapped
+
+
+torch.distributed.destroy_process_group = _destroy_after_barrier(torch.distributed.destroy_process_group)
+
 if __name__ == "__main__":
     runpy.run_module("llamafactory.launcher", run_name="__main__")
+    # Training returned normally (an error would have propagated above): leave without the interpreter's teardown
+    # of gloo's threads, the other place a CPU rank can abort after the work is done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
