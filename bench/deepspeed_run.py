@@ -37,30 +37,14 @@ WITHHELD = "per-module gradient norms are not logged: under DeepSpeed"
 SIGNATURE = re.compile(r"lf-multilr: rank (\d+) of (\d+): \d+ param groups, signature ([0-9a-f]{16})")
 
 
-def zero_config(stage: int, **blocks: Any) -> dict[str, Any]:
-    """LLaMA-Factory's examples/deepspeed/ds_z{2,3}_config.json, the essentials (no optimizer, no scheduler)."""
-    zero: dict[str, Any] = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}
-    if stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    return {
-        "train_batch_size": "auto",
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "zero_allow_untested_optimizer": True,
-        "fp16": {"enabled": "auto"},
-        "bf16": {"enabled": "auto"},
-        "zero_optimization": zero,
-        **blocks,
-    }
-
-
 def prepare(work: Path, name: str, stage: int, **blocks: Any) -> tuple[Path, Path]:
     from e2e import write_config
 
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     deepspeed = folder / "ds.json"
+    from e2e import zero_config
+
     deepspeed.write_text(json.dumps(zero_config(stage, **blocks), indent=2))
     return write_config(folder, work / "model", work / "data", FAMILY, deepspeed=str(deepspeed), **LRS)
 
@@ -197,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     code, output, seconds = train(refused[0], args.ranks, args.out / "refused.log")
     refusal = code != 0 and "has a `optimizer` block" in output and "Loading weights" not in output
     ok = ok and refusal
-    lines += ["", f"DeepSpeed config with an `optimizer` block: exit {code}, "
-              f"{'refused before any weight loaded' if refusal else 'NOT refused as expected'} ({seconds:.0f} s)."]
+    lines += [
+        "",
+        f"DeepSpeed config with an `optimizer` block: exit {code}, "
+        f"{'refused before any weight loaded' if refusal else 'NOT refused as expected'} ({seconds:.0f} s).",
+    ]
     (args.out / "deepspeed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if ok else 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .layout import signature
+from .layout import first_difference, signature
 
 #: One rank's groups: (name, tensor count, layout digest) per group.
 Signature = Sequence[Sequence[Any]]
@@ -40,28 +40,27 @@ def _label(entry: Sequence[Any]) -> str:
 
 def rank_mismatch(signatures: Sequence[Signature]) -> str | None:
     """How the first rank whose groups differ from rank 0's differs; None when every rank grouped alike."""
-    reference = [tuple(entry) for entry in signatures[0]]
-    for rank, other in enumerate(signatures[1:], start=1):
-        groups = [tuple(entry) for entry in other]
-        if groups == reference:
+    reference = signatures[0]
+    for rank, groups in enumerate(signatures[1:], start=1):
+        difference = first_difference(reference, groups)
+        if difference is None:
             continue
-        if len(groups) != len(reference):
+        kind, index = difference
+        if kind == "count":
             return (
                 f"rank 0 has {len(reference)} param groups ({', '.join(map(_label, reference))}), "
                 f"rank {rank} has {len(groups)} ({', '.join(map(_label, groups))})"
             )
-        for index, (mine, theirs) in enumerate(zip(reference, groups, strict=True)):
-            if mine == theirs:
-                continue
-            if mine[0] != theirs[0]:
-                return f"group {index} is `{_label(mine)}` on rank 0 and `{_label(theirs)}` on rank {rank}"
-            if mine[1] != theirs[1]:
-                where = f"group {index} ({_label(mine)})"
-                return f"{where} holds {mine[1]} tensors on rank 0 and {theirs[1]} on rank {rank}"
-            return (
-                f"group {index} ({_label(mine)}) holds different parameters on rank 0 and on rank {rank} "
-                "(same count, other names)"
-            )
+        mine, theirs = reference[index], groups[index]
+        if kind == "name":
+            return f"group {index} is `{_label(mine)}` on rank 0 and `{_label(theirs)}` on rank {rank}"
+        if kind == "size":
+            where = f"group {index} ({_label(mine)})"
+            return f"{where} holds {mine[1]} tensors on rank 0 and {theirs[1]} on rank {rank}"
+        return (
+            f"group {index} ({_label(mine)}) holds different parameters on rank 0 and on rank {rank} "
+            "(same count, other names)"
+        )
     return None
 
 

@@ -37,6 +37,25 @@ def describe(groups: Sequence[dict[str, Any]]) -> str:
     return f"{len(parts)} groups: " + ", ".join(parts)
 
 
+Entry = Sequence[Any]  # (name, count, layout) as :func:`signature` gives it
+
+
+def first_difference(old: Sequence[Entry], new: Sequence[Entry]) -> tuple[str, int] | None:
+    """What first differs between two signatures: ("count", -1), or ("name" | "size" | "layout", group index)."""
+    if len(old) != len(new):
+        return "count", -1
+    for index, ((old_name, old_count, old_layout), (new_name, new_count, new_layout)) in enumerate(
+        zip(old, new, strict=True)
+    ):
+        if old_name != new_name:
+            return "name", index
+        if old_count != new_count:
+            return "size", index
+        if old_layout is not None and new_layout is not None and old_layout != new_layout:
+            return "layout", index
+    return None
+
+
 def mismatch(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]) -> str | None:
     """Why optimizer state built for ``saved`` groups would land on the wrong parameters of ``current``; None if not.
 
@@ -44,19 +63,18 @@ def mismatch(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]])
     by name and layout, which catches groups of equal size that hold different parameters.
     """
     old, new = signature(saved), signature(current)
-    if len(old) != len(new):
+    difference = first_difference(old, new)
+    if difference is None:
+        return None
+    kind, index = difference
+    if kind == "count":
         return f"the checkpoint has {describe(saved)}; this run has {describe(current)}"
-    for index, ((old_name, old_count, old_layout), (new_name, new_count, new_layout)) in enumerate(
-        zip(old, new, strict=True)
-    ):
-        where = f"group {index} ({new_name or 'unnamed'})"
-        if old_name != new_name:
-            return f"{where} is `{old_name or 'unnamed'}` in the checkpoint"
-        if old_count != new_count:
-            return f"{where} holds {old_count} tensors in the checkpoint and {new_count} in this run"
-        if old_layout is not None and new_layout is not None and old_layout != new_layout:
-            return f"{where} holds different parameters in the checkpoint (same count, other names)"
-    return None
+    where = f"group {index} ({new[index][0] or 'unnamed'})"
+    if kind == "name":
+        return f"{where} is `{old[index][0] or 'unnamed'}` in the checkpoint"
+    if kind == "size":
+        return f"{where} holds {old[index][1]} tensors in the checkpoint and {new[index][1]} in this run"
+    return f"{where} holds different parameters in the checkpoint (same count, other names)"
 
 
 def lr_changes(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]) -> list[tuple[str, float, float]]:

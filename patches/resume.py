@@ -16,7 +16,7 @@ import copy
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import wraps
 from typing import Any
 
@@ -81,13 +81,13 @@ def _read(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def key_renamer(model: Any) -> Callable[[str], tuple[str, bool]]:
+def key_renamer(model: Any, own_keys: Iterable[str]) -> Callable[[str], tuple[str, bool]]:
     """``rename(checkpoint_key) -> (model_key, needs_tensor_conversion)``, as ``from_pretrained`` renames keys.
 
     transformers 5 describes renames as weight conversions (some also merge or split tensors); transformers 4
     as the model class's ``_checkpoint_conversion_mapping`` of regular expressions.
     """
-    own = dict.fromkeys(model.state_dict(keep_vars=True), True)
+    own = dict.fromkeys(own_keys, True)
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
@@ -120,7 +120,7 @@ def load_full_checkpoint(model: Any, checkpoint: str, files: list[str]) -> Accou
     """Load every file of a full-model checkpoint into ``model`` in place; the account of what was filled."""
     named = model.state_dict(keep_vars=True)
     account = Account({name: tensor.untyped_storage().data_ptr() for name, tensor in named.items()})
-    rename = key_renamer(model)
+    rename = key_renamer(model, named)
     for path in files:
         renamed: dict[str, torch.Tensor] = {}
         for key, tensor in _read(path).items():
@@ -175,8 +175,9 @@ def wrap_load_from_checkpoint(original: Any) -> Any:
             return result
         _logger().info_rank0(f"lf-multilr: loading {resume_from_checkpoint} with from_pretrained's key conversion")
         account = load_full_checkpoint(target, resume_from_checkpoint, files)
-        refuse_incomplete(resume_from_checkpoint, account, _ignored(target))
-        if _ignored(target):
+        ignored = _ignored(target)
+        refuse_incomplete(resume_from_checkpoint, account, ignored)
+        if ignored:  # as HF does when only the keys it leaves out of checkpoints are missing
             target.tie_weights()
         return None
 

@@ -120,3 +120,21 @@ def max_steps_by_module(
         if step > 0:
             steps.setdefault(owner(model_type, name), []).append(step)
     return steps
+
+
+def zero_config(stage: int, **blocks: Any) -> dict[str, Any]:
+    """LLaMA-Factory's examples/deepspeed/ds_z{2,3}_config.json, the essentials (no optimizer, no scheduler)."""
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_allow_untested_optimizer": True,
+        "fp16": {"enabled": "auto"},
+        "bf16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        **blocks,
+    }

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from conftest import BIN, ROOT, run
-from e2e import log_records, max_steps_by_module, owner, train, weights, write_config
+from e2e import log_records, max_steps_by_module, owner, train, weights, write_config, zero_config
 from lf_multilr.distributed import Fsdp, flat_parameters, fsdp_of, rank_mismatch, same_groups_on_every_rank
 from lf_multilr.errors import ConfigError
 from lf_multilr.keys import Settings
@@ -205,20 +205,10 @@ def test_fsdp1_without_orig_params_and_no_key_withholds_the_norms_with_one_warni
 
 
 def deepspeed_config(tmp_path, stage, **blocks):
-    """LLaMA-Factory's example ZeRO config (examples/deepspeed/ds_z{2,3}_config.json, the essentials), plus blocks."""
+    """LLaMA-Factory's example ZeRO config (see ``e2e.zero_config``) plus blocks, written next to the run."""
     import deepspeed  # noqa: F401  (`make test` installs it; a missing DeepSpeed fails here rather than skipping)
-    zero = {"stage": stage, **({"stage3_gather_16bit_weights_on_model_save": True} if stage == 3 else {})}
-    config = {
-        "train_batch_size": "auto",
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "zero_allow_untested_optimizer": True,
-        "fp16": {"enabled": "auto"},
-        "bf16": {"enabled": "auto"},
-        "zero_optimization": zero,
-        **blocks,
-    }
+
+    config = zero_config(stage, **blocks)
     path = tmp_path / f"ds_z{stage}.json"
     path.write_text(json.dumps(config))
     return str(path)
