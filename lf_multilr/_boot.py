@@ -44,9 +44,7 @@ def _notify(name: str) -> None:
 
         on_import(name)
     except Exception as error:  # noqa: BLE001 - an import must never fail because of the plugin
-        print(
-            f"lf-multilr: not active ({type(error).__name__}: {error}); set {DISABLE_ENV}=1 to silence", file=sys.stderr
-        )
+        sys.stderr.write(f"lf-multilr: not active ({type(error).__name__}: {error}); set {DISABLE_ENV}=1 to silence\n")
 
 
 class _Loader:
@@ -111,4 +109,4 @@ def boot() -> None:
     try:
         install()
     except Exception as error:  # noqa: BLE001 - interpreter start-up must never fail because of the plugin
-        print(f"lf-multilr: activation failed ({error}); set {DISABLE_ENV}=1 to silence", file=sys.stderr)
+        sys.stderr.write(f"lf-multilr: activation failed ({error}); set {DISABLE_ENV}=1 to silence\n")

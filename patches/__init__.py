@@ -22,7 +22,7 @@ def _warn_once(message: str, topic: str = "") -> None:
     """One line on stderr per ``topic`` (default: the message itself)."""
     if (topic or message) not in _warned:
         _warned.add(topic or message)
-        print(f"lf-multilr: {message}", file=sys.stderr)
+        sys.stderr.write(f"lf-multilr: {message}\n")  # one write: every rank may say it, on one shared pipe
 
 
 def _stood_in(target: _patching.Target) -> bool:

@@ -36,7 +36,10 @@ def _describe(accelerator, model):
     kinds = "FlatParameter" if flat else "/".join(sorted({type(param).__name__ for param in params}))
     local = sum(param.to_local().numel() if hasattr(param, "to_local") else param.numel() for param in params)
     where = f"fsdp_cpu: rank {accelerator.process_index}"
-    print(f"{where}: {type(model).__name__}, {kinds}, {local} elements here", flush=True)
+    # One write per line: under PYTHONUNBUFFERED, print() writes the text and its newline separately, and the other
+    # rank's line can land in between on the shared pipe.
+    sys.stdout.write(f"{where}: {type(model).__name__}, {kinds}, {local} elements here\n")
+    sys.stdout.flush()
 
 
 def _report(prepare):
