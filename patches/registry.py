@@ -9,6 +9,10 @@ from lf_multilr.supplement import rules_for
 
 
 def _composite_models() -> dict[str, Any]:
+    # LLaMA-Factory's package checks first: on transformers > 5.3 they mend `_is_package_available`, which trl reads
+    # when it is first imported; `llamafactory.model` imports trl before them, and a trl imported that way later
+    # fails to import its DPO trainer (`No module named 'mergekit'`).
+    import llamafactory.extras.packages  # noqa: F401
     from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
 
     return COMPOSITE_MODELS

@@ -177,3 +177,18 @@ def test_llamafactory_failing_to_import_fails_exactly_as_stock(env, tmp_path):
         assert not [line for line in result.stderr.splitlines() if line.startswith("lf-multilr")]
     result = run([PY, "-c", "pass"], {**env, "PYTHONPATH": str(site)})
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+@pytest.mark.core
+def test_reading_the_registry_first_leaves_llamafactory_importable(env):
+    # The plugin may be the first to import LLaMA-Factory (`lf-multilr plan`, a script); its order must not break a
+    # later import that stock LLaMA-Factory's own order allows.
+    code = (
+        "from lf_multilr.patches.registry import known_types\n"
+        "assert 'qwen2_vl' in known_types()\n"
+        "import llamafactory.train.dpo.trainer\n"
+        "print('imported')"
+    )
+    result = run([PY, "-c", code], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["imported"]
