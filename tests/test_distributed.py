@@ -1,6 +1,7 @@
 """Several processes on CPU (gloo): DDP through LLaMA-Factory's launcher, FSDP1 and FSDP2 through ``accelerate
 launch``, two ranks each, one AdamW step on the tiny Qwen2-VL. Every rank builds the same groups, each module moves
 by exactly its LR, and the per-module gradient norms are the whole modules' (they add up to HF's ``grad_norm``).
+FSDP2, ZeRO-2 and ZeRO-3 runs resumed from a mid-run checkpoint end exactly where the uninterrupted ones do.
 
 accelerate runs FSDP only on GPU-like ranks; ``tests/fsdp_cpu.py`` lets its FSDP plugin through on CPU ranks and
 reports what accelerate wrapped, so that these runs are FSDP and say so.
@@ -164,6 +165,33 @@ def test_fsdp_keeps_the_groups_steps_every_module_by_its_lr_and_logs_whole_norms
     one_step_by_module_lr(tiny, out)
     norms_add_up(out)
     assert "gradient norms are not logged" not in output
+
+
+RESUME = {"max_steps": 4, "save_steps": 2, "save_strategy": "steps", "lr_scheduler_type": "cosine", "warmup_steps": 1}
+
+
+@pytest.mark.parametrize("backend", ["fsdp2", "zero2", "zero3"])
+def test_a_sharded_run_resumes_exactly_where_the_uninterrupted_one_goes(backend, tiny, data, tmp_path, env):
+    # Four steps of warm-up + cosine on two ranks, resumed from the checkpoint of step 2: each backend saves and
+    # loads the weights and the optimizer state of the module groups itself.
+    def run_to_the_end(name, **resume):
+        extra = {} if backend == "fsdp2" else {"deepspeed": deepspeed_config(tmp_path, int(backend[-1]))}
+        config, out = write_config(tmp_path / name, tiny(FAMILY), data, FAMILY, **RESUME, **extra, **resume, **LRS)
+        result = fsdp_cpu(config, env, FSDP2) if backend == "fsdp2" else torchrun(config, env, 2)
+        assert result.returncode == 0, result.stderr[-3000:]
+        same_signature_on_both_ranks(result.stdout + result.stderr)
+        return out
+
+    whole = run_to_the_end("whole")
+    resumed = run_to_the_end("resumed", resume_from_checkpoint=str(whole / "checkpoint-2"))
+    expected, got = weights(whole), weights(resumed)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[name], got[name]) for name in expected)  # bit for bit
+    before, after = ({r["current_steps"]: r for r in log_records(out) if "loss" in r} for out in (whole, resumed))
+    assert sorted(after) == [3, 4]  # the resumed run trained steps 3 and 4 only
+    for step in (3, 4):
+        assert after[step]["loss"] == before[step]["loss"]
+        assert all(after[step][f"lr/{module}"] == before[step][f"lr/{module}"] for module in MODULES)
 
 
 @pytest.mark.parametrize("route", ["accelerate config", "training arguments"])
