@@ -6,6 +6,7 @@ FSDP config and silently runs DDP. This lets its FSDP plugin through there, and 
 up its state, a ``MULTI_CPU`` state that was given an FSDP plugin becomes an ``FSDP`` state on device ``cpu`` (FSDP1
 wants the bare device), as the GPU branch would have made it. accelerate then wraps the model itself (FSDP1
 ``FullyShardedDataParallel`` or FSDP2 ``fully_shard``), and HF's Trainer, LLaMA-Factory and lf-multilr run unchanged.
+One CPU-only fault of torch's FSDP1 optimizer-state saving is mended as well (``_copy_gathered_states``).
 """
 
 import os
@@ -16,6 +17,7 @@ from functools import wraps
 import torch
 from accelerate import Accelerator, state
 from accelerate.utils import DistributedType
+from torch.distributed.fsdp import _optim_utils
 
 _original = state.AcceleratorState.__init__
 
@@ -54,7 +56,25 @@ def _report(prepare):
     return wrapped
 
 
+def _copy_gathered_states(unflatten):
+    """torch's FSDP1 optimizer-state gather (``_allgather_orig_param_states``) gathers each state (``exp_avg``,
+    ``exp_avg_sq``) into one reused buffer and keeps views of it, counting on ``.cpu()`` to copy them when the state
+    is offloaded (accelerate offloads it). On a GPU that is a copy; on CPU ranks it is the same tensor, so every
+    saved ``exp_avg`` would hold ``exp_avg_sq``. Copy them here, as the GPU path does."""
+
+    @wraps(unflatten)
+    def wrapped(fsdp_param_info, output_states, state_name, *args, **kwargs):
+        unflatten(fsdp_param_info, output_states, state_name, *args, **kwargs)
+        for states in output_states.values():
+            value = states.get(state_name)
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+                states[state_name] = value.clone()
+
+    return wrapped
+
+
 state.AcceleratorState.__init__ = _init
+_optim_utils._unflatten_orig_param_states = _copy_gathered_states(_optim_utils._unflatten_orig_param_states)
 Accelerator.prepare_model = _report(Accelerator.prepare_model)  # FSDP1
 Accelerator._prepare_fsdp2 = _report(Accelerator._prepare_fsdp2)  # FSDP2
 

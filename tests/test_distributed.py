@@ -1,7 +1,7 @@
 """Several processes on CPU (gloo): DDP through LLaMA-Factory's launcher, FSDP1 and FSDP2 through ``accelerate
 launch``, two ranks each, one AdamW step on the tiny Qwen2-VL. Every rank builds the same groups, each module moves
 by exactly its LR, and the per-module gradient norms are the whole modules' (they add up to HF's ``grad_norm``).
-FSDP2, ZeRO-2 and ZeRO-3 runs resumed from a mid-run checkpoint end exactly where the uninterrupted ones do.
+FSDP1, FSDP2, ZeRO-2 and ZeRO-3 runs resumed from a mid-run checkpoint end exactly where the uninterrupted ones do.
 
 accelerate runs FSDP only on GPU-like ranks; ``tests/fsdp_cpu.py`` lets its FSDP plugin through on CPU ranks and
 reports what accelerate wrapped, so that these runs are FSDP and say so.
@@ -170,14 +170,15 @@ def test_fsdp_keeps_the_groups_steps_every_module_by_its_lr_and_logs_whole_norms
 RESUME = {"max_steps": 4, "save_steps": 2, "save_strategy": "steps", "lr_scheduler_type": "cosine", "warmup_steps": 1}
 
 
-@pytest.mark.parametrize("backend", ["fsdp2", "zero2", "zero3"])
+@pytest.mark.parametrize("backend", ["fsdp1", "fsdp2", "zero2", "zero3"])
 def test_a_sharded_run_resumes_exactly_where_the_uninterrupted_one_goes(backend, tiny, data, tmp_path, env):
     # Four steps of warm-up + cosine on two ranks, resumed from the checkpoint of step 2: each backend saves and
     # loads the weights and the optimizer state of the module groups itself.
     def run_to_the_end(name, **resume):
-        extra = {} if backend == "fsdp2" else {"deepspeed": deepspeed_config(tmp_path, int(backend[-1]))}
+        fsdp = {"fsdp1": FSDP1, "fsdp2": FSDP2}.get(backend)
+        extra = {} if fsdp else {"deepspeed": deepspeed_config(tmp_path, int(backend[-1]))}
         config, out = write_config(tmp_path / name, tiny(FAMILY), data, FAMILY, **RESUME, **extra, **resume, **LRS)
-        result = fsdp_cpu(config, env, FSDP2) if backend == "fsdp2" else torchrun(config, env, 2)
+        result = fsdp_cpu(config, env, fsdp) if fsdp else torchrun(config, env, 2)
         assert result.returncode == 0, result.stderr[-3000:]
         same_signature_on_both_ranks(result.stdout + result.stderr)
         return out
