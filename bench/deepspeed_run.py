@@ -38,13 +38,11 @@ SIGNATURE = re.compile(r"lf-multilr: rank (\d+) of (\d+): \d+ param groups, sign
 
 
 def prepare(work: Path, name: str, stage: int, **blocks: Any) -> tuple[Path, Path]:
-    from e2e import write_config
+    from e2e import write_config, zero_config
 
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     deepspeed = folder / "ds.json"
-    from e2e import zero_config
-
     deepspeed.write_text(json.dumps(zero_config(stage, **blocks), indent=2))
     return write_config(folder, work / "model", work / "data", FAMILY, deepspeed=str(deepspeed), **LRS)
 

@@ -138,3 +138,22 @@ def zero_config(stage: int, **blocks: Any) -> dict[str, Any]:
         "zero_optimization": zero,
         **blocks,
     }
+
+
+RESUMABLE = {  # four steps of warm-up + cosine with weight decay, a checkpoint every two steps
+    "max_steps": 4,
+    "save_steps": 2,
+    "save_strategy": "steps",
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 1,
+    "weight_decay": 0.01,
+}
+
+
+def logged_steps(output_dir: Path) -> dict[int, dict[str, float]]:
+    """The loss and the ``lr/<module>`` values each training step logged, by step (``trainer_log.jsonl``)."""
+    return {
+        r["current_steps"]: {k: v for k, v in r.items() if k.startswith("lr/") or k == "loss"}
+        for r in log_records(output_dir)
+        if "loss" in r
+    }

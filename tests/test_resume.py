@@ -10,24 +10,16 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from e2e import log_records, train, write_config
+from e2e import RESUMABLE, logged_steps, train, write_config
 
 pytestmark = pytest.mark.core  # resuming is fixed on both verified LLaMA-Factory / transformers pairs
 
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
-RUN = {  # four steps of warm-up + cosine with weight decay, a checkpoint every two steps
-    "max_steps": 4,
-    "save_steps": 2,
-    "save_strategy": "steps",
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 1,
-    "weight_decay": 0.01,
-}
 LORA = {"finetuning_type": "lora", "lora_target": "all", "additional_target": "merger"}
 
 
 def _uninterrupted(tmp_path: Path, tiny, data, env, family: str, **overrides) -> Path:
-    config, out = write_config(tmp_path / "whole", tiny(family), data, family, **RUN, **overrides)
+    config, out = write_config(tmp_path / "whole", tiny(family), data, family, **RESUMABLE, **overrides)
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -35,17 +27,9 @@ def _uninterrupted(tmp_path: Path, tiny, data, env, family: str, **overrides) ->
 
 def _resume(tmp_path: Path, tiny, data, env, family: str, checkpoint: Path, name: str = "resumed", **overrides):
     config, out = write_config(
-        tmp_path / name, tiny(family), data, family, **RUN, resume_from_checkpoint=str(checkpoint), **overrides
+        tmp_path / name, tiny(family), data, family, **RESUMABLE, resume_from_checkpoint=str(checkpoint), **overrides
     )
     return train(config, env), out
-
-
-def _module_lrs(out: Path) -> dict[int, dict[str, float]]:
-    return {
-        r["current_steps"]: {k: v for k, v in r.items() if k.startswith("lr/") or k == "loss"}
-        for r in log_records(out)
-        if "loss" in r
-    }
 
 
 @pytest.mark.parametrize(("family", "keys"), [("qwen2_vl", LRS), ("llava", LRS), ("qwen2_vl", {})])
@@ -59,7 +43,7 @@ def test_full_fine_tuning_resumes_exactly_where_the_uninterrupted_run_goes(famil
     expected, got = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert expected.keys() == got.keys()
     assert all((expected[name] == got[name]).all() for name in expected)  # bit for bit
-    before, after = _module_lrs(whole), _module_lrs(resumed)
+    before, after = logged_steps(whole), logged_steps(resumed)
     assert sorted(after) == [3, 4] and all(after[step] == before[step] for step in (3, 4))
     if keys:
         assert {"lr/vision_tower", "lr/multi_modal_projector", "lr/language_model"} <= after[3].keys()
@@ -73,7 +57,7 @@ def test_lora_resumes_exactly_where_the_uninterrupted_run_goes(tiny, data, tmp_p
     expected, got = load_file(whole / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     assert expected.keys() == got.keys() and any("merger" in name for name in got)
     assert all((expected[name] == got[name]).all() for name in expected)
-    before, after = _module_lrs(whole), _module_lrs(resumed)
+    before, after = logged_steps(whole), logged_steps(resumed)
     assert all(after[step] == before[step] for step in (3, 4))
 
 
@@ -137,7 +121,7 @@ def test_changed_module_lrs_say_which_values_are_in_force(tiny, data, tmp_path, 
     assert "the checkpoint's starting LRs stay in force" in output
     assert "vision_tower: 1.000e-04 (config: 3.000e-04)" in output
     assert "language_model:" not in output.split("stay in force", 1)[1].split("\n", 1)[0]
-    before, after = _module_lrs(whole), _module_lrs(resumed)
+    before, after = logged_steps(whole), logged_steps(resumed)
     assert all(after[step] == before[step] for step in (3, 4))  # the message is true: the checkpoint's LRs ran
 
 
