@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 #: The group key that holds the digest.
@@ -22,16 +22,16 @@ def digest(names: Iterable[str]) -> str:
     return hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
 
 
-def signature(groups: Sequence[dict[str, Any]]) -> list[tuple[str | None, int, str | None]]:
+def signature(groups: Sequence[Mapping[str, Any]]) -> list[tuple[str | None, int, str | None]]:
     """(name, parameter count, layout) per group; names and layouts are None for groups lf-multilr did not build."""
     return [(group.get("name"), _count(group), group.get(LAYOUT)) for group in groups]
 
 
-def _count(group: dict[str, Any]) -> int:
+def _count(group: Mapping[str, Any]) -> int:
     return len(group["params"])
 
 
-def describe(groups: Sequence[dict[str, Any]]) -> str:
+def describe(groups: Sequence[Mapping[str, Any]]) -> str:
     """One line that lists the groups, for messages."""
     parts = [f"{name or 'unnamed'} ({count})" for name, count, _ in signature(groups)]
     return f"{len(parts)} groups: " + ", ".join(parts)

@@ -1,75 +1,55 @@
 """Everything lf-multilr changes in LLaMA-Factory (installed as ``lf_multilr.patches``).
 
-A target is applied when its trigger module has been imported; the boot hook reports each import through
-:func:`on_import`. On an unverified LLaMA-Factory only the ``stock_safe`` targets apply (the keys exist and are
-refused when set), and one line says so. On a verified one, a LLaMA-Factory target verified on other releases only
-(the web UI on 0.9.4) stays stock, a target the installed version lacks is replaced by its stand-in where it has
-one (transformers 4.x), and one line names whatever else stays stock: never a silent gap.
+A target is decided when its trigger module has been imported; the boot hook reports each import through
+:func:`on_import`. :mod:`lf_multilr.compat` decides from the installed versions and the target's shape whether it
+applies (verified, or unverified with its verified shape) or stays stock (missing, changed, older than verified,
+stood in for); every target left stock against expectations is named in one line, and an essential one makes the
+keys refused (:func:`refusal`). The decisions are kept for ``lf-multilr doctor`` and the run's one warning about
+unverified versions.
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import _patching, versions
+from lf_multilr import compat
+
+from . import _patching, _state, versions
+from ._state import warn_once
 from .targets import TARGETS
 
 _enabled = True
-_warned: set[str] = set()
 
 
-def _warn_once(message: str, topic: str = "") -> None:
-    """One line on stderr per ``topic`` (default: the message itself)."""
-    if (topic or message) not in _warned:
-        _warned.add(topic or message)
-        sys.stderr.write(f"lf-multilr: {message}\n")  # one write: every rank may say it, on one shared pipe
-
-
-def _stood_in(target: _patching.Target) -> bool:
-    """Whether a stand-in replaces ``target`` here (every name it stands in for is missing)."""
-    return any(
-        target.dotted in other.instead_of and _stand_in_applies(other) for other in TARGETS if other is not target
-    )
-
-
-def _stand_in_applies(target: _patching.Target) -> bool:
+def _stand_in_needed(target: _patching.Target) -> bool:
     """A stand-in applies where none of the targets it replaces exists (their owners imported)."""
     replaced = [other for other in TARGETS if other.dotted in target.instead_of]
     return all(other.owner in sys.modules and not other.exists() for other in replaced)
 
 
-def _package(owner: str) -> str:
-    return "LLaMA-Factory" if owner.startswith("llamafactory") else owner.split(".")[0]
+def _stood_in(target: _patching.Target) -> bool:
+    """Whether a stand-in replaces ``target`` here."""
+    return any(target.dotted in other.instead_of and _stand_in_needed(other) for other in TARGETS)
 
 
-def _major(version: str | None) -> str:
-    return (version or "").split(".")[0]
-
-
-def _in_scope(target: _patching.Target) -> bool:
-    """A LLaMA-Factory target applies on the releases it was verified on; a transformers (or accelerate) one on
-    the major versions it was verified on, its shape checked (LLaMA-Factory 0.9.5 also runs on transformers 4.55+)."""
-    installed = versions.installed_version(target.owner)
-    if target.owner.startswith("llamafactory"):
-        return installed in target.verified
-    return _major(installed) in {_major(version) for version in target.verified}
-
-
-def why_stock(target: _patching.Target) -> str | None:
-    """Why ``target`` is (rightly) left stock in this interpreter, or None when it should be patched.
-
-    Call it once the target's owner is imported.
-    """
-    if not target.stock_safe and not versions.llamafactory_verified():
-        return f"LLaMA-Factory {versions.llamafactory_version()} is outside the verified range"
-    package = _package(target.owner)
-    if not target.exists() and _stood_in(target):
-        return f"{package} {versions.installed_version(target.owner)} has no such name; a stand-in does its part"
-    if target.instead_of and not _stand_in_applies(target):
-        return f"stands in for {', '.join(target.instead_of)}, which this version has"
-    if not target.stock_safe and not _in_scope(target):
-        return f"verified on {package} {', '.join(target.verified)} only"
-    return None
+def decide(target: _patching.Target) -> compat.Decision:
+    """The decision for ``target``, whose owner module is imported."""
+    exists = target.exists()
+    return compat.decide(
+        target=target.dotted,
+        package=versions.package_of(target.owner),
+        installed=versions.installed_version(target.owner),
+        verified=target.verified,
+        role=target.role,
+        essential=target.essential,
+        stock_safe=target.stock_safe,
+        optional=target.optional,
+        exists=exists,
+        mismatch=target.mismatch(target.resolve()[2]) if exists else None,
+        stand_in=", ".join(target.instead_of),
+        stand_in_needed=bool(target.instead_of) and _stand_in_needed(target),
+        stood_in=_stood_in(target),
+    )
 
 
 def _imported(name: str, just_run: str | None) -> bool:
@@ -86,36 +66,18 @@ def _apply_ready(just_run: str | None = None) -> None:
             continue
         if not (_imported(target.trigger_module, just_run) and _imported(target.owner, just_run)):
             continue
-        version = versions.llamafactory_version()
-        if not target.stock_safe and not versions.llamafactory_verified():
-            _warn_once(
-                f"LLaMA-Factory {version} is outside the verified range "
-                f"({versions.VERIFIED_RANGE}); training is stock and lf-multilr keys are refused.",
-                topic="range",
-            )
-            continue
-        reason = why_stock(target)
-        if reason is not None:
-            if reason.startswith("verified on"):
-                package = _package(target.owner)
-                _warn_once(
-                    f"on {package} {versions.installed_version(target.owner)}, {target.dotted} and the other "
-                    f"targets {reason} stay stock (`lf-multilr doctor` lists them).",
-                    topic=f"scope {package} {target.verified}",
-                )
-            continue
-        if not target.exists():
-            if versions.llamafactory_verified():  # outside the range the one line above already said it all
-                _warn_once(
-                    f"not patching {target.dotted}: {target.owner.split('.')[0]} "
-                    f"{versions.installed_version(target.owner)} has no such name; that part of lf-multilr is "
-                    "inactive."
-                )
-            continue
-        try:
+        decision = _state.decided[target.dotted] = decide(target)
+        if decision.applies:
             _patching.apply(target)
-        except RuntimeError as error:  # the target changed shape: leave it stock
-            _warn_once(f"not patching {target.dotted}: {error}; that part of lf-multilr is inactive.")
+            continue
+        warning = decision.warning()
+        if warning is not None:
+            warn_once(*warning)
+
+
+def decisions() -> list[compat.Decision]:
+    """The decisions made so far (for the targets whose modules are imported), in table order."""
+    return [_state.decided[target.dotted] for target in TARGETS if target.dotted in _state.decided]
 
 
 def on_import(name: str) -> None:
@@ -134,6 +96,7 @@ def disable() -> None:
     global _enabled
     _enabled = False
     _patching.revert_all()
+    _state.decided.clear()
 
 
 def applied() -> list[str]:

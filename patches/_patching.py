@@ -16,22 +16,28 @@ class Target:
 
     ``owner.attr`` is replaced by ``patch(original)``; ``importers`` are the modules that bound the name with
     ``from owner import attr`` and are rebound too. The patch is applied when ``trigger`` (default: owner) is
-    imported. ``stock_safe`` targets are applied on unverified LLaMA-Factory versions as well (they only add
-    the keys and refuse them); the others only on verified versions, and a LLaMA-Factory target only on the
-    releases in its ``verified``. ``instead_of`` names the targets this one stands in for: it applies only where
-    none of them exists (e.g. transformers 4.x, which measures the gradient norm inline), and they are then not
-    missed.
+    imported, if the name resolves with the ``signature`` it was written for (see :mod:`lf_multilr.compat`).
+    ``verified`` are the versions of the owner's package it was verified on; ``role`` says what lf-multilr does
+    through it; an ``essential`` one is needed for the keys to work at all (lost, they are refused). ``stock_safe``
+    targets also apply on releases older than verified (they only add the keys and refuse them); ``optional`` ones
+    may be missing without loss (another engine's parser). ``instead_of`` names the targets this one stands in for:
+    it applies only where none of them exists (transformers 4.x measures the gradient norm inline).
     """
 
     owner: str
     attr: str
     patch: Callable[[Any], Any]
+    role: str
     importers: tuple[str, ...] = ()
     signature: tuple[str, ...] | None = None
     trigger: str = ""
+    essential: bool = False
     stock_safe: bool = False
+    optional: bool = False
     verified: tuple[str, ...] = ()
     instead_of: tuple[str, ...] = ()
+    #: For a target that is no function: why an object does not have the shape the patch takes, or None.
+    shape: Callable[[Any], str | None] | None = None
 
     @property
     def dotted(self) -> str:
@@ -60,14 +66,16 @@ class Target:
 
     def mismatch(self, original: Any) -> str | None:
         """Why ``original`` does not have the shape this patch was written for, or None."""
+        if self.shape is not None:
+            return self.shape(original)
         if self.signature is None:
             return None
         try:
             names = tuple(inspect.signature(original).parameters)
         except (TypeError, ValueError):
-            return f"{self.dotted} is not a function"
+            return "it is no longer a function"
         if names[: len(self.signature)] != self.signature:
-            return f"{self.dotted} takes {names}, expected {self.signature}"
+            return f"it takes ({', '.join(names)}) where lf-multilr expects ({', '.join(self.signature)}, ...)"
         return None
 
 

@@ -1,16 +1,21 @@
-"""``lf-multilr doctor``: versions, the verified range, the activation hook and the applied patches."""
+"""``lf-multilr doctor``: versions, the activation hook, and what became of every patch target."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import importlib.util
 import site
 import sys
 from pathlib import Path
 
-from lf_multilr import _boot
+from lf_multilr import _boot, compat
 
-from . import applied, versions, why_stock
+from . import _state, applied
 from .targets import TARGETS
+
+#: What doctor imports, so that every target is decided: the training modules, LlamaBoard, the v1 engine's parser.
+ENTRY_MODULES = ("llamafactory.train.tuner", "llamafactory.webui.interface", "llamafactory.v1.config.arg_parser")
 
 
 def _version(distribution: str) -> str:
@@ -25,46 +30,61 @@ def _pth_files() -> list[Path]:
     return [Path(folder) / "lf_multilr.pth" for folder in folders if (Path(folder) / "lf_multilr.pth").is_file()]
 
 
+def _import_entries() -> str | None:
+    """Import what triggers every target; the error when LLaMA-Factory cannot be imported."""
+    for name in ENTRY_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found and name != ENTRY_MODULES[0]:
+            continue  # a part this release does not have (its targets are optional)
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - report, do not crash
+            return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _line(decision: compat.Decision | None, dotted: str) -> str:
+    if decision is None:
+        return f"  [ ] {dotted}  (not decided: its module is not part of this LLaMA-Factory)"
+    mark = "x" if decision.applies else " "
+    return f"  [{mark}] {dotted}  ({decision.status()})"
+
+
 def report() -> tuple[list[str], bool]:
-    """The lines to print, and whether everything is in order."""
-    ok = True
+    """The lines to print, and whether everything is in order (nothing refused or broken)."""
     lines = [f"lf-multilr {_version('lf-multilr')}  (python {sys.version.split()[0]}, {sys.executable})"]
-    lf = _version("llamafactory")
-    verified = lf in versions.VERIFIED_LLAMAFACTORY
-    ok &= verified
     lines.append(
-        f"llamafactory {lf}: {'verified' if verified else 'NOT verified'} (verified: {versions.VERIFIED_RANGE})"
+        f"llamafactory {_version('llamafactory')}, transformers {_version('transformers')}, "
+        f"accelerate {_version('accelerate')}, torch {_version('torch')}"
     )
-    transformers = _version("transformers")
-    lines.append(
-        f"transformers {transformers}: "
-        f"{'verified' if transformers in versions.CORE_TRANSFORMERS else 'not verified'} "
-        f"(verified: {', '.join(versions.CORE_TRANSFORMERS)})"
-    )
-    lines.append(f"torch {_version('torch')}")
     pth = _pth_files()
     lines.append(f"activation hook (.pth): {', '.join(map(str, pth)) if pth else 'NOT installed'}")
     if _boot.disabled():
         lines.append(f"{_boot.DISABLE_ENV} is set: lf-multilr is off (stock LLaMA-Factory)")
-        return lines, ok
+        return lines, True
     active = _boot.installed()
-    ok &= active and bool(pth)
+    ok = active and bool(pth)
     lines.append(f"hook active in this interpreter: {'yes' if active else 'NO'}")
-    try:
-        import llamafactory.train.tuner  # noqa: F401 - importing LLaMA-Factory is what triggers the patches
-        import llamafactory.webui.interface  # noqa: F401
-    except Exception as error:  # noqa: BLE001 - report, do not crash
-        lines.append(f"LLaMA-Factory failed to import: {type(error).__name__}: {error}")
+    failed = _import_entries()
+    if failed is not None:
+        lines.append(f"LLaMA-Factory failed to import: {failed}")
         return lines, False
-    done = set(applied())
-    lines.append(f"patches applied: {len(done)} of {len(TARGETS)}")
-    missed = False
-    for target in TARGETS:
-        if target.dotted in done:
-            lines.append(f"  [x] {target.dotted}")
-            continue
-        reason = why_stock(target) if target.owner in sys.modules else "its module is not imported"
-        missed |= reason is None
-        lines.append(f"  [ ] {target.dotted}  ({reason or 'NOT patched: see the lf-multilr line above'})")
-    ok &= not missed
-    return lines, ok
+    decisions = [_state.decided.get(target.dotted) for target in TARGETS]
+    made = [decision for decision in decisions if decision is not None]
+    unverified = sum(decision.verdict is compat.Verdict.UNVERIFIED for decision in made)
+    lines.append(
+        f"patch targets: {len(applied())} of {len(TARGETS)} applied ({unverified} unverified here, their signatures "
+        "matching); the rest stock"
+    )
+    lines.extend(_line(decision, target.dotted) for decision, target in zip(decisions, TARGETS, strict=True))
+    broken = [decision for decision in made if decision.broken]
+    if broken:
+        refused = compat.refusal(made)
+        lines.append(
+            f"{len(broken)} targets need attention"
+            + (f"; lf-multilr keys are refused here: {refused[0]}" if refused else "")
+        )
+    return lines, ok and not broken

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
+import sys
 from dataclasses import field, make_dataclass
 from functools import wraps
 from typing import Any
 
+from lf_multilr import engines
 from lf_multilr.distributed import fsdp_of, refuse_flat
 from lf_multilr.errors import ConfigError
 from lf_multilr.keys import KEYS, LR_GROUPS, SWITCHES, Settings, refuse_frozen
 from lf_multilr.supplement import rules_for
 
-from . import versions
+from . import _state, guard
 from .registry import config_model_type, known_types, module_map
 
 #: LLaMA-Factory flags that build an optimizer of their own, which would silently drop the module groups.
@@ -33,8 +37,16 @@ def keyed_class(base: type) -> type:
         for key, value in settings.values.items():
             setattr(self, key, value)
         if settings.any_set:  # before LLaMA-Factory's own checks, which may fail on a missing package first
+            refuse_lost_targets(settings)
+            refuse_engines(settings, engines_at_parse(self))
             refuse_own_optimizers(settings, self)
 
+    _classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
+    return cls
+
+
+def key_fields() -> list[tuple[str, Any, Any]]:
+    """lf-multilr's keys as dataclass fields, in LLaMA-Factory's style (``None``: not set)."""
     fields: list[tuple[str, Any, Any]] = [
         (key.name, float | None, field(default=None, metadata={"help": key.help})) for key in KEYS
     ]
@@ -42,15 +54,82 @@ def keyed_class(base: type) -> type:
         (switch.name, bool, field(default=switch.default, metadata={"help": switch.help})) for switch in SWITCHES
     ]
     fields.append((LR_GROUPS.name, str | None, field(default=None, metadata={"help": LR_GROUPS.help})))
+    return fields
+
+
+def _with_fields(base: type, fields: list[tuple[str, Any, Any]], post_init: Any) -> type:
     cls = make_dataclass(
         base.__name__,
         fields,
         bases=(base,),
-        namespace={"__post_init__": __post_init__, "__doc__": base.__doc__, "__module__": __name__},
+        namespace={"__post_init__": post_init, "__doc__": base.__doc__, "__module__": __name__},
     )
     cls.__qualname__ = base.__name__
-    _classes[base] = cls
     return cls
+
+
+def with_v1_refusal(base: type) -> type:
+    """The v1 engine's ``TrainingArguments`` (``USE_V1=1``) with lf-multilr's keys, refused when set: that engine
+    builds its optimizer through its own plugin registry, so the keys would otherwise be unknown keys there, or be
+    dropped silently under ``ALLOW_EXTRA_KEYS``."""
+    if base in _classes:
+        return _classes[base]
+
+    def __post_init__(self: Any) -> None:
+        base.__post_init__(self)  # type: ignore[attr-defined]
+        settings = Settings.read(self)
+        if settings.any_set:
+            refuse_engines(settings, [engines.V1])
+
+    _classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
+    return cls
+
+
+def args_list_shape(value: Any) -> str | None:
+    """Why a parser's dataclass list is not the shape :func:`with_keys` takes, or None."""
+    if not isinstance(value, list):
+        return f"it is a {type(value).__name__}, no longer a list of argument classes"
+    if value and not any(getattr(cls, "__name__", "") == "FinetuningArguments" for cls in value):
+        return "its argument classes no longer include FinetuningArguments"
+    return None
+
+
+def dataclass_shape(value: Any) -> str | None:
+    return None if dataclasses.is_dataclass(value) and isinstance(value, type) else "it is no longer a dataclass"
+
+
+def refuse_lost_targets(settings: Settings) -> None:
+    """Refuse the keys when a target they need is missing, changed or older than verified here."""
+    lost = _state.refusal()
+    if lost is not None:
+        key, value = first_set(settings)
+        raise ConfigError(key, value, *lost)
+
+
+def own_hyper_parallel_trainer() -> bool:
+    """Whether this LLaMA-Factory has a HyperParallelTrainer of its own (main), read from its files: importing it
+    needs the hyper_parallel package."""
+    spec = importlib.util.find_spec("llamafactory.train")
+    folders = spec.submodule_search_locations or [] if spec is not None else []
+    return any(os.path.isfile(os.path.join(folder, "hyper_parallel", "trainer.py")) for folder in folders)
+
+
+def engines_at_parse(finetuning_args: Any) -> list[engines.Engine]:
+    """The other back ends this run selects (see :mod:`lf_multilr.engines`), as LLaMA-Factory tells them apart."""
+    parser = sys.modules["llamafactory.hparams.parser"]
+    return engines.engines_at_parse(
+        os.environ,
+        bool(getattr(finetuning_args, "use_hyper_parallel", False)),
+        own_hyper_parallel_trainer(),
+        bool(parser.is_mcore_adapter_available()),
+        hasattr(parser, "_TRAIN_MBRIDGE_ARGS"),
+    )
+
+
+def refuse_engines(settings: Settings, found: list[engines.Engine]) -> None:
+    if found:
+        key, value = first_set(settings)
+        raise ConfigError(key, value, found[0].why(), found[0].fix)
 
 
 def with_keys(classes: list[type]) -> list[type]:
@@ -122,15 +201,6 @@ def _read_model_type(model_args: Any) -> str | None:
 def preflight(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
     """Everything that can be refused before the model loads."""
     key, value = first_set(settings)
-    if not versions.llamafactory_verified():
-        raise ConfigError(
-            key,
-            value,
-            f"LLaMA-Factory {versions.llamafactory_version()} is outside lf-multilr's verified range "
-            f"({versions.VERIFIED_RANGE})",
-            f"install a verified version (pip install 'llamafactory{versions.VERIFIED_RANGE}') "
-            "or remove the lf-multilr keys",
-        )
     refuse_deepspeed_blocks(settings, training_args)
     refuse_flat(key, value, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))
     model_type = _read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules
@@ -150,14 +220,50 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
     refuse_frozen(settings, finetuning_args, unreachable)
 
 
+def raw_values(raw: Any) -> dict[str, Any]:
+    """The arguments as given (a config's dict, or ``--key value`` pairs from the command line), unparsed."""
+    if isinstance(raw, dict):
+        return raw
+    items = [str(item) for item in raw or ()]
+    return {
+        name[2:].replace("-", "_"): value
+        for name, value in zip(items, [*items[1:], ""], strict=True)
+        if name.startswith("--")
+    }
+
+
+def refuse_kt(raw: Any) -> None:
+    """KTransformers (``use_kt``, a model argument) is refused before LLaMA-Factory parses, because its parser loads
+    KTransformers' packages first."""
+    values = raw_values(raw)
+    if str(values.get("use_kt", "")).lower() not in ("true", "1", "yes"):
+        return
+    given = [key.name for key in KEYS if values.get(key.name) is not None]
+    given += [LR_GROUPS.name] if values.get(LR_GROUPS.name) else []
+    if given:
+        raise ConfigError(given[0], values[given[0]], engines.KTRANSFORMERS.why(), engines.KTRANSFORMERS.fix)
+
+
 def wrap_get_train_args(original: Any) -> Any:
     @wraps(original)
-    def get_train_args(*args: Any, **kwargs: Any) -> Any:
-        parsed = original(*args, **kwargs)
+    def get_train_args(args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        raw = sys.modules["llamafactory.hparams.parser"].read_args(args)
+        refuse_kt(raw)
+        parsed = original(raw, *rest, **kwargs)
         model_args, _, training_args, finetuning_args, _ = parsed
         settings = Settings.read(finetuning_args)
-        if settings.any_set:
-            preflight(settings, model_args, training_args, finetuning_args)
+        _state.warn_unverified()
+        if not settings.any_set:
+            guard.disarm()
+            return parsed
+        preflight(settings, model_args, training_args, finetuning_args)
+        if getattr(finetuning_args, "use_hyper_parallel", False) and training_args.resume_from_checkpoint:
+            _state.warn_once(
+                "resuming under hyper-parallel: its own loader restores the optimizer state, so lf-multilr cannot "
+                "check that the checkpoint was saved for the same param groups; resume with the keys and freeze "
+                "flags it was trained with."
+            )
+        guard.arm()
         return parsed
 
     return get_train_args

@@ -16,6 +16,7 @@ from lf_multilr.modules import ModuleMap
 from lf_multilr.report import format_table
 from lf_multilr.schedule import per_group_kwargs
 
+from . import guard
 from .distributed import check_ranks, fsdp1_sizes
 from .hparams import first_set, refuse_own_optimizers
 from .registry import config_model_type, known_types, model_config, module_map
@@ -117,6 +118,7 @@ def wrap_create_custom_optimizer(original: Any) -> Any:
             logger.info(same)
         cls, kwargs = optimizer_cls_and_kwargs(training_args, model, settings)
         optimizer = cls(plan.param_groups, **kwargs)
+        guard.expect(optimizer.param_groups)
         scheduler_type = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
         scheduler_kwargs = per_group_kwargs(
             scheduler_type,

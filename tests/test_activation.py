@@ -1,5 +1,7 @@
 """Activation by install, in fresh interpreters: every import order, the kill switch, explicit activation."""
 
+import importlib
+import importlib.metadata
 import sys
 
 import pytest
@@ -8,22 +10,33 @@ from conftest import BIN, run
 from lf_multilr.patches.targets import TARGETS
 
 PY = sys.executable
-# transformers 4.x's stand-ins stay stock on 5.x (the full suite's); `core` tests do not count targets
-PATCHED = [t for t in TARGETS if not t.instead_of]
-TRAINING = [t for t in PATCHED if not t.owner.startswith("llamafactory.webui")]
-ALL, TRAIN = str(len(PATCHED)), str(len(TRAINING))
 PROBE = """
-import sys
+import importlib.util, sys
 from lf_multilr import patches
 from lf_multilr.patches.targets import TARGETS
 import llamafactory.train.tuner  # every training module lf-multilr patches
+if importlib.util.find_spec("llamafactory.v1") is not None:
+    import llamafactory.v1.config.arg_parser  # the v1 engine's parser, where the keys are refused
 import llamafactory.train.sft.trainer as sft
-ready = [
-    t.dotted for t in TARGETS if t.trigger_module in sys.modules and t.owner in sys.modules and not patches.why_stock(t)
-]
+ready = [t for t in TARGETS if t.trigger_module in sys.modules and t.owner in sys.modules and patches.decide(t).applies]
 print(len(patches.applied()), len(ready), hasattr(sft.create_custom_optimizer, "__wrapped__"))
 """
 WEBUI = "import llamafactory.webui.interface\n"
+
+
+def _here(target) -> bool:
+    """Whether the installed LLaMA-Factory has the target at all (the optional ones are version-specific)."""
+    try:
+        module = importlib.import_module(target.owner)
+    except ImportError:
+        return False
+    return hasattr(module, target.attr.split(".")[0])
+
+
+# transformers 4.x's stand-ins stay stock on 5.x (the full suite's); `core` tests do not count targets
+PATCHED = [t for t in TARGETS if not t.instead_of and (not t.optional or _here(t))]
+TRAINING = [t for t in PATCHED if not t.owner.startswith("llamafactory.webui")]
+ALL, TRAIN = str(len(PATCHED)), str(len(TRAINING))
 
 
 def test_python_starts_silently_and_light(env):
@@ -74,60 +87,103 @@ def test_kill_switch_gives_stock_llamafactory_and_its_unknown_key_error(env, tmp
     assert "lf-multilr" not in result.stdout + result.stderr
 
 
-@pytest.mark.core
-def test_unverified_llamafactory_warns_once_and_refuses_keys(env):
-    code = """
+VERSIONED = """
+import os, sys
 import llamafactory.extras.env as lf_env
-lf_env.VERSION = "0.9.1"
+lf_env.VERSION = sys.argv[1]
 from llamafactory.hparams import parser
-import llamafactory.train.tuner
-from lf_multilr import patches
-print(sorted(t.rsplit(".", 1)[-1] for t in patches.applied()))
-try:
-    parser.get_train_args({"vision_tower_lr": 1e-5, "model_name_or_path": "x", "output_dir": "o", "stage": "sft"})
-except ValueError as error:
-    print("REFUSED", error)
-"""
-    result = run([PY, "-c", code], env)
-    assert result.returncode == 0, result.stderr
-    assert len(result.stderr.splitlines()) == 1 and "0.9.1 is outside the verified range" in result.stderr
-    assert "['_TRAIN_ARGS', '_TRAIN_MCA_ARGS', 'get_train_args']" in result.stdout
-    assert "REFUSED lf-multilr: `vision_tower_lr: 1e-05` is refused: LLaMA-Factory 0.9.1 is outside" in result.stdout
-
-
-@pytest.mark.core
-def test_llamafactory_0_9_3_is_refused_with_the_installed_and_verified_versions_and_the_fix(env):
-    """0.9.3 (transformers <= 4.52.4) is refused, its layout faked here: it has no `_TRAIN_MCA_ARGS`, which must not
-    keep the check that refuses the keys from being patched in (it did: the keys were parsed and silently ignored)."""
-    code = """
-import os
-import llamafactory.extras.env as lf_env
-lf_env.VERSION = "0.9.3"
-from llamafactory.hparams import parser
-del parser._TRAIN_MCA_ARGS
+if sys.argv[2] == "without _TRAIN_MCA_ARGS":  # 0.9.3's layout
+    del parser._TRAIN_MCA_ARGS
+if sys.argv[2] == "changed":  # the optimizer factory takes other arguments than lf-multilr was written for
+    import llamafactory.train.trainer_utils as trainer_utils
+    trainer_utils.create_custom_optimizer = lambda model, args: None
 import llamafactory.train.tuner
 del os.environ["LF_MULTILR_DISABLE"]
 import lf_multilr
 assert lf_multilr.apply()
 from lf_multilr import patches
-print(sorted(t.rsplit(".", 1)[-1] for t in patches.applied()))
-try:
-    parser.get_train_args({"vision_tower_lr": 1e-5, "model_name_or_path": "x", "output_dir": "o", "stage": "sft"})
-except ValueError as error:
-    print("REFUSED", error)
+ours = sorted(t.rsplit(".", 1)[-1] for t in patches.applied() if t.startswith("llamafactory"))
+print("APPLIED", len(patches.applied()), "LLaMA-Factory:", ",".join(ours))
+args = {"model_name_or_path": "x", "output_dir": "o", "stage": "sft", "freeze_vision_tower": False}
+for keys in ({}, {"vision_tower_lr": 1e-5}):
+    try:
+        parser.get_train_args({**args, **keys})
+    except ValueError as error:
+        print("REFUSED" if keys else "STOCK REFUSED", error)
+    else:
+        print("ACCEPTED" if keys else "STOCK ACCEPTED")
 """
-    result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [
-        "lf-multilr: LLaMA-Factory 0.9.3 is outside the verified range (>=0.9.4,<=0.9.5); training is stock and "
-        "lf-multilr keys are refused."
+
+
+def versioned(env, version, layout=""):
+    """A subprocess that fakes LLaMA-Factory's version (and layout) before lf-multilr decides its targets."""
+    result = run([PY, "-c", VERSIONED, version, layout], {**env, "LF_MULTILR_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("lf-multilr")]
+    return result.stdout, lines
+
+
+def no_excluded_release_advised(text):
+    """No message advises transformers 5.6.0, which LLaMA-Factory itself excludes (it breaks FlashAttention 2)."""
+    assert "5.6.0" not in text.replace("verified on transformers 4.57.1, 5.6.0", "")
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("version", ["0.9.7", "1.0.0"])
+def test_a_newer_llamafactory_applies_every_target_that_keeps_its_shape_with_one_warning(version, env):
+    real, _ = versioned(env, importlib.metadata.version("llamafactory"))
+    stdout, lines = versioned(env, version)
+    assert stdout.split("\n")[0] == real.split("\n")[0]  # the same targets applied
+    assert "ACCEPTED" in stdout.split() and "STOCK ACCEPTED" in stdout
+    assert lines == [  # once, although two runs were parsed
+        f"lf-multilr: unverified versions: LLaMA-Factory {version} (verified: 0.9.4, 0.9.5, 0.9.6.dev0). "
+        + lines[0].split(". ", 1)[1]
     ]
-    assert "['_TRAIN_ARGS', 'get_train_args']" in result.stdout
-    assert (
-        "REFUSED lf-multilr: `vision_tower_lr: 1e-05` is refused: LLaMA-Factory 0.9.3 is outside lf-multilr's "
-        "verified range (>=0.9.4,<=0.9.5). Fix: install a verified version "
-        "(pip install 'llamafactory>=0.9.4,<=0.9.5') or remove the lf-multilr keys"
-    ) in result.stdout
+    assert "patch targets keep the shape lf-multilr was verified on and are applied" in lines[0]
+
+
+@pytest.mark.core
+@pytest.mark.parametrize(("version", "layout"), [("0.9.1", ""), ("0.9.3", "without _TRAIN_MCA_ARGS")])
+def test_an_older_llamafactory_is_named_and_its_keys_refused(version, layout, env):
+    """0.9.3 (transformers <= 4.52.4) has no `_TRAIN_MCA_ARGS`, which must not keep the check that refuses the keys
+    from being patched in (it once did: the keys were parsed and silently ignored)."""
+    stdout, lines = versioned(env, version, layout)
+    parts = "_TRAIN_ARGS,get_train_args" if layout else "_TRAIN_ARGS,_TRAIN_MCA_ARGS,get_train_args"
+    assert f"LLaMA-Factory: {parts}\n" in stdout  # only the keys and their checks; transformers' targets apply
+    refused = next(line for line in stdout.splitlines() if line.startswith("REFUSED"))
+    assert refused.startswith(
+        "REFUSED lf-multilr: `vision_tower_lr: 1e-05` is refused: "
+        "`llamafactory.train.trainer_utils.create_custom_optimizer` (the module param groups) is not patched: "
+        f"LLaMA-Factory {version} is older than the oldest release it was verified on LLaMA-Factory 0.9.4, 0.9.5, "
+        "0.9.6.dev0"
+    )
+    assert "Fix: use a verified pair (LLaMA-Factory main with transformers 5.8.0, LLaMA-Factory 0.9.5 with" in refused
+    assert "STOCK ACCEPTED" in stdout  # without a key the run is stock
+    assert [line for line in lines if "older than" in line] == [
+        f"lf-multilr: LLaMA-Factory {version} is older than the oldest release lf-multilr's patches were verified "
+        "on LLaMA-Factory 0.9.4, 0.9.5, 0.9.6.dev0: they stay stock and lf-multilr keys are refused (`lf-multilr "
+        "doctor` lists them). Verified pairs: " + lines[-1].split("Verified pairs: ")[1]
+    ]
+    no_excluded_release_advised(stdout + "\n".join(lines))
+
+
+@pytest.mark.core
+def test_a_changed_target_is_refused_by_name_and_the_rest_still_apply(env):
+    stdout, lines = versioned(env, importlib.metadata.version("llamafactory"), "changed")
+    real, _ = versioned(env, importlib.metadata.version("llamafactory"))
+    assert int(stdout.split()[1]) == int(real.split()[1]) - 1  # every other target applies
+    assert lines == [
+        "lf-multilr: not patching llamafactory.train.trainer_utils.create_custom_optimizer: on LLaMA-Factory "
+        f"{importlib.metadata.version('llamafactory')} it takes (model, args) where lf-multilr expects (model, "
+        "training_args, finetuning_args, ...); lf-multilr keys are refused. Verified pairs: "
+        + lines[0].split("Verified pairs: ")[1]
+    ]
+    refused = next(line for line in stdout.splitlines() if line.startswith("REFUSED"))
+    assert "`llamafactory.train.trainer_utils.create_custom_optimizer` (the module param groups) is not patched" in (
+        refused
+    )
+    assert "STOCK ACCEPTED" in stdout
+    no_excluded_release_advised(stdout + "\n".join(lines))
 
 
 def test_any_llamafactory_module_imported_first_gets_everything_patched(env):
