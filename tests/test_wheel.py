@@ -1,13 +1,21 @@
 """The built wheel, installed into a fresh virtual environment, activates itself and trains; without its .pth,
 `lf-multilr train` activates it explicitly."""
 
+import importlib.util
 import sys
+import sysconfig
 from pathlib import Path
 
 from conftest import ROOT, run
 from e2e import write_config
 
-SITE = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "llamafactory").is_dir())
+
+def dependency_paths() -> list[Path]:
+    """Where this environment's packages are: its site-packages, and LLaMA-Factory's source root when LLaMA-Factory
+    is an editable install (a clone of its main, as its README installs it)."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    llamafactory = Path(importlib.util.find_spec("llamafactory").origin).parent.parent
+    return [site] if llamafactory == site else [site, llamafactory]
 
 
 def test_wheel_in_a_fresh_venv(tiny, data, tmp_path, env):
@@ -23,7 +31,8 @@ def test_wheel_in_a_fresh_venv(tiny, data, tmp_path, env):
     site = Path(
         run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env).stdout.strip()
     )
-    (site / "deps.pth").write_text(f"{SITE}\n")  # torch, LLaMA-Factory, ... without copying gigabytes
+    # torch, LLaMA-Factory, ... without copying gigabytes (plain path lines: the .pth files there are not run)
+    (site / "deps.pth").write_text("".join(f"{path}\n" for path in dependency_paths()))
     result = run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], env
     )
