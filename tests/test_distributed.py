@@ -12,6 +12,7 @@ import json
 import math
 import re
 import socket
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -279,6 +280,32 @@ def test_deepspeed_zero_keeps_the_groups_and_steps_every_module_by_its_lr(stage,
     (record,) = history(out)
     assert record["lr/vision_tower"] == 1.0e-4 and "grad_norm" in record
     assert not any(key.startswith("grad_norm/") for key in record)
+
+
+def test_two_nodes_under_zero3_build_the_same_groups_and_step_every_module_by_its_lr(tiny, data, tmp_path, env):
+    """Two nodes simulated on one machine: two `llamafactory-cli train` processes, one per node, each starting its
+    own torchrun (NNODES=2, NODE_RANK=0|1, one process per node) against one master, each with its own HF_HOME (its
+    own disk) and a shared output_dir (a shared file system)."""
+    deepspeed = deepspeed_config(tmp_path, 3)
+    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, deepspeed=deepspeed, **LRS)
+    port = str(free_port())
+    nodes = []
+    for rank in (0, 1):
+        home = tmp_path / f"node{rank}_hf_home"
+        home.mkdir()
+        node = {"FORCE_TORCHRUN": "1", "NNODES": "2", "NODE_RANK": str(rank), "NPROC_PER_NODE": "1"}
+        node |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "HF_HOME": str(home), "PATH": f"{BIN}:{env['PATH']}"}
+        command = [str(BIN / "llamafactory-cli"), "train", str(config)]
+        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        nodes.append(subprocess.Popen(command, env={**env, **node}, cwd=config.parent, **output))
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n\n".join(output[-3000:] for output in outputs)
+    assert "Multi-node training enabled: num nodes: 2, node rank: 0" in outputs[0]
+    signatures = [dict(SIGNATURE.findall(output)) for output in outputs]
+    assert [set(found) for found in signatures] == [{"0"}, {"1"}]  # each node runs one rank: node 1 runs rank 1
+    assert signatures[0]["0"] == signatures[1]["1"]
+    whole_table(tiny, outputs[0])  # ZeRO-3's partitions counted whole
+    one_step_by_module_lr(tiny, out)
 
 
 def test_a_deepspeed_config_with_an_optimizer_block_is_refused_by_the_cli(tiny, data, tmp_path, env):
