@@ -24,12 +24,12 @@ INHERITED_OUT = (
 
 
 def full_suite_only(what: str) -> pytest.MarkDecorator:
-    """Skip ``what`` where the installed LLaMA-Factory is not one the full suite verifies (it is 0.9.5-only)."""
-    from lf_multilr.patches.versions import FULL_SUITE_LLAMAFACTORY
+    """Skip ``what`` where the installed LLaMA-Factory is not one the full suite verifies (0.9.5 and main)."""
+    from lf_multilr.compat import LLAMAFACTORY_FULL
 
     return pytest.mark.skipif(
-        LLAMAFACTORY not in FULL_SUITE_LLAMAFACTORY,
-        reason=f"{what}: verified on LLaMA-Factory {', '.join(FULL_SUITE_LLAMAFACTORY)} only, installed {LLAMAFACTORY}",
+        LLAMAFACTORY not in LLAMAFACTORY_FULL,
+        reason=f"{what}: verified on LLaMA-Factory {', '.join(LLAMAFACTORY_FULL)} only, installed {LLAMAFACTORY}",
     )
 
 
