@@ -29,7 +29,7 @@ WATCHED = frozenset(
         "llamafactory.webui.manager",
         "llamafactory.webui.components.train",
         "llamafactory.webui.runner",
-        "llamafactory.v1.config.arg_parser",
+        "llamafactory.v1.config",
     }
 )
 

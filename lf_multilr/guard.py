@@ -18,13 +18,14 @@ from .layout import LAYOUT, describe
 
 @dataclass(frozen=True)
 class Expected:
-    """lf-multilr's groups as its factory built them: (name, layout digest, LR) per group."""
+    """lf-multilr's groups as its factory built them (or as a resumed checkpoint's optimizer state restored them):
+    (name, layout digest, starting LR) per group."""
 
     groups: tuple[tuple[str, str, float], ...]
 
     @classmethod
     def of(cls, param_groups: Sequence[Mapping[str, Any]]) -> Expected:
-        return cls(tuple((str(g["name"]), str(g[LAYOUT]), float(g["lr"])) for g in param_groups))
+        return cls(tuple((str(g["name"]), str(g[LAYOUT]), _start_lr(g)) for g in param_groups))
 
 
 def _start_lr(group: Mapping[str, Any]) -> float:

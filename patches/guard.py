@@ -1,15 +1,18 @@
 """The run-time check that the optimizer which steps holds lf-multilr's groups (see :mod:`lf_multilr.guard`).
 
-Armed by the argument parser when a run sets a key, it watches every torch optimizer's ``step`` through torch's
-global pre-step hook, so it sees the optimizer that really steps whatever built it and whatever wraps it
-(accelerate's ``AcceleratedOptimizer``, DeepSpeed's ZeRO optimizer and FSDP all end in a torch optimizer's step).
-The first step taken inside a ``transformers.Trainer`` is checked; then the hook is removed, so later steps cost
-nothing. Steps outside any trainer (other code in the same process) are not the run's and are left alone.
+Armed by the argument parser when a run sets a key. The check runs where every HF training loop (and PPO's) tells
+its callbacks that training begins, when the optimizer is final and wrapped (``CallbackHandler.on_train_begin``,
+just before the first step): the trainer's optimizer is unwrapped to the torch optimizer that really steps
+(accelerate's ``AcceleratedOptimizer``, DeepSpeed's wrappers and ZeRO optimizer all hold it as ``.optimizer``).
+A loop that never calls it is caught at its first step instead, through torch's global optimizer pre-step hook,
+which sees the optimizer that steps whatever built it. Either way the hook is removed after the check, so later
+steps cost nothing; steps outside any trainer (other code in the same process) are not the run's.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import wraps
 from typing import Any
 
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -74,12 +77,36 @@ def built_by(trainer: Any, optimizer: Any, expected: Expected | None) -> str:
     )
 
 
-def _check(optimizer: Any, args: Any, kwargs: Any) -> None:
-    trainer = _trainer_on_stack()
-    if trainer is None:
-        return
+def innermost(optimizer: Any) -> Any:
+    """The optimizer inside accelerate's and DeepSpeed's wrappers (each holds the next as ``.optimizer``)."""
+    while getattr(getattr(optimizer, "optimizer", None), "param_groups", None) is not None:
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _verify(trainer: Any, optimizer: Any) -> None:
     why = missing_groups(_expected, optimizer.param_groups)
     expected = _expected
     disarm()
     if why is not None:
         raise RuntimeError(refusal(why, built_by(trainer, optimizer, expected)))
+
+
+def _check(optimizer: Any, args: Any, kwargs: Any) -> None:
+    """The fallback, at a step: for loops that never announce that training begins."""
+    trainer = _trainer_on_stack()
+    if trainer is not None:
+        _verify(trainer, optimizer)
+
+
+def wrap_on_train_begin(original: Any) -> Any:
+    @wraps(original)
+    def on_train_begin(self: Any, args: Any, state: Any, control: Any, *rest: Any, **kwargs: Any) -> Any:
+        if _handle is not None:
+            trainer = _trainer_on_stack()
+            optimizer = getattr(trainer, "optimizer", None)
+            if optimizer is not None:
+                _verify(trainer, innermost(optimizer))
+        return original(self, args, state, control, *rest, **kwargs)
+
+    return on_train_begin

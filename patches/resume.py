@@ -26,6 +26,8 @@ from lf_multilr.checkpoint import Account, lr_message, refuse_incomplete, refuse
 from lf_multilr.errors import ConfigError
 from lf_multilr.layout import lr_changes, mismatch
 
+from . import guard
+
 LOGGER_NAME = "llamafactory.lf_multilr"
 SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 WEIGHTS, WEIGHTS_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -220,7 +222,9 @@ def wrap_load_optimizer_and_scheduler(original: Any) -> Any:
             message = lr_message(checkpoint, lr_changes(state_dict["param_groups"], current))
             if message is not None:
                 _logger().warning_rank0(f"lf-multilr: {message}")
-            return load(state_dict, *load_args, **load_kwargs)
+            loaded = load(state_dict, *load_args, **load_kwargs)
+            guard.expect(optimizer.param_groups)  # the checkpoint's LRs are in force now, as the warning says
+            return loaded
 
         optimizer.load_state_dict = checked_load
         try:

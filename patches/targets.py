@@ -12,7 +12,7 @@ from lf_multilr.compat import (
     TRANSFORMERS_CORE,
 )
 
-from . import hparams, logs, optimizer, resume, scheduler, transformers4, webui
+from . import guard, hparams, logs, optimizer, resume, scheduler, transformers4, webui
 from ._patching import Target
 
 _STAGE_TRAINERS = tuple(f"llamafactory.train.{stage}.trainer" for stage in ("sft", "pt", "rm", "dpo", "kto", "ppo"))
@@ -71,10 +71,12 @@ TARGETS: tuple[Target, ...] = (
         verified=LLAMAFACTORY_CORE,
     ),
     Target(
-        "llamafactory.v1.config.arg_parser",
+        "llamafactory.v1.config.training_args",
         "TrainingArguments",
         hparams.with_v1_refusal,
         role="refusing the keys under USE_V1=1",
+        importers=("llamafactory.v1.config", "llamafactory.v1.config.arg_parser"),
+        trigger="llamafactory.v1.config",
         stock_safe=True,
         optional=True,
         shape=hparams.dataclass_shape,
@@ -153,6 +155,15 @@ TARGETS: tuple[Target, ...] = (
         signature=("self", "num_training_steps", "optimizer"),
         trigger=_AFTER_TRAINER_UTILS,
         essential=True,
+        verified=TRANSFORMERS_CORE,
+    ),
+    Target(
+        "transformers.trainer_callback",
+        "CallbackHandler.on_train_begin",
+        guard.wrap_on_train_begin,
+        role="the check, before the first step, that the optimizer holds the module groups (else made at that step)",
+        signature=("self", "args", "state", "control"),
+        trigger=_AFTER_TRAINER_UTILS,
         verified=TRANSFORMERS_CORE,
     ),
     Target(

@@ -46,6 +46,9 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
         DISABLE_VERSION_CHECK=os.environ.get("DISABLE_VERSION_CHECK", "0"),  # 1 on the transformers 5.7.0 leg
         PYTHONWARNINGS="ignore",
     )
+    # DeepSpeed builds its CPU ops just in time into torch's extension folder: one per environment, or two
+    # environments running tests side by side rebuild each other's.
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     env.update(extra)
     return env
 

@@ -107,9 +107,12 @@ def test_a_72b_config_plans_from_config_json_alone(tmp_path, env):
 def test_doctor_reports_versions_hook_and_patches(env):
     result = run([str(BIN / "lf-multilr"), "doctor"], env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"llamafactory {LLAMAFACTORY}: verified" in result.stdout
+    assert f"llamafactory {LLAMAFACTORY}, transformers " in result.stdout
     assert "hook active in this interpreter: yes" in result.stdout and result.stdout.count("[x]") > 5
-    stock = [line for line in result.stdout.splitlines() if "[ ]" in line]  # each with why: verified elsewhere only,
-    assert all(("verified on" in line or "stand" in line) for line in stock), stock  # or stood in for
+    applied = [line for line in result.stdout.splitlines() if "[x]" in line]  # on every leg: verified here
+    assert all(line.endswith(")") and "(verified on " in line for line in applied), applied
+    assert "(verified on LLaMA-Factory 0.9.4, 0.9.5, 0.9.6.dev0)" in result.stdout
+    stock = [line for line in result.stdout.splitlines() if "[ ]" in line]  # each with why: older than verified
+    assert all("(stock: " in line for line in stock), stock  # (LlamaBoard on 0.9.4), stood in for, not needed
     disabled = run([str(BIN / "lf-multilr"), "doctor"], {**env, "LF_MULTILR_DISABLE": "1"})
     assert "LF_MULTILR_DISABLE is set" in disabled.stdout

@@ -34,7 +34,10 @@ from transformers import (
 NEEDS: dict[str, str] = {"gemma3n": "timm"}
 
 #: Registry types whose code lives on the hub (``trust_remote_code``): not buildable offline.
-REMOTE: tuple[str, ...] = ("Keye", "dots_ocr", "interns1", "kimi_vl", "minicpmo", "minicpmv", "minicpmv4_6")
+REMOTE: tuple[str, ...] = (
+    *("Keye", "dots_ocr", "interns1", "kimi_vl", "minicpmo", "minicpmv", "minicpmv4_6"),
+    "moss_vl",  # LLaMA-Factory main's 32nd type
+)
 
 TEXT: dict[str, Any] = {
     "vocab_size": 512,
