@@ -71,14 +71,15 @@ lint: venv
 	.venv/bin/ruff check lf_multilr patches tests tools bench examples
 	.venv/bin/mypy lf_multilr patches
 
-# Every leg, two at a time; each leg's output is printed in one piece when it ends.
+# Every leg, two lanes at a time; each lane runs both its legs (a failure in the first does not skip the second)
+# and its output is printed in one piece when it ends.
 test: lint chromium venvs
 	$(MAKE) --no-print-directory -j2 --output-sync=target lane-a lane-b
 
-lane-a: test-full test-t57
-lane-b: test-main test-compat
-test-t57: | test-full
-test-compat: | test-main
+lane-a:
+	@$(MAKE) --no-print-directory test-full; a=$$?; $(MAKE) --no-print-directory test-t57; exit $$((a | $$?))
+lane-b:
+	@$(MAKE) --no-print-directory test-main; a=$$?; $(MAKE) --no-print-directory test-compat; exit $$((a | $$?))
 
 # The inner loop: every test that starts no training subprocess.
 test-fast: venv
