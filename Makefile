@@ -15,6 +15,9 @@ MAIN_GIT := https://github.com/hiyouga/LLaMA-Factory
 
 STAMP = $(1)/.lf-multilr-installed
 PIP = $(1)/bin/python -m pip install -q
+# lf-multilr installed editable as a plain path entry (no import hook of setuptools' at every interpreter start-up):
+# `lf_multilr/patches` links to `patches/`, so the repository root is all it takes.
+EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
 .PHONY: venv venv-main venv-t57 venv-compat venvs chromium lint test test-fast test-full test-main test-t57 \
 	test-compat lane-a lane-b demo bench clean
@@ -26,7 +29,7 @@ endef
 
 $(call STAMP,.venv): constraints.txt pyproject.toml setup.py
 	$(call new_venv,.venv)
-	$(call PIP,.venv) -c constraints.txt -e '.[test]'
+	$(call PIP,.venv) -c constraints.txt $(EDITABLE)
 	# DeepSpeed for the multi-process tests: its setup.py imports torch, so it builds in the environment.
 	DS_BUILD_OPS=0 $(call PIP,.venv) --no-build-isolation -c constraints.txt deepspeed
 	touch $@
@@ -37,13 +40,13 @@ $(call STAMP,.venv-main): constraints.txt constraints-main.txt pyproject.toml se
 	test -x .venv-main/bin/python || $(PYTHON) -m venv .venv-main; \
 	.venv-main/bin/python -m pip install -q --upgrade pip; \
 	grep -v -e '^llamafactory==' -e '^transformers==' constraints.txt | cat - constraints-main.txt > .venv-main/constraints.txt; \
-	$(call PIP,.venv-main) -c .venv-main/constraints.txt "$$source" -e '.[test]'; \
+	$(call PIP,.venv-main) -c .venv-main/constraints.txt "$$source" $(EDITABLE); \
 	DS_BUILD_OPS=0 $(call PIP,.venv-main) --no-build-isolation -c .venv-main/constraints.txt deepspeed; \
 	touch $@
 
 $(call STAMP,.venv-t57): constraints.txt pyproject.toml setup.py
 	$(call new_venv,.venv-t57)
-	$(call PIP,.venv-t57) -c constraints.txt -e '.[test]'
+	$(call PIP,.venv-t57) -c constraints.txt $(EDITABLE)
 	# transformers 5.7.0 over LLaMA-Factory 0.9.5's own cap (<=5.6.0): LLaMA-Factory moves its 0.9.5 users there since
 	# 5.6.0 broke FlashAttention 2. pip reports the conflict with the cap, then installs it.
 	sed 's/^transformers==.*/transformers==5.7.0/' constraints.txt > .venv-t57/constraints.txt
@@ -52,7 +55,7 @@ $(call STAMP,.venv-t57): constraints.txt pyproject.toml setup.py
 
 $(call STAMP,.venv-lf094): constraints-lf094.txt pyproject.toml setup.py
 	$(call new_venv,.venv-lf094)
-	$(call PIP,.venv-lf094) -c constraints-lf094.txt -e '.[test]'
+	$(call PIP,.venv-lf094) -c constraints-lf094.txt $(EDITABLE)
 	touch $@
 
 venv: $(call STAMP,.venv)
@@ -69,7 +72,7 @@ chromium:
 
 lint: venv
 	.venv/bin/ruff check lf_multilr patches tests tools bench examples
-	.venv/bin/mypy lf_multilr patches
+	.venv/bin/mypy lf_multilr
 
 # Every leg, two lanes at a time; each lane runs both its legs (a failure in the first does not skip the second)
 # and its output is printed in one piece when it ends.

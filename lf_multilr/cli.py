@@ -37,7 +37,7 @@ def plan(argv: list[str]) -> int:
         return 2
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
     from .errors import ConfigError
-    from .patches.planning import make_plan, read_config
+    from .patches.dry_run import make_plan, read_config
 
     try:
         with contextlib.redirect_stdout(sys.stderr):  # LLaMA-Factory logs to stdout; stdout is the plan's
@@ -46,11 +46,11 @@ def plan(argv: list[str]) -> int:
         print(error, file=sys.stderr)
         return 1
     if as_json:
-        from .plan import plan_to_dict
+        from .reports.as_json import plan_to_dict
 
         print(json.dumps(plan_to_dict(result), indent=2))
     else:
-        from .report import format_table
+        from .reports.table import format_table
 
         print(format_table(result))
     return 0
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "plan":
         return plan(rest)
     if command == "sweep":
-        from .sweep import main as sweep_main
+        from .apps.sweep import main as sweep_main
 
         return sweep_main(rest)
     if command == "doctor" and not rest:

@@ -1,21 +1,39 @@
-"""What the patches decided in this interpreter, and the one-line warnings they print (each once)."""
+"""What the patches decided in this interpreter, and how they speak: LLaMA-Factory's logger, and lines said once."""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from lf_multilr import compat
+from lf_multilr.support import compat
 
-_warned: set[str] = set()
+#: The logger lf-multilr writes to, under LLaMA-Factory's own (so its verbosity and rank-0 rules apply).
+LOGGER_NAME = "llamafactory.lf_multilr"
+
+_said: set[str] = set()
 #: The decision for each target whose modules are imported, by dotted name, in the order they were made.
 decided: dict[str, compat.Decision] = {}
 
 
-def warn_once(message: str, topic: str = "") -> None:
-    """One line on stderr per ``topic`` (default: the message itself)."""
-    if (topic or message) not in _warned:
-        _warned.add(topic or message)
-        sys.stderr.write(f"lf-multilr: {message}\n")  # one write: every rank may say it, on one shared pipe
+def logger() -> Any:
+    from llamafactory.extras import logging
+
+    return logging.get_logger(LOGGER_NAME)
+
+
+def warn_once(message: str, topic: str = "", every_rank: bool = True) -> None:
+    """Say ``message`` once per ``topic`` (default: the message itself), prefixed with ``lf-multilr:``.
+
+    ``every_rank``: on stderr, from every process, in one write (every rank may say it, on one shared pipe; it works
+    before LLaMA-Factory's logging is set up). Otherwise as a warning of LLaMA-Factory's logger, from rank 0.
+    """
+    if (topic or message) in _said:
+        return
+    _said.add(topic or message)
+    if every_rank:
+        sys.stderr.write(f"lf-multilr: {message}\n")
+    else:
+        logger().warning_rank0(f"lf-multilr: {message}")
 
 
 def refusal() -> tuple[str, str] | None:

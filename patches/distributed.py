@@ -8,12 +8,14 @@ norms their true values. FSDP2 parameters and gradients are DTensors, whose size
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from lf_multilr.distributed import flat_parameters, same_groups_on_every_rank
-from lf_multilr.metrics import Reduce
+from lf_multilr.config.checks import flat_parameters
+from lf_multilr.training.metrics import Reduce
+from lf_multilr.training.ranks import same_groups_on_every_rank
 
 
 def world() -> tuple[int, int] | None:
@@ -24,7 +26,7 @@ def world() -> tuple[int, int] | None:
     return dist.get_rank(), dist.get_world_size()
 
 
-def check_ranks(groups: list[dict[str, Any]]) -> str | None:
+def check_ranks(groups: Sequence[Mapping[str, Any]]) -> str | None:
     """Raise unless every rank built the same groups; the line each rank logs, or None with one process."""
     where = world()
     if where is None:

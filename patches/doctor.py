@@ -9,7 +9,8 @@ import site
 import sys
 from pathlib import Path
 
-from lf_multilr import _boot, compat
+from lf_multilr import _boot
+from lf_multilr.support import compat
 
 from . import _state, applied
 from .targets import TARGETS

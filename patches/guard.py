@@ -1,4 +1,4 @@
-"""The run-time check that the optimizer which steps holds lf-multilr's groups (see :mod:`lf_multilr.guard`).
+"""The run-time check that the optimizer which steps holds lf-multilr's groups (see :mod:`lf_multilr.training.guard`).
 
 Armed by the argument parser when a run sets a key. The check runs where every HF training loop (and PPO's) tells
 its callbacks that training begins, when the optimizer is final and wrapped (``CallbackHandler.on_train_begin``,
@@ -17,7 +17,7 @@ from typing import Any
 
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from lf_multilr.guard import Expected, missing_groups, refusal
+from lf_multilr.training.guard import Expected, missing_groups, refusal
 
 _handle: Any = None
 _expected: Expected | None = None

@@ -1,39 +1,50 @@
-"""The keys in LLaMA-Factory's argument parser, and the checks that run before any weight is loaded."""
+"""The keys in LLaMA-Factory's argument parser, and the checks that run before any weight is loaded.
+
+The keys' values are read and checked once, when LLaMA-Factory's parser builds its finetuning arguments
+(``__post_init__`` of the keyed class), and the settings are kept on those arguments (``settings_of``) for the
+optimizer factory, the plan and the web UI.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import sys
 from dataclasses import field, make_dataclass
 from functools import wraps
 from typing import Any
 
-from lf_multilr import engines
-from lf_multilr.distributed import fsdp_of, refuse_flat
+from lf_multilr.config.checks import (
+    fsdp_of,
+    refusal,
+    refuse_deepspeed_blocks,
+    refuse_engines,
+    refuse_flat,
+    refuse_frozen,
+    refuse_own_optimizers,
+    refuse_unknown_model_type,
+)
+from lf_multilr.config.keys import KEYS, LR_GROUPS, SWITCHES
+from lf_multilr.config.settings import Settings, keep, settings_of
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import KEYS, LR_GROUPS, SWITCHES, Settings, refuse_frozen
-from lf_multilr.supplement import rules_for
+from lf_multilr.grouping.supplement import rules_for
+from lf_multilr.support import engines
 
 from . import _state, guard
 from .registry import config_model_type, known_types, module_map
-
-#: LLaMA-Factory flags that build an optimizer of their own, which would silently drop the module groups.
-OWN_OPTIMIZER_FLAGS: tuple[str, ...] = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
 
 _classes: dict[type, type] = {}
 
 
 def keyed_class(base: type) -> type:
-    """``base`` (LLaMA-Factory's FinetuningArguments) plus lf-multilr's keys, checked in ``__post_init__``."""
+    """``base`` (LLaMA-Factory's FinetuningArguments) plus lf-multilr's keys, read and checked in ``__post_init__``."""
     if base in _classes:
         return _classes[base]
 
     def __post_init__(self: Any) -> None:
         base.__post_init__(self)  # type: ignore[attr-defined]
-        settings = Settings.read(self)
+        settings = keep(self, Settings.read(self))
         for key, value in settings.values.items():
             setattr(self, key, value)
         if settings.any_set:  # before LLaMA-Factory's own checks, which may fail on a missing package first
@@ -77,7 +88,7 @@ def with_v1_refusal(base: type) -> type:
 
     def __post_init__(self: Any) -> None:
         base.__post_init__(self)  # type: ignore[attr-defined]
-        settings = Settings.read(self)
+        settings = keep(self, Settings.read(self))
         if settings.any_set:
             refuse_engines(settings, [engines.V1])
 
@@ -102,8 +113,7 @@ def refuse_lost_targets(settings: Settings) -> None:
     """Refuse the keys when a target they need is missing, changed or older than verified here."""
     lost = _state.refusal()
     if lost is not None:
-        key, value = first_set(settings)
-        raise ConfigError(key, value, *lost)
+        raise refusal(settings, *lost)
 
 
 def own_hyper_parallel_trainer() -> bool:
@@ -115,7 +125,7 @@ def own_hyper_parallel_trainer() -> bool:
 
 
 def engines_at_parse(finetuning_args: Any) -> list[engines.Engine]:
-    """The other back ends this run selects (see :mod:`lf_multilr.engines`), as LLaMA-Factory tells them apart."""
+    """The other back ends this run selects (:mod:`lf_multilr.support.engines`), as LLaMA-Factory tells them apart."""
     parser = sys.modules["llamafactory.hparams.parser"]
     return engines.engines_at_parse(
         os.environ,
@@ -126,66 +136,17 @@ def engines_at_parse(finetuning_args: Any) -> list[engines.Engine]:
     )
 
 
-def refuse_engines(settings: Settings, found: list[engines.Engine]) -> None:
-    if found:
-        key, value = first_set(settings)
-        raise ConfigError(key, value, found[0].why(), found[0].fix)
-
-
 def with_keys(classes: list[type]) -> list[type]:
     """A copy of a parser's dataclass list with FinetuningArguments swapped for the keyed subclass."""
     return [keyed_class(cls) if cls.__name__ == "FinetuningArguments" else cls for cls in classes]
 
 
-def first_set(settings: Settings) -> tuple[str, Any]:
-    key = settings.set_keys()[0]
-    return key, settings.value_of(key)
+def read_model_type(model_args: Any) -> str | None:
+    """The model type from the model's config alone; None, with one warning, when it cannot be read without loading
+    more (a config the hub must be asked for, remote code): then the same checks run on the loaded model."""
+    from transformers import AutoConfig
 
-
-def refuse_own_optimizers(settings: Settings, finetuning_args: Any) -> None:
-    for flag in OWN_OPTIMIZER_FLAGS:
-        if getattr(finetuning_args, flag, False):
-            key, value = first_set(settings)
-            raise ConfigError(
-                key,
-                value,
-                f"`{flag}: true` builds an optimizer of its own, which would drop the per-module groups",
-                f"remove `{flag}` or the lf-multilr keys ({', '.join(settings.set_keys())})",
-            )
-
-
-def _deepspeed_config(value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str) and value.strip().startswith("{"):
-        return json.loads(value)
-    if isinstance(value, str):
-        with open(value, encoding="utf-8") as handle:
-            return json.load(handle)
-    return {}
-
-
-def refuse_deepspeed_blocks(settings: Settings, training_args: Any) -> None:
-    if not getattr(training_args, "deepspeed", None):
-        return
-    config = _deepspeed_config(training_args.deepspeed)
-    for block in ("optimizer", "scheduler"):
-        if block in config:
-            key, value = first_set(settings)
-            raise ConfigError(
-                key,
-                value,
-                f"the DeepSpeed config {training_args.deepspeed!r} has a `{block}` block, and DeepSpeed then builds "
-                "one flat param group and ignores the per-module ones",
-                f"remove the `{block}` block from the DeepSpeed config (LLaMA-Factory's examples have none)",
-            )
-
-
-def _read_model_type(model_args: Any) -> str | None:
-    """The model type from the model's config.json alone, or None when it cannot be read without loading more."""
     try:
-        from transformers import AutoConfig
-
         config = AutoConfig.from_pretrained(
             model_args.model_name_or_path,
             trust_remote_code=getattr(model_args, "trust_remote_code", False),
@@ -193,31 +154,33 @@ def _read_model_type(model_args: Any) -> str | None:
             revision=getattr(model_args, "model_revision", "main"),
             token=getattr(model_args, "hf_hub_token", None),
         )
-    except Exception:  # noqa: BLE001 - the optimizer-time check still runs on the loaded model
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _state.warn_once(
+            f"the model type of `{model_args.model_name_or_path}` cannot be read before the model loads ({first}); "
+            "the keys are checked against the model once it has loaded."
+        )
         return None
     return config_model_type(config)
 
 
 def preflight(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
-    """Everything that can be refused before the model loads."""
-    key, value = first_set(settings)
-    refuse_deepspeed_blocks(settings, training_args)
-    refuse_flat(key, value, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))
-    model_type = _read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules
+    """Everything that can be refused before the model loads (the run and ``lf-multilr plan`` alike)."""
+    refuse_deepspeed_blocks(settings, getattr(training_args, "deepspeed", None))
+    refuse_flat(settings, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))
+    model_type = read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules
     if model_type is not None and module_map(model_type) is None:
-        raise ConfigError(
-            key,
-            value,
-            f"model type `{model_type}` is not in LLaMA-Factory's composite-model registry, so it has no vision "
-            "tower, projector or language model to tell apart (a text-only model is all language model)",
-            "for a text-only model set `learning_rate` instead; for a multimodal model the registry does not know, "
-            "register it first (llamafactory.model.model_utils.visual._register_composite_model) "
-            f"or use a registered type ({', '.join(known_types())})",
-        )
+        refuse_unknown_model_type(settings, model_type, known_types())
     # Where the registry misses parts of a module, its freeze flag does not freeze all of it: the optimizer-time
     # check on the prepared model decides.
     unreachable = {rule.module for rule in rules_for(model_type or "") if not rule.registry}
     refuse_frozen(settings, finetuning_args, unreachable)
+
+
+def read_args(args: Any = None) -> Any:
+    """The arguments as LLaMA-Factory reads them (a YAML or JSON file and ``key=value`` overrides from the command
+    line, or the dict or list given)."""
+    return sys.modules["llamafactory.hparams.parser"].read_args(args)
 
 
 def raw_values(raw: Any) -> dict[str, Any]:
@@ -247,11 +210,11 @@ def refuse_kt(raw: Any) -> None:
 def wrap_get_train_args(original: Any) -> Any:
     @wraps(original)
     def get_train_args(args: Any = None, *rest: Any, **kwargs: Any) -> Any:
-        raw = sys.modules["llamafactory.hparams.parser"].read_args(args)
+        raw = read_args(args)
         refuse_kt(raw)
         parsed = original(raw, *rest, **kwargs)
         model_args, _, training_args, finetuning_args, _ = parsed
-        settings = Settings.read(finetuning_args)
+        settings = settings_of(finetuning_args)
         _state.warn_unverified()
         if not settings.any_set:
             guard.disarm()

@@ -8,25 +8,17 @@ import weakref
 from functools import wraps
 from typing import Any
 
-from lf_multilr.metrics import GradNormMonitor, Reduce, module_entries, module_lrs
-from lf_multilr.plots import plot_module_metrics
+from lf_multilr.grouping.schema import ours
+from lf_multilr.reports.plots import plot_module_metrics
+from lf_multilr.training.metrics import GradNormMonitor, Reduce, module_entries, module_lrs, will_log
 
+from ._state import warn_once
 from .distributed import sharded_norms
 from .registry import config_model_type, model_config, module_map
 
 _monitors: weakref.WeakKeyDictionary[Any, GradNormMonitor | None] = weakref.WeakKeyDictionary()
 #: Each trainer's module LRs as they were when HF read its `learning_rate` (the LR the step just taken used).
 _step_lrs: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        from llamafactory.extras import logging
-
-        logging.get_logger("llamafactory.lf_multilr").warning_rank0(f"lf-multilr: {message}")
-
 
 def _sharding(trainer: Any) -> tuple[Reduce | None, str | None]:
     """How this trainer's per-module gradient norms are made whole across ranks: (a reducer or None; None, or why
@@ -49,10 +41,13 @@ def monitor_of(trainer: Any) -> GradNormMonitor | None:
     if finetuning_args is not None and getattr(finetuning_args, "log_module_metrics", False):
         mapping = module_map(config_model_type(model_config(trainer.model)))
         optimizer = getattr(trainer, "optimizer", None)
-        groups = [g for g in getattr(optimizer, "param_groups", []) if "module" in g]  # lf-multilr's groups
+        groups = ours(getattr(optimizer, "param_groups", []))
         reduce, withheld = _sharding(trainer) if mapping is not None or groups else (None, None)
         if withheld is not None:
-            _warn_once(f"per-module gradient norms are not logged: {withheld}; a piece's norm is not the module's.")
+            warn_once(
+                f"per-module gradient norms are not logged: {withheld}; a piece's norm is not the module's.",
+                every_rank=False,
+            )
         elif groups:
             monitor = GradNormMonitor.of_groups(groups, reduce)
         elif mapping is not None:
@@ -61,19 +56,8 @@ def monitor_of(trainer: Any) -> GradNormMonitor | None:
     return monitor
 
 
-def will_log(args: Any, state: Any) -> bool:
-    """Whether the current optimizer step ends in a log (HF's DefaultFlowCallback rules). ``global_step`` counts
-    the step only after the optimizer and the scheduler stepped, so it is one behind here."""
-    step = state.global_step + 1
-    strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
-    if strategy == "epoch":  # the last step of an epoch is not known here: measure every step
-        return True
-    return (step == 1 and bool(args.logging_first_step)) or (
-        strategy == "steps" and state.logging_steps > 0 and step % state.logging_steps == 0
-    )
-
-
-def _measure(trainer: Any) -> None:
+def measure(trainer: Any) -> None:
+    """Measure the trainer's per-module gradient norms if the step being taken ends in a log."""
     monitor = monitor_of(trainer)
     if monitor is not None and will_log(trainer.args, trainer.state):
         monitor.measure(trainer.state.global_step + 1)
@@ -82,7 +66,7 @@ def _measure(trainer: Any) -> None:
 def wrap_clip_grad_norm(original: Any) -> Any:
     @wraps(original)
     def _clip_grad_norm(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-        _measure(self)  # before clipping: HF's grad_norm is the pre-clip norm
+        measure(self)  # before clipping: HF's grad_norm is the pre-clip norm
         return original(self, model, *args, **kwargs)
 
     return _clip_grad_norm
@@ -92,7 +76,7 @@ def wrap_get_grad_norm(original: Any) -> Any:
     @wraps(original)
     def _get_grad_norm(self: Any, model: Any, grad_norm: Any = None, *args: Any, **kwargs: Any) -> Any:
         if grad_norm is None:  # nothing clipped: HF measures here
-            _measure(self)
+            measure(self)
         return original(self, model, grad_norm, *args, **kwargs)
 
     return _get_grad_norm

@@ -8,26 +8,22 @@ from typing import Any
 
 import torch
 
-from lf_multilr.distributed import FLAT_FIX, FLAT_WHY, flat_parameters
-from lf_multilr.errors import ConfigError
-from lf_multilr.groups import GroupPlan, LoraPlus, build_plan, check_plan
-from lf_multilr.keys import Settings
-from lf_multilr.modules import ModuleMap
-from lf_multilr.report import format_table
-from lf_multilr.schedule import per_group_kwargs
+from lf_multilr.config.checks import (
+    refuse_flat_parameters,
+    refuse_optimizer_structure,
+    refuse_own_optimizers,
+    refuse_unknown_model_type,
+)
+from lf_multilr.config.settings import Settings, settings_of
+from lf_multilr.grouping.checks import check_plan
+from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.plan import GroupPlan, LoraPlus, build_plan
+from lf_multilr.reports.table import format_table
 
 from . import guard
+from ._state import logger
 from .distributed import check_ranks, fsdp1_sizes
-from .hparams import first_set, refuse_own_optimizers
 from .registry import config_model_type, known_types, model_config, module_map
-
-LOGGER_NAME = "llamafactory.lf_multilr"
-
-
-def _logger() -> Any:
-    from llamafactory.extras import logging
-
-    return logging.get_logger(LOGGER_NAME)
 
 
 def decay_names(model: torch.nn.Module, loraplus: bool) -> set[str]:
@@ -44,25 +40,13 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
     """The checked plan for ``model`` as LLaMA-Factory has prepared it (frozen, PEFT-wrapped, ...)."""
     model_type = config_model_type(model_config(model))
     mapping = module_map(model_type)
-    if mapping is None and not settings.module_keys_set:  # no module keys (a plan, or lr_groups alone): all `other`
+    if mapping is None and settings.module_keys_set:
+        refuse_unknown_model_type(settings, model_type, known_types())
+    if mapping is None:  # no module keys (a plan, or lr_groups alone): all `other`
         mapping = ModuleMap.of(str(model_type), [], [], [])
-    if mapping is None:
-        key, value = first_set(settings)
-        raise ConfigError(
-            key,
-            value,
-            f"model type `{model_type}` is not in LLaMA-Factory's composite-model registry, "
-            "so it has no modules to tell apart",
-            f"set `learning_rate` instead, or use a registered type ({', '.join(known_types())})",
-        )
-    flat = flat_parameters(model.named_parameters())
-    if flat:
-        key, value = first_set(settings)
-        raise ConfigError(key, value, f"{FLAT_WHY} (the model holds {len(flat)}, e.g. `{flat[0]}`)", FLAT_FIX)
+    refuse_flat_parameters(settings, model.named_parameters())
     ratio = getattr(finetuning_args, "loraplus_lr_ratio", None)
-    loraplus = None
-    if ratio is not None:
-        loraplus = LoraPlus(float(ratio), float(finetuning_args.loraplus_lr_embedding))
+    loraplus = None if ratio is None else LoraPlus(float(ratio), float(finetuning_args.loraplus_lr_embedding))
     plan = build_plan(
         model.named_parameters(),
         mapping,
@@ -73,7 +57,7 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
         loraplus,
         fsdp1_sizes(model),
     )
-    check_plan(plan, settings, finetuning_args.finetuning_type)
+    check_plan(plan, finetuning_args.finetuning_type)
     return plan
 
 
@@ -92,45 +76,27 @@ def optimizer_cls_and_kwargs(
     else:
         factory = bool(is_optimizer_factory(cls))
     if own or factory:
-        key, value = first_set(settings)
-        raise ConfigError(
-            key,
-            value,
-            f"`optim: {getattr(training_args.optim, 'value', training_args.optim)}` builds its own parameter "
-            "structure, "
-            "which would drop the module groups",
-            "choose an optimizer that takes param groups (e.g. adamw_torch), or remove the lf-multilr keys",
-        )
+        refuse_optimizer_structure(settings, str(getattr(training_args.optim, "value", training_args.optim)))
     return cls, kwargs
 
 
 def wrap_create_custom_optimizer(original: Any) -> Any:
     @wraps(original)
     def create_custom_optimizer(model: Any, training_args: Any, finetuning_args: Any) -> Any:
-        settings = Settings.read(finetuning_args)
+        settings = settings_of(finetuning_args)
         if not settings.any_set:
             return original(model, training_args, finetuning_args)
         refuse_own_optimizers(settings, finetuning_args)
         plan = plan_for(model, training_args, finetuning_args, settings)
-        logger = _logger()
         same = check_ranks(plan.param_groups)  # every rank, before any of them trains
         if same is not None:
-            logger.info(same)
+            logger().info(same)
         cls, kwargs = optimizer_cls_and_kwargs(training_args, model, settings)
         optimizer = cls(plan.param_groups, **kwargs)
         guard.expect(optimizer.param_groups)
-        scheduler_type = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
-        scheduler_kwargs = per_group_kwargs(
-            scheduler_type,
-            training_args.lr_scheduler_kwargs,
-            float(training_args.learning_rate),
-            [group["lr"] for group in optimizer.param_groups],
-        )
-        if scheduler_kwargs is not None:
-            training_args.lr_scheduler_kwargs = scheduler_kwargs
-        logger.info_rank0(format_table(plan, warnings=False))
+        logger().info_rank0(format_table(plan, warnings=False))
         for warning in plan.warnings:
-            logger.warning_rank0(f"lf-multilr: {warning}")
+            logger().warning_rank0(f"lf-multilr: {warning}")
         return optimizer
 
     return create_custom_optimizer

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lf_multilr.modules import ModuleMap
-from lf_multilr.supplement import rules_for
+from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.supplement import rules_for
 
 
 def _composite_models() -> dict[str, Any]:

@@ -6,15 +6,13 @@ checkpoint is in the hub layout (``visual.*``, ``model.layers.*``) and the model
 ``model.language_model.*``), so nothing loads and training goes on from the initial weights with the checkpoint's
 optimizer state. Here those checkpoints are loaded through the model's own key conversion, in place (parameters
 keep their identity, ``requires_grad`` and device), one file at a time, and then accounted for
-(:mod:`lf_multilr.checkpoint`). Adapter checkpoints are loaded by PEFT as before and then checked value by value.
-FSDP, DeepSpeed and SageMaker checkpoints are left to their own loaders.
+(:mod:`lf_multilr.training.checkpoint`). Adapter checkpoints are loaded by PEFT as before and then checked value by
+value. FSDP, DeepSpeed and SageMaker checkpoints are left to their own loaders.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
 from collections.abc import Callable, Iterable
 from functools import wraps
@@ -22,22 +20,20 @@ from typing import Any
 
 import torch
 
-from lf_multilr.checkpoint import Account, lr_message, refuse_incomplete, refuse_other_layout
 from lf_multilr.errors import ConfigError
-from lf_multilr.layout import lr_changes, mismatch
+from lf_multilr.grouping.digests import lr_changes, mismatch
+from lf_multilr.training.checkpoint import (
+    Account,
+    adapter_file,
+    has_adapter,
+    lr_message,
+    refuse_incomplete,
+    refuse_other_layout,
+    weight_files,
+)
 
 from . import guard
-
-LOGGER_NAME = "llamafactory.lf_multilr"
-SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
-WEIGHTS, WEIGHTS_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-ADAPTER_SAFE, ADAPTER_BIN = "adapter_model.safetensors", "adapter_model.bin"
-
-
-def _logger() -> Any:
-    from llamafactory.extras import logging
-
-    return logging.get_logger(LOGGER_NAME)
+from ._state import logger
 
 
 def _is_peft(model: Any) -> bool:
@@ -60,19 +56,6 @@ def _own_loader_applies(trainer: Any) -> bool:
     from transformers.utils import is_sagemaker_mp_enabled
 
     return bool(trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled or is_sagemaker_mp_enabled())
-
-
-def weight_files(checkpoint: str) -> list[str]:
-    """The full-model weight files of ``checkpoint``, in order; empty when it holds none (an adapter, say)."""
-    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (WEIGHTS, WEIGHTS_INDEX)):
-        if os.path.isfile(os.path.join(checkpoint, single)):
-            return [os.path.join(checkpoint, single)]
-        index_path = os.path.join(checkpoint, index)
-        if os.path.isfile(index_path):
-            with open(index_path) as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
-            return [os.path.join(checkpoint, shard) for shard in shards]
-    return []
 
 
 def _read(path: str) -> dict[str, torch.Tensor]:
@@ -149,8 +132,7 @@ def check_adapter(model: Any, checkpoint: str) -> None:
     """After PEFT loaded an adapter checkpoint: every tensor the run trains holds the checkpoint's value."""
     from peft import get_peft_model_state_dict
 
-    path = os.path.join(checkpoint, ADAPTER_SAFE)
-    saved = _read(path if os.path.isfile(path) else os.path.join(checkpoint, ADAPTER_BIN))
+    saved = _read(adapter_file(checkpoint))
     current = get_peft_model_state_dict(model, adapter_name=model.active_adapters[0])
     account = Account({name: name for name in current})
     for name, tensor in saved.items():
@@ -172,10 +154,10 @@ def wrap_load_from_checkpoint(original: Any) -> Any:
         files = weight_files(resume_from_checkpoint)
         if _own_loader_applies(self) or not files or not _plain(target):
             result = original(self, resume_from_checkpoint, model, *args)
-            if _is_peft(target) and not _own_loader_applies(self) and _has_adapter(resume_from_checkpoint):
+            if _is_peft(target) and not _own_loader_applies(self) and has_adapter(resume_from_checkpoint):
                 check_adapter(target, resume_from_checkpoint)
             return result
-        _logger().info_rank0(f"lf-multilr: loading {resume_from_checkpoint} with from_pretrained's key conversion")
+        logger().info_rank0(f"lf-multilr: loading {resume_from_checkpoint} with from_pretrained's key conversion")
         account = load_full_checkpoint(target, resume_from_checkpoint, files)
         ignored = _ignored(target)
         refuse_incomplete(resume_from_checkpoint, account, ignored)
@@ -186,10 +168,6 @@ def wrap_load_from_checkpoint(original: Any) -> Any:
     return _load_from_checkpoint
 
 
-def _has_adapter(checkpoint: str) -> bool:
-    return any(os.path.isfile(os.path.join(checkpoint, name)) for name in (ADAPTER_SAFE, ADAPTER_BIN))
-
-
 def wrap_load_best_model(original: Any) -> Any:
     @wraps(original)
     def _load_best_model(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -197,7 +175,7 @@ def wrap_load_best_model(original: Any) -> Any:
         files = weight_files(best) if best else []
         if _own_loader_applies(self) or not files or not _plain(self.model):
             return original(self, *args, **kwargs)
-        _logger().info_rank0(f"lf-multilr: loading the best model from {best} with from_pretrained's key conversion")
+        logger().info_rank0(f"lf-multilr: loading the best model from {best} with from_pretrained's key conversion")
         account = load_full_checkpoint(self.model, best, files)
         refuse_incomplete(best, account, _ignored(self.model))
         return None
@@ -221,7 +199,7 @@ def wrap_load_optimizer_and_scheduler(original: Any) -> Any:
                 refuse_other_layout(checkpoint, why, lora)
             message = lr_message(checkpoint, lr_changes(state_dict["param_groups"], current))
             if message is not None:
-                _logger().warning_rank0(f"lf-multilr: {message}")
+                logger().warning_rank0(f"lf-multilr: {message}")
             loaded = load(state_dict, *load_args, **load_kwargs)
             guard.expect(optimizer.param_groups)  # the checkpoint's LRs are in force now, as the warning says
             return loaded

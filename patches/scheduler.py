@@ -1,21 +1,32 @@
-"""Per-module start steps and warm-up: the run's scheduler, its per-group multipliers gated (HF's ``create_scheduler``,
-which every LLaMA-Factory stage calls after its own ``create_custom_scheduler``)."""
+"""The run's scheduler (HF's ``create_scheduler``, which every LLaMA-Factory stage calls after its own
+``create_custom_scheduler``), for an optimizer lf-multilr built: absolute LR bounds given per group (``greedy``,
+``reduce_lr_on_plateau``), and the multipliers of modules that start late or warm up on their own gated."""
 
 from __future__ import annotations
 
 from functools import wraps
 from typing import Any
 
-from lf_multilr.schedule import gate_scheduler
+from lf_multilr.grouping.schema import ours
+from lf_multilr.training.schedule import gate_scheduler, per_group_kwargs
 
 
 def wrap_create_scheduler(original: Any) -> Any:
     @wraps(original)
     def create_scheduler(self: Any, num_training_steps: int, optimizer: Any = None, *args: Any, **kwargs: Any) -> Any:
-        scheduler = original(self, num_training_steps, optimizer, *args, **kwargs)
         groups = (optimizer if optimizer is not None else self.optimizer).param_groups
-        if any(group.get("module") for group in groups):  # only optimizers lf-multilr built
-            gate_scheduler(scheduler, groups)
+        if not ours(groups):  # only optimizers lf-multilr built
+            return original(self, num_training_steps, optimizer, *args, **kwargs)
+        given = self.args.lr_scheduler_kwargs
+        scheduler_type = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+        scaled = per_group_kwargs(scheduler_type, given, float(self.args.learning_rate), [g["lr"] for g in groups])
+        if scaled is not None:  # for this call only: the arguments keep what the user gave
+            self.args.lr_scheduler_kwargs = scaled
+        try:
+            scheduler = original(self, num_training_steps, optimizer, *args, **kwargs)
+        finally:
+            self.args.lr_scheduler_kwargs = given
+        gate_scheduler(scheduler, groups)
         return scheduler
 
     return create_scheduler

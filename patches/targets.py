@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lf_multilr.compat import (
+from lf_multilr.support.compat import (
     ACCELERATE_4,
     LLAMAFACTORY_CORE,
     LLAMAFACTORY_FULL,

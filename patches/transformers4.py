@@ -11,9 +11,10 @@ from __future__ import annotations
 from functools import wraps
 from typing import Any
 
-from lf_multilr.keys import Settings
+from lf_multilr.config.settings import settings_of
 
-from .logs import monitor_of, will_log
+from ._state import logger
+from .logs import measure
 from .registry import config_model_type, model_config, module_map
 
 #: The trainers whose training loop is running, innermost last.
@@ -28,11 +29,10 @@ def _warn_if_unmeasured(trainer: Any) -> None:
     if max_grad_norm is not None and max_grad_norm > 0:
         return
     multimodal = module_map(config_model_type(model_config(trainer.model))) is not None
-    if multimodal or Settings.read(finetuning_args).any_set:
+    if multimodal or settings_of(finetuning_args).any_set:
         import transformers
-        from llamafactory.extras import logging
 
-        logging.get_logger("llamafactory.lf_multilr").warning_rank0(
+        logger().warning_rank0(
             f"lf-multilr: grad_norm/<module> is not logged: transformers {transformers.__version__} measures no "
             f"gradient norm when max_grad_norm is {max_grad_norm} (it logs no grad_norm either); "
             "set max_grad_norm > 0 to see them."
@@ -62,9 +62,7 @@ def wrap_accelerator_clip_grad_norm(original: Any) -> Any:
     def clip_grad_norm_(self: Any, parameters: Any, max_norm: Any, *args: Any, **kwargs: Any) -> Any:
         trainer = _running[-1] if _running else None
         if trainer is not None and getattr(trainer, "accelerator", None) is self:
-            monitor = monitor_of(trainer)
-            if monitor is not None and will_log(trainer.args, trainer.state):
-                monitor.measure(trainer.state.global_step + 1)
+            measure(trainer)
         return original(self, parameters, max_norm, *args, **kwargs)
 
     return clip_grad_norm_

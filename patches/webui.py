@@ -23,9 +23,10 @@ from dataclasses import fields
 from functools import wraps
 from typing import Any
 
-from lf_multilr import webui_fields, webui_view
+from lf_multilr.apps import webui_fields, webui_view
+from lf_multilr.config.checks import refuse_frozen
+from lf_multilr.config.settings import settings_of
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import Settings, refuse_frozen
 
 from . import hparams
 
@@ -170,7 +171,9 @@ def check_args(args: dict[str, Any]) -> None:
     """Refuse what the CLI refuses about lf-multilr's keys from the config alone, with its message.
 
     The arguments go through the CLI's own finetuning-arguments class (bad values, optimizers that drop the
-    groups) and its frozen-module rule. Anything else wrong is left to LlamaBoard and LLaMA-Factory to report.
+    groups, other back ends) and its frozen-module rule. A value LLaMA-Factory's own finetuning arguments refuse
+    (a ``ValueError`` of theirs) is left to the run to report, as without lf-multilr; anything else is a bug and
+    is raised.
     """
     from llamafactory.hparams import FinetuningArguments
 
@@ -180,9 +183,9 @@ def check_args(args: dict[str, Any]) -> None:
         finetuning_args = keyed(**{name: value for name, value in args.items() if name in names})
     except ConfigError:
         raise
-    except Exception:  # noqa: BLE001 - LLaMA-Factory's own refusal: the run reports it, as without lf-multilr
+    except ValueError:  # LLaMA-Factory's own refusal: the run reports it, as without lf-multilr
         return
-    settings = Settings.read(finetuning_args)
+    settings = settings_of(finetuning_args)
     if settings.any_set:
         refuse_frozen(settings, finetuning_args)
 
@@ -198,8 +201,6 @@ def wrap_initialize(original: Any) -> Any:
             check_args(self._parse_train_args(data))
         except ConfigError as refusal:
             return str(refusal)
-        except Exception:  # noqa: BLE001 - not lf-multilr's to report: LlamaBoard meets it where it always did
-            return error
         return error
 
     return _initialize

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .groups import ORDER
+from lf_multilr.config.keys import ORDER
 
 #: (key prefix, file name, title, y label, log scale)
 PLOTS: tuple[tuple[str, str, str, str, bool], ...] = (

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from .keys import KEY_NAMES
+from lf_multilr.config.keys import KEY_NAMES
 
 MARKER = "sweep_run.json"
 LOG = "sweep_run.log"

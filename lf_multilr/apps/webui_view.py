@@ -1,8 +1,8 @@
 """What LlamaBoard shows next to its loss plot while a run trains: each module's logged values over the steps.
 
-Generic over the per-module prefixes of :data:`lf_multilr.metrics.PREFIXES` (``lr/``, ``grad_norm/``): whatever a
-run's ``trainer_log.jsonl`` holds under them is shown, a prefix nobody logged is left out. The series are the ones
-:mod:`lf_multilr.plots` draws after training, in the same colours.
+Generic over the per-module prefixes of :data:`lf_multilr.training.metrics.PREFIXES` (``lr/``, ``grad_norm/``):
+whatever a run's ``trainer_log.jsonl`` holds under them is shown, a prefix nobody logged is left out. The series are
+the ones :mod:`lf_multilr.reports.plots` draws after training, in the same colours.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import plots
-from .metrics import PREFIXES
+from lf_multilr.reports import plots
+from lf_multilr.training.metrics import PREFIXES
 
 #: prefix -> module -> (steps, values), prefixes in ``PREFIXES`` order, modules in param-group order.
 Found = dict[str, dict[str, tuple[list[int], list[float]]]]

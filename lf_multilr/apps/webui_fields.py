@@ -1,6 +1,6 @@
 """The module-LR fields of LlamaBoard (LLaMA-Factory's web UI): their labels, their values, their saved form.
 
-One text field per key of :data:`lf_multilr.keys.KEYS`, named after the key; blank means "not set" (the module
+One text field per key of :data:`lf_multilr.config.keys.KEYS`, named after the key; blank means "not set" (the module
 inherits). Everything here is plain Python: ``patches.webui`` puts it into the UI.
 """
 
@@ -11,8 +11,8 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-from .custom_groups import parse_lr_groups
-from .keys import KEYS, LR_GROUPS, Key, check_value
+from lf_multilr.config.custom_groups import parse_lr_groups
+from lf_multilr.config.keys import KEYS, LR_GROUPS, Key, check_value
 
 
 def ui_keys() -> tuple[Key, ...]:

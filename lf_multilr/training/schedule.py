@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from .errors import ConfigError
+from lf_multilr.errors import ConfigError
+from lf_multilr.grouping.schema import module_of, schedule_of
 
 #: Scheduler kwargs that are absolute learning rates, with the value the scheduler uses when unset.
 ABSOLUTE_BOUNDS: dict[str, dict[str, float]] = {
@@ -73,13 +74,13 @@ def gate_scheduler(scheduler: Any, param_groups: Sequence[dict[str, Any]]) -> in
     """
     gated = 0
     for index, group in enumerate(param_groups):
-        start, warmup = int(group.get("start_step") or 0), group.get("warmup_steps")
+        start, warmup = schedule_of(group)
         if not start and not warmup:
             continue
         lambdas = getattr(scheduler, "lr_lambdas", None)
         if lambdas is None:
             raise ConfigError(
-                f"{group.get('module', 'a module')}_start_step / _warmup_steps",
+                f"{module_of(group) or 'a module'}_start_step / _warmup_steps",
                 {"start_step": start, "warmup_steps": warmup},
                 f"the scheduler {type(scheduler).__name__} has no per-group multiplier to delay or warm up",
                 "use a LambdaLR-based lr_scheduler_type (e.g. cosine, linear, constant_with_warmup)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .groups import GroupPlan, numel
+from lf_multilr.grouping.plan import GroupPlan, numel
 
 
 def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:

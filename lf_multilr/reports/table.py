@@ -6,7 +6,7 @@ supplement rule that placed parameters says which, where, and why the registry's
 
 from __future__ import annotations
 
-from .groups import GroupPlan, SupplementUse
+from lf_multilr.grouping.plan import GroupPlan, SupplementUse
 
 
 def human(count: int) -> str:

@@ -8,16 +8,17 @@ out as in the run. Then the same grouping and checks as the run's optimizer.
 
 from __future__ import annotations
 
+import copy
 import sys
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from lf_multilr.groups import GroupPlan
-from lf_multilr.keys import Settings
+from lf_multilr.config.settings import settings_of
+from lf_multilr.grouping.plan import GroupPlan
 
-from .hparams import preflight
+from .hparams import preflight, refuse_kt
 from .optimizer import plan_for
 
 #: Settings that need a GPU, a launcher or real weights, and do not change which parameters train or how.
@@ -45,6 +46,14 @@ def read_config(argv: list[str]) -> dict[str, Any]:
         sys.argv = saved
 
 
+def as_the_run_has_them(training_args: Any, config: dict[str, Any]) -> Any:
+    """The parsed training arguments with what the plan had to switch off (see ``PLAN_OVERRIDES``) as the run will
+    have it, for the checks: the DeepSpeed config is read, not started."""
+    checked = copy.copy(training_args)
+    checked.deepspeed = config.get("deepspeed")
+    return checked
+
+
 def make_plan(config: dict[str, Any]) -> GroupPlan:
     """The checked plan of the run ``config`` describes. Raises the run's ConfigError for bad input."""
     import lf_multilr
@@ -53,10 +62,11 @@ def make_plan(config: dict[str, Any]) -> GroupPlan:
     from llamafactory.hparams.parser import _parse_train_args
     from llamafactory.model import load_model
 
+    refuse_kt(config)
     model_args, _, training_args, finetuning_args, _ = _parse_train_args({**config, **PLAN_OVERRIDES})
-    settings = Settings.read(finetuning_args)
-    if settings.any_set:
-        preflight(settings, model_args, SimpleNamespace(deepspeed=config.get("deepspeed")), finetuning_args)
+    settings = settings_of(finetuning_args)
+    if settings.any_set:  # the run's own checks, on the run's own arguments
+        preflight(settings, model_args, as_the_run_has_them(training_args, config), finetuning_args)
     model_args.train_from_scratch = True
     # The tokenizer only matters for resizing the vocabulary (off here) and for registering remote-code classes.
     tokenizer = SimpleNamespace(init_kwargs={})

@@ -8,16 +8,17 @@ the run's own schedule, and when no key is set at all (``lr_groups`` included) t
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import ConfigError
+from lf_multilr.errors import ConfigError
 
 #: The modules, in param-group order: the language model first, because HF logs group 0 as ``learning_rate``.
 MODULES: tuple[str, ...] = ("language_model", "vision_tower", "multi_modal_projector")
 #: Trainable parameters that belong to no module.
 OTHER = "other"
+#: The modules and ``other``, in param-group and table order.
+ORDER: tuple[str, ...] = (*MODULES, OTHER)
 
 #: LLaMA-Factory's flag that freezes each module.
 FREEZE_FLAG: dict[str, str] = {
@@ -151,97 +152,3 @@ def check_value(key: Key, value: Any) -> float | None:
     if why:
         raise ConfigError(key.name, value, why, fix)
     return number
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The values of every key as the user set them (``None``: not set)."""
-
-    values: dict[str, float | None]
-    #: ``lr_groups``, parsed (:class:`~lf_multilr.custom_groups.CustomGroup` entries).
-    groups: tuple[Any, ...] = ()
-    #: ``lr_groups`` as given, for messages.
-    groups_value: Any = None
-
-    @classmethod
-    def read(cls, args: Any) -> Settings:
-        """Read (and check) the keys from any object that has them as attributes, e.g. finetuning args."""
-        from .custom_groups import parse_lr_groups
-
-        raw = getattr(args, "lr_groups", None)
-        values = {key.name: check_value(key, getattr(args, key.name, None)) for key in KEYS}
-        return cls(values, parse_lr_groups(raw), raw)
-
-    @property
-    def any_set(self) -> bool:
-        return self.module_keys_set or bool(self.groups)
-
-    @property
-    def module_keys_set(self) -> bool:
-        """Whether a key of the modules is set (``lr_groups`` alone needs no module map)."""
-        return any(value is not None for value in self.values.values())
-
-    def set_keys(self) -> list[str]:
-        names = [name for name, value in self.values.items() if value is not None]
-        return [*names, "lr_groups"] if self.groups else names
-
-    def value_of(self, name: str) -> Any:
-        return self.groups_value if name == "lr_groups" else self.values[name]
-
-    def schedule(self, module: str) -> tuple[int, int | None]:
-        """``module``'s (start step, warm-up steps or None)."""
-        start, warmup = self.values.get(f"{module}_start_step"), self.values.get(f"{module}_warmup_steps")
-        return int(start or 0), None if warmup is None else int(warmup)
-
-    def explicit(self, module: str) -> list[str]:
-        """The keys set for ``module``."""
-        return [key.name for key in KEYS if key.module == module and self.values[key.name] is not None]
-
-    def resolve(self, learning_rate: float, weight_decay: float) -> dict[str, tuple[float, float]]:
-        """Each module's (lr, weight decay), unset keys inheriting the base values; ``other`` always inherits."""
-        resolved = {OTHER: (learning_rate, weight_decay)}
-        for module in MODULES:
-            lr = self.values[f"{module}_lr"]
-            wd = self.values[f"{module}_weight_decay"]
-            resolved[module] = (learning_rate if lr is None else lr, weight_decay if wd is None else wd)
-        return resolved
-
-
-def frozen_fix(module: str, finetuning_type: str) -> str:
-    """How to make ``module`` trainable under ``finetuning_type`` (for the error that refuses a frozen module)."""
-    if finetuning_type == "lora" and module == "multi_modal_projector":
-        return (
-            "under LoRA the projector trains only as a full copy: add it to `additional_target` "
-            "(e.g. `additional_target: merger` for Qwen-VL, `multi_modal_projector` for LLaVA) "
-            "and set `freeze_multi_modal_projector: false`"
-        )
-    fix = f"set `{FREEZE_FLAG[module]}: false`"
-    return fix + " so that LoRA adapts it" if finetuning_type == "lora" else fix
-
-
-def refuse_frozen(settings: Settings, finetuning_args: Any, unreachable: Collection[str] = ()) -> None:
-    """Refuse a key for a module that the config's own flags leave untrained.
-
-    ``finetuning_args`` is anything with LLaMA-Factory's ``finetuning_type``, ``additional_target`` and ``freeze_*``
-    attributes. Under LoRA a frozen module can still train as a full copy in ``additional_target``: the
-    optimizer-time check on the prepared model decides then.
-    """
-    finetuning_type = finetuning_args.finetuning_type
-    copies = finetuning_type == "lora" and bool(finetuning_args.additional_target)
-    for module in MODULES:
-        keys = settings.explicit(module)
-        if keys and not copies and module not in unreachable and getattr(finetuning_args, FREEZE_FLAG[module], False):
-            raise ConfigError(
-                keys[0],
-                settings.values[keys[0]],
-                f"`{FREEZE_FLAG[module]}: true` freezes the {module}, so its value would do nothing",
-                f"{frozen_fix(module, finetuning_type)}, or remove the key",
-            )
-    projector_keys = settings.explicit("multi_modal_projector")
-    if projector_keys and finetuning_type == "lora" and not finetuning_args.additional_target:
-        raise ConfigError(
-            projector_keys[0],
-            settings.values[projector_keys[0]],
-            "under LoRA the projector has nothing trainable unless it is a full copy in `additional_target`",
-            f"{frozen_fix('multi_modal_projector', 'lora')}, or remove the key",
-        )

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
-from .keys import MODULES, OTHER, Key, check_value
+from lf_multilr.config.keys import MODULES, OTHER, Key, check_value
+from lf_multilr.errors import ConfigError
 
 KEY = "lr_groups"
 FIELDS = ("name", "params", "lr", "weight_decay")

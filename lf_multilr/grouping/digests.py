@@ -13,8 +13,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-#: The group key that holds the digest.
-LAYOUT = "layout"
+from lf_multilr.grouping.schema import LAYOUT, MODULE
 
 
 def digest(names: Iterable[str]) -> str:
@@ -32,9 +31,8 @@ def _count(group: Mapping[str, Any]) -> int:
 
 
 def describe(groups: Sequence[Mapping[str, Any]]) -> str:
-    """One line that lists the groups, for messages."""
-    parts = [f"{name or 'unnamed'} ({count})" for name, count, _ in signature(groups)]
-    return f"{len(parts)} groups: " + ", ".join(parts)
+    """One line that lists the groups, for messages: ``2 groups: unnamed (27), unnamed (31)``."""
+    return _listed(signature(groups))
 
 
 Entry = Sequence[Any]  # (name, count, layout) as :func:`signature` gives it
@@ -56,29 +54,47 @@ def first_difference(old: Sequence[Entry], new: Sequence[Entry]) -> tuple[str, i
     return None
 
 
-def mismatch(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]) -> str | None:
-    """Why optimizer state built for ``saved`` groups would land on the wrong parameters of ``current``; None if not.
+def _label(entry: Entry) -> str:
+    return str(entry[0] or "unnamed")
 
-    Groups built by stock code (no names) are compared by count and size, as torch does; lf-multilr's groups also
-    by name and layout, which catches groups of equal size that hold different parameters.
+
+def _listed(entries: Sequence[Entry]) -> str:
+    count = f"{len(entries)} group{'' if len(entries) == 1 else 's'}"
+    return f"{count}: " + ", ".join(f"{_label(entry)} ({entry[1]})" for entry in entries)
+
+
+def difference(old: Sequence[Entry], new: Sequence[Entry], old_side: str, new_side: str) -> str | None:
+    """What first differs between two signatures, in words; None when they agree.
+
+    ``old_side`` / ``new_side`` say where each was seen: ("in the checkpoint", "in this run"), ("on rank 0", "on rank
+    1").
+    Groups built by stock code (no names) are compared by count and size, as torch does; lf-multilr's groups also by
+    name and layout, which catches groups of equal size that hold different parameters.
     """
-    old, new = signature(saved), signature(current)
-    difference = first_difference(old, new)
-    if difference is None:
+    found = first_difference(old, new)
+    if found is None:
         return None
-    kind, index = difference
-    if kind == "count":
-        return f"the checkpoint has {describe(saved)}; this run has {describe(current)}"
-    where = f"group {index} ({new[index][0] or 'unnamed'})"
+    kind, index = found
+    if kind == "count":  # "in the checkpoint" -> "the checkpoint has ..."
+        return f"{old_side.split(' ', 1)[1]} has {_listed(old)}; {new_side.split(' ', 1)[1]} has {_listed(new)}"
+    mine, theirs = old[index], new[index]
     if kind == "name":
-        return f"{where} is `{old[index][0] or 'unnamed'}` in the checkpoint"
+        return f"group {index} is `{_label(mine)}` {old_side} and `{_label(theirs)}` {new_side}"
+    where = f"group {index} ({_label(theirs)})"
     if kind == "size":
-        return f"{where} holds {old[index][1]} tensors in the checkpoint and {new[index][1]} in this run"
-    return f"{where} holds different parameters in the checkpoint (same count, other names)"
+        return f"{where} holds {mine[1]} tensors {old_side} and {theirs[1]} {new_side}"
+    return f"{where} holds different parameters {old_side} and {new_side} (same count, other names)"
 
 
-def lr_changes(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]) -> list[tuple[str, float, float]]:
-    """(group, checkpoint LR, config LR) for every group whose starting LR differs from the checkpoint's.
+def mismatch(saved: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why optimizer state built for ``saved`` groups would land on the wrong parameters of ``current``; None if not."""
+    return difference(signature(saved), signature(current), "in the checkpoint", "in this run")
+
+
+def lr_changes(
+    saved: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> list[tuple[str, float, float]]:
+    """(module, checkpoint LR, config LR) for every group whose starting LR differs from the checkpoint's.
 
     ``initial_lr`` is what the scheduler scales; a checkpoint saved before any scheduler step has only ``lr``.
     """
@@ -87,5 +103,5 @@ def lr_changes(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]
         was = float(old.get("initial_lr", old.get("lr", math.nan)))
         now = float(new.get("initial_lr", new.get("lr", math.nan)))
         if not math.isclose(was, now, rel_tol=1e-9, abs_tol=0.0):
-            changes.append((str(new.get("name") or old.get("name") or "unnamed"), was, now))
+            changes.append((str(new.get(MODULE) or new.get("name") or "unnamed group"), was, now))
     return changes

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from .groups import ORDER
-from .modules import ModuleMap
+from lf_multilr.config.keys import ORDER
+from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.schema import module_lr, module_of, ours
 
 PREFIXES: tuple[str, ...] = ("lr/", "grad_norm/")
 #: Sums a tensor over the ranks that each hold a piece of every gradient.
@@ -17,24 +18,21 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 def module_lrs(param_groups: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """The current LR of each module, read from its first group with an lr relative to the module's.
+    """The current LR of each module (and custom group), from its first group whose LR derives from the module's;
+    from its first group when none does (a LoRA+ embedding group alone has an LR of its own).
 
-    Groups that lf-multilr did not build carry no ``module`` key and are ignored, so a stock optimizer
-    yields ``{}``.
+    Groups that lf-multilr did not build are ignored, so a stock optimizer yields ``{}``.
     """
-    lrs: dict[str, float] = {}
-    absolute: dict[str, float] = {}
-    for group in param_groups:
-        module = group.get("module")
-        if module is None or module in lrs:
-            continue
-        scale = group.get("lr_scale")
-        if scale:
-            lrs[module] = float(group["lr"]) / scale
+    derived: dict[str, float] = {}
+    own: dict[str, float] = {}
+    for group in ours(param_groups):
+        module = str(module_of(group))
+        lr = module_lr(group)
+        if lr is not None:
+            derived.setdefault(module, lr)
         else:
-            absolute.setdefault(module, float(group["lr"]))
-    for module, lr in absolute.items():
-        lrs.setdefault(module, lr)
+            own.setdefault(module, float(group["lr"]))
+    lrs = {**derived, **{module: lr for module, lr in own.items() if module not in derived}}
     return {f"lr/{module}": lr for module, lr in lrs.items()}
 
 
@@ -84,8 +82,8 @@ class GradNormMonitor:
     def of_groups(cls, param_groups: Iterable[Mapping[str, Any]], reduce: Reduce | None = None) -> GradNormMonitor:
         """For lf-multilr's optimizer: the parameters of each module and custom group, as grouped."""
         params: dict[str, list[torch.Tensor]] = {}
-        for group in param_groups:
-            params.setdefault(group["module"], []).extend(group["params"])
+        for group in ours(param_groups):
+            params.setdefault(str(module_of(group)), []).extend(group["params"])
         return cls(params, reduce)
 
     def measure(self, step: int) -> None:
@@ -103,3 +101,15 @@ class GradNormMonitor:
         norms = self._measured[1]
         self._measured = None
         return {f"grad_norm/{module}": float(norm) for module, norm in norms.items()}
+
+
+def will_log(args: Any, state: Any) -> bool:
+    """Whether the optimizer step being taken ends in a log (HF's ``DefaultFlowCallback`` rules). ``global_step``
+    counts the step only after the optimizer and the scheduler stepped, so it is one behind here."""
+    step = state.global_step + 1
+    strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
+    if strategy == "epoch":  # the last step of an epoch is not known here: measure every step
+        return True
+    return (step == 1 and bool(args.logging_first_step)) or (
+        strategy == "steps" and state.logging_steps > 0 and step % state.logging_steps == 0
+    )

@@ -9,12 +9,40 @@ directly or through a tensor it shares storage with (tied embeddings).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from lf_multilr.errors import ConfigError
 
 KEY = "resume_from_checkpoint"
+SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
+WEIGHTS, WEIGHTS_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+ADAPTER_SAFE, ADAPTER_BIN = "adapter_model.safetensors", "adapter_model.bin"
+
+
+def weight_files(checkpoint: str) -> list[str]:
+    """The full-model weight files of ``checkpoint``, in order; empty when it holds none (an adapter, say)."""
+    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (WEIGHTS, WEIGHTS_INDEX)):
+        if os.path.isfile(os.path.join(checkpoint, single)):
+            return [os.path.join(checkpoint, single)]
+        index_path = os.path.join(checkpoint, index)
+        if os.path.isfile(index_path):
+            with open(index_path) as handle:
+                shards = sorted(set(json.load(handle)["weight_map"].values()))
+            return [os.path.join(checkpoint, shard) for shard in shards]
+    return []
+
+
+def has_adapter(checkpoint: str) -> bool:
+    return any(os.path.isfile(os.path.join(checkpoint, name)) for name in (ADAPTER_SAFE, ADAPTER_BIN))
+
+
+def adapter_file(checkpoint: str) -> str:
+    """The adapter weights of a LoRA checkpoint: safetensors if there, else the pickled ones."""
+    path = os.path.join(checkpoint, ADAPTER_SAFE)
+    return path if os.path.isfile(path) else os.path.join(checkpoint, ADAPTER_BIN)
 
 
 @dataclass
@@ -80,8 +108,8 @@ def lr_message(checkpoint: str, changes: list[tuple[str, float, float]]) -> str 
     if not changes:
         return None
     modules: dict[str, tuple[float, float]] = {}
-    for group, was, now in changes:
-        modules.setdefault(group.split("/", 1)[0], (was, now))
+    for module, was, now in changes:
+        modules.setdefault(module, (was, now))
     listed = "; ".join(f"{module}: {was:.3e} (config: {now:.3e})" for module, (was, now) in modules.items())
     return (
         f"resuming from {checkpoint}: the checkpoint's starting LRs stay in force, because the optimizer and "

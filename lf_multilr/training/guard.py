@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .layout import LAYOUT, describe
+from lf_multilr.grouping.digests import describe
+from lf_multilr.grouping.schema import LAYOUT
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .keys import OTHER
-from .supplement import Rule
+from lf_multilr.config.keys import OTHER
+from lf_multilr.grouping.supplement import Rule
 
 #: Where keys overlap, the first module listed wins: the projector beats the vision tower.
 PRIORITY: tuple[str, ...] = ("multi_modal_projector", "vision_tower", "language_model")

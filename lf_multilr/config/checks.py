@@ -1,0 +1,195 @@
+"""What a config asks for that lf-multilr refuses, each with one message: the key, the value, why, and the fix.
+
+Pure decisions: the patches hand in what they read (the parsed arguments, a DeepSpeed config, the FSDP settings, the
+model type) and raise what these functions raise. Every refusal names the first lf-multilr key the run sets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lf_multilr.config.keys import FREEZE_FLAG, MODULES
+from lf_multilr.config.settings import Settings
+from lf_multilr.errors import ConfigError
+from lf_multilr.support.engines import Engine
+
+_TRUE = ("1", "true", "yes", "y", "on", "t")
+
+#: LLaMA-Factory flags that build an optimizer of their own, which would silently drop the module groups.
+OWN_OPTIMIZER_FLAGS: tuple[str, ...] = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
+
+
+def refusal(settings: Settings, why: str, fix: str) -> ConfigError:
+    """The error for a run that sets ``settings``' first key, refused because ``why``."""
+    key, value = settings.first_set()
+    return ConfigError(key, value, why, fix)
+
+
+def refuse_own_optimizers(settings: Settings, finetuning_args: Any) -> None:
+    for flag in OWN_OPTIMIZER_FLAGS:
+        if getattr(finetuning_args, flag, False):
+            raise refusal(
+                settings,
+                f"`{flag}: true` builds an optimizer of its own, which would drop the per-module groups",
+                f"remove `{flag}` or the lf-multilr keys ({', '.join(settings.set_keys())})",
+            )
+
+
+def refuse_engines(settings: Settings, found: Sequence[Engine]) -> None:
+    """Refuse the keys on a back end that builds its optimizer without LLaMA-Factory's factory."""
+    if found:
+        raise refusal(settings, found[0].why(), found[0].fix)
+
+
+def refuse_optimizer_structure(settings: Settings, optim: str) -> None:
+    """``optim:`` names an optimizer that builds its own parameter structure (LOMO, layer-wise optimizers)."""
+    raise refusal(
+        settings,
+        f"`optim: {optim}` builds its own parameter structure, which would drop the module groups",
+        "choose an optimizer that takes param groups (e.g. adamw_torch), or remove the lf-multilr keys",
+    )
+
+
+def deepspeed_config(value: Any) -> dict[str, Any]:
+    """A DeepSpeed config as given: a dict, inline JSON, or a path to a JSON file."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.strip().startswith("{"):
+        return json.loads(value)
+    if isinstance(value, str) and value:
+        with open(value, encoding="utf-8") as handle:
+            return json.load(handle)
+    return {}
+
+
+def refuse_deepspeed_blocks(settings: Settings, deepspeed: Any) -> None:
+    """A DeepSpeed config with an ``optimizer`` or ``scheduler`` block builds one flat group."""
+    if not deepspeed:
+        return
+    config = deepspeed_config(deepspeed)
+    for block in ("optimizer", "scheduler"):
+        if block in config:
+            raise refusal(
+                settings,
+                f"the DeepSpeed config {deepspeed!r} has a `{block}` block, and DeepSpeed then builds one flat param "
+                "group and ignores the per-module ones",
+                f"remove the `{block}` block from the DeepSpeed config (LLaMA-Factory's examples have none)",
+            )
+
+
+def refuse_unknown_model_type(settings: Settings, model_type: str | None, known: Iterable[str]) -> None:
+    """A model type the composite-model registry does not know has no modules to tell apart."""
+    raise refusal(
+        settings,
+        f"model type `{model_type}` is not in LLaMA-Factory's composite-model registry, so it has no vision tower, "
+        "projector or language model to tell apart (a text-only model is all language model)",
+        "for a text-only model set `learning_rate` instead; for a multimodal model the registry does not know, "
+        "register it first (llamafactory.model.model_utils.visual._register_composite_model) "
+        f"or use a registered type ({', '.join(sorted(known))})",
+    )
+
+
+@dataclass(frozen=True)
+class Fsdp:
+    """The FSDP settings a run will use: which version, whether FSDP1 keeps the original parameters, and where
+    that was read (for messages)."""
+
+    version: int
+    use_orig_params: bool
+    source: str
+
+
+def fsdp_of(plugin_args: Mapping[str, Any] | None, environ: Mapping[str, str]) -> Fsdp | None:
+    """The run's FSDP settings, or None without FSDP.
+
+    transformers builds accelerate's FSDP plugin from the ``fsdp`` / ``fsdp_config`` training arguments
+    (``TrainingArguments.fsdp_plugin_args``, ``use_orig_params`` defaulting to true); without them accelerate
+    builds it from the variables ``accelerate launch`` sets from its config (``ACCELERATE_USE_FSDP``,
+    ``FSDP_VERSION``, ``FSDP_USE_ORIG_PARAMS``, the latter defaulting to false).
+    """
+    if plugin_args is not None:
+        return Fsdp(
+            int(plugin_args.get("fsdp_version", 1)),
+            bool(plugin_args.get("use_orig_params", True)),
+            "`use_orig_params` under `fsdp_config` in the training arguments",
+        )
+    if environ.get("ACCELERATE_USE_FSDP", "false").lower() not in _TRUE:
+        return None
+    return Fsdp(
+        int(environ.get("FSDP_VERSION", "1")),
+        environ.get("FSDP_USE_ORIG_PARAMS", "false").lower() in _TRUE,
+        "`fsdp_use_orig_params` in the accelerate config (FSDP_USE_ORIG_PARAMS="
+        f"{environ.get('FSDP_USE_ORIG_PARAMS', 'unset')})",
+    )
+
+
+def refuse_flat(settings: Settings, fsdp: Fsdp | None) -> None:
+    """Refuse FSDP1 without ``use_orig_params`` (read from the run's settings, before the model loads)."""
+    if fsdp is not None and fsdp.version == 1 and not fsdp.use_orig_params:
+        raise refusal(settings, f"{FLAT_WHY} ({fsdp.source})", FLAT_FIX)
+
+
+def refuse_flat_parameters(settings: Settings, named_parameters: Iterable[tuple[str, Any]]) -> None:
+    """Refuse a model whose parameters FSDP1 flattened (the check on the prepared model)."""
+    flat = flat_parameters(named_parameters)
+    if flat:
+        raise refusal(settings, f"{FLAT_WHY} (the model holds {len(flat)}, e.g. `{flat[0]}`)", FLAT_FIX)
+
+
+def flat_parameters(named_parameters: Iterable[tuple[str, Any]]) -> list[str]:
+    """The names of FSDP1 ``FlatParameter`` s: tensors that flatten many parameters, of several modules at once."""
+    return [name for name, param in named_parameters if getattr(param, "_is_flat_param", False)]
+
+
+#: Why FSDP1 without ``use_orig_params`` is refused, and the fix (before the model loads and at optimizer time).
+FLAT_WHY = (
+    "FSDP1 without `use_orig_params` hands the optimizer one flattened tensor per wrapped block, which mixes "
+    "the modules' parameters, so there is no vision tower, projector or language model to give its own LR"
+)
+FLAT_FIX = (
+    "set `fsdp_use_orig_params: true` in the accelerate config (or `use_orig_params: true` under `fsdp_config`), "
+    "or use FSDP2 (`fsdp_version: 2`), or remove the lf-multilr keys"
+)
+
+
+def frozen_fix(module: str, finetuning_type: str) -> str:
+    """How to make ``module`` trainable under ``finetuning_type`` (for the error that refuses a frozen module)."""
+    if finetuning_type == "lora" and module == "multi_modal_projector":
+        return (
+            "under LoRA the projector trains only as a full copy: add it to `additional_target` "
+            "(e.g. `additional_target: merger` for Qwen-VL, `multi_modal_projector` for LLaVA) "
+            "and set `freeze_multi_modal_projector: false`"
+        )
+    fix = f"set `{FREEZE_FLAG[module]}: false`"
+    return fix + " so that LoRA adapts it" if finetuning_type == "lora" else fix
+
+
+def refuse_frozen(settings: Settings, finetuning_args: Any, unreachable: Collection[str] = ()) -> None:
+    """Refuse a key for a module that the config's own flags leave untrained.
+
+    ``finetuning_args`` is anything with LLaMA-Factory's ``finetuning_type``, ``additional_target`` and ``freeze_*``
+    attributes. Under LoRA a frozen module can still train as a full copy in ``additional_target``: the
+    optimizer-time check on the prepared model decides then.
+    """
+    finetuning_type = finetuning_args.finetuning_type
+    copies = finetuning_type == "lora" and bool(finetuning_args.additional_target)
+    for module in MODULES:
+        keys = settings.explicit(module)
+        if keys and not copies and module not in unreachable and getattr(finetuning_args, FREEZE_FLAG[module], False):
+            raise ConfigError(
+                keys[0],
+                settings.values[keys[0]],
+                f"`{FREEZE_FLAG[module]}: true` freezes the {module}, so its value would do nothing",
+                f"{frozen_fix(module, finetuning_type)}, or remove the key",
+            )
+    projector_keys = settings.explicit("multi_modal_projector")
+    if projector_keys and finetuning_type == "lora" and not finetuning_args.additional_target:
+        raise ConfigError(
+            projector_keys[0],
+            settings.values[projector_keys[0]],
+            "under LoRA the projector has nothing trainable unless it is a full copy in `additional_target`",
+            f"{frozen_fix('multi_modal_projector', 'lora')}, or remove the key",
+        )

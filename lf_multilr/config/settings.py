@@ -1,0 +1,92 @@
+"""The values a run sets for lf-multilr's keys, read and checked once, at the edge.
+
+:func:`Settings.read` checks every key of an object that has them as attributes (LLaMA-Factory's finetuning
+arguments, once lf-multilr's keys are part of them) and parses ``lr_groups``. The parser keeps the result on the
+arguments it built (:func:`settings_of` finds it there), and the plan built from them keeps it too, so nothing
+re-reads or re-checks them later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lf_multilr.config.custom_groups import CustomGroup, parse_lr_groups
+from lf_multilr.config.keys import KEYS, LR_GROUPS, MODULES, OTHER, check_value
+
+#: The attribute of the parsed arguments that holds their settings.
+ATTRIBUTE = "lf_multilr_settings"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The values of every key as the user set them (``None``: not set)."""
+
+    values: dict[str, float | None]
+    #: ``lr_groups``, parsed.
+    groups: tuple[CustomGroup, ...] = ()
+    #: ``lr_groups`` as given, for messages.
+    groups_value: Any = None
+
+    @classmethod
+    def read(cls, args: Any) -> Settings:
+        """Read (and check) the keys from any object that has them as attributes, e.g. finetuning args."""
+        raw = getattr(args, LR_GROUPS.name, None)
+        values = {key.name: check_value(key, getattr(args, key.name, None)) for key in KEYS}
+        return cls(values, parse_lr_groups(raw), raw)
+
+    @classmethod
+    def none(cls) -> Settings:
+        """No key set."""
+        return cls(dict.fromkeys(key.name for key in KEYS))
+
+    @property
+    def any_set(self) -> bool:
+        return self.module_keys_set or bool(self.groups)
+
+    @property
+    def module_keys_set(self) -> bool:
+        """Whether a key of the modules is set (``lr_groups`` alone needs no module map)."""
+        return any(value is not None for value in self.values.values())
+
+    def set_keys(self) -> list[str]:
+        names = [name for name, value in self.values.items() if value is not None]
+        return [*names, LR_GROUPS.name] if self.groups else names
+
+    def value_of(self, name: str) -> Any:
+        return self.groups_value if name == LR_GROUPS.name else self.values[name]
+
+    def first_set(self) -> tuple[str, Any]:
+        """(key, value) of the first key set: what a refusal names."""
+        key = self.set_keys()[0]
+        return key, self.value_of(key)
+
+    def schedule(self, module: str) -> tuple[int, int | None]:
+        """``module``'s (start step, warm-up steps or None)."""
+        start, warmup = self.values.get(f"{module}_start_step"), self.values.get(f"{module}_warmup_steps")
+        return (0 if start is None else int(start)), None if warmup is None else int(warmup)
+
+    def explicit(self, module: str) -> list[str]:
+        """The keys set for ``module``."""
+        return [key.name for key in KEYS if key.module == module and self.values[key.name] is not None]
+
+    def resolve(self, learning_rate: float, weight_decay: float) -> dict[str, tuple[float, float]]:
+        """Each module's (lr, weight decay), unset keys inheriting the base values; ``other`` always inherits."""
+        resolved = {OTHER: (learning_rate, weight_decay)}
+        for module in MODULES:
+            lr = self.values[f"{module}_lr"]
+            wd = self.values[f"{module}_weight_decay"]
+            resolved[module] = (learning_rate if lr is None else lr, weight_decay if wd is None else wd)
+        return resolved
+
+
+def keep(args: Any, settings: Settings) -> Settings:
+    """Keep ``settings`` with the arguments they were read from."""
+    object.__setattr__(args, ATTRIBUTE, settings)
+    return settings
+
+
+def settings_of(args: Any) -> Settings:
+    """The settings kept with parsed arguments; for arguments parsed without lf-multilr's keys, none set."""
+    kept = getattr(args, ATTRIBUTE, None)
+    return kept if isinstance(kept, Settings) else Settings.none()

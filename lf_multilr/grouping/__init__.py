@@ -1,0 +1,1 @@
+"""Which module owns a parameter, and the param groups built from that."""

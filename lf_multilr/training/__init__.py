@@ -1,0 +1,1 @@
+"""What happens during training: schedules, per-module metrics, the first-step check, resuming, several ranks."""
