@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 FAMILY = "qwen2_vl"
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
@@ -38,7 +38,7 @@ SIGNATURE = re.compile(r"lf-multilr: rank (\d+) of (\d+): \d+ param groups, sign
 
 
 def prepare(work: Path, name: str, stage: int, **blocks: Any) -> tuple[Path, Path]:
-    from e2e import write_config, zero_config
+    from tools.testing import write_config, zero_config
 
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,14 +81,14 @@ def table_rows(output: str) -> dict[str, tuple[int, str, float]]:
 
 def check_run(name: str, output: str, code: int, out: Path, ranks: int, seconds: float) -> tuple[list[str], bool]:
     """One markdown row per module and whether every check passed."""
-    from e2e import log_records, max_steps_by_module, weights
-    from lf_multilr.report import human
+    from lf_multilr.reports.table import human
+    from tools.testing import log_records, max_steps_by_module, weights
 
     problems = []
     if code != 0:
         return [f"| {name} | exit {code} | | | | | FAIL: see {name}.log |"], False
     expected_sizes: dict[str, list[int]] = {}
-    from e2e import owner
+    from tools.testing import owner
 
     base = weights(out.parent.parent / "model")
     for tensor_name, tensor in base.items():
@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         lines += rows
         ok = ok and passed
     code, output, seconds = train(refused[0], args.ranks, args.out / "refused.log")
-    refusal = code != 0 and "has a `optimizer` block" in output and "Loading weights" not in output
+    from tools.testing import WEIGHTS_LOADING
+
+    refusal = code != 0 and "has a `optimizer` block" in output and WEIGHTS_LOADING not in output
     ok = ok and refusal
     lines += [
         "",

@@ -19,8 +19,10 @@ from transformers import AutoConfig, AutoModelForImageTextToText, Trainer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lf_multilr.groups import build_plan, check_plan  # noqa: E402
-from lf_multilr.keys import KEY_NAMES, Settings  # noqa: E402
+from lf_multilr.config.keys import KEY_NAMES  # noqa: E402
+from lf_multilr.config.settings import Settings  # noqa: E402
+from lf_multilr.grouping.checks import check_plan  # noqa: E402
+from lf_multilr.grouping.plan import build_plan  # noqa: E402
 from lf_multilr.patches.registry import module_map  # noqa: E402
 
 SETTINGS = Settings(
@@ -57,7 +59,7 @@ def main() -> None:
 
         def group():  # type: ignore[no-untyped-def]
             plan = build_plan(model.named_parameters(), mapping, SETTINGS, 1e-5, 0.1, decay)  # noqa: B023
-            check_plan(plan, SETTINGS, "full")
+            check_plan(plan, "full")
             return plan
 
         group_time, _ = timed(group, runs)

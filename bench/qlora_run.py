@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 FAMILY = "qwen2_vl"
 LRS = {"vision_tower_lr": 1.0e-4, "language_model_lr": 1.0e-3}
@@ -51,7 +51,7 @@ def build(work: Path, sizes: Path | None, cpu: bool) -> Path:
 
 
 def config(work: Path, model: Path, name: str, cpu: bool, steps: int, keys: bool) -> tuple[Path, Path]:
-    from e2e import write_config
+    from tools.testing import write_config
 
     overrides: dict[str, Any] = {
         "finetuning_type": "lora",
@@ -92,7 +92,7 @@ def module_of(name: str) -> str | None:
 
 def one_step(out: Path) -> tuple[list[str], bool]:
     """Rows for the one-step check and whether it passed."""
-    from e2e import adapter, log_records
+    from tools.testing import adapter, log_records
 
     largest: dict[str, float] = {}
     for name, tensor in adapter(out).items():

@@ -7,15 +7,15 @@ replaced), and each refusal is LLaMA-Factory's real parser calling lf-multilr's 
 """
 
 import json
+import sys
 import textwrap
 
 import pytest
 
-from conftest import LLAMAFACTORY, run
-from e2e import log_records, write_config
 from lf_multilr.patches.hparams import own_hyper_parallel_trainer
+from tools.testing import BIN, LLAMAFACTORY, log_records, run, write_config
 
-PY = __import__("sys").executable
+PY = sys.executable
 FAMILY = "qwen2_vl"
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
 ON_MAIN = LLAMAFACTORY.startswith("0.9.6")
@@ -148,7 +148,7 @@ def test_the_v1_engine_is_refused_through_the_cli_with_nothing_written(tiny, dat
     config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **LRS)
     v1 = {"model": str(tiny(FAMILY)), "output_dir": str(out), "vision_tower_lr": 1.0e-4}
     config.write_text(json.dumps(v1))  # the v1 engine's own keys (it reads YAML, and JSON is YAML)
-    result = run([str(__import__("conftest").BIN / "llamafactory-cli"), "train", str(config)], {**env, "USE_V1": "1"})
+    result = run([str(BIN / "llamafactory-cli"), "train", str(config)], {**env, "USE_V1": "1"})
     assert result.returncode != 0
     assert "lf-multilr: `vision_tower_lr: 0.0001` is refused: `USE_V1=1` trains with" in result.stderr
     assert not out.exists()

@@ -5,9 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from e2e import PROJECTOR_COPY, base_config, train, write_config
-from lf_multilr.keys import Settings
-from lf_multilr.patches.hparams import refuse_deepspeed_blocks
+from lf_multilr.config.checks import refuse_deepspeed_blocks
+from lf_multilr.config.settings import Settings
+from lf_multilr.patches.hparams import own_hyper_parallel_trainer
+from tools.testing import PROJECTOR_COPY, WEIGHTS_LOADING, base_config, train, write_config
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,6 @@ def test_refused_before_the_model_loads(case, get_train_args, tiny, data, tmp_pa
     overrides, message = CASES[case]
     with pytest.raises(ValueError, match=message):
         get_train_args(args_for(tiny("qwen2_vl"), data, tmp_path, **overrides))
-    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.core
@@ -84,14 +84,65 @@ def test_a_model_type_the_registry_does_not_know_is_refused_with_the_way_forward
         get_train_args(args_for(model, data, tmp_path, vision_tower_lr=1e-5))
 
 
+PLAN_ONLY = {  # refused by the run after LLaMA-Factory's own launcher checks (tests/test_distributed.py), which a plan
+    # does not make
+    "deepspeed optimizer block": ({"vision_tower_lr": 1e-5}, r"has a `optimizer` block, and DeepSpeed then builds"),
+    "fsdp1 without use_orig_params": (
+        {"vision_tower_lr": 1e-5, "fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": False}},
+        r"FSDP1 without `use_orig_params` hands the optimizer one flattened tensor",
+    ),
+}
+
+
+def deepspeed_with(tmp_path, block):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({block: {"type": "AdamW", "params": {}}, "zero_optimization": {"stage": 2}}))
+    return str(path)
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("case", [*CASES, "unregistered llama", "use_kt", "use_hyper_parallel"])
+def test_lf_multilr_plan_refuses_what_the_run_refuses_with_the_same_message(case, get_train_args, tiny, data, tmp_path):
+    """The run's checks on the run's own parsed arguments: `lf-multilr plan` fails with the run's very message."""
+    from lf_multilr.patches.dry_run import make_plan
+
+    model = config_only_model(tmp_path, "llama") if case == "unregistered llama" else tiny("qwen2_vl")
+    overrides = {
+        "unregistered llama": {"vision_tower_lr": 1e-5},
+        "use_kt": {"vision_tower_lr": 1e-5, "use_kt": True, "finetuning_type": "lora"},
+    }.get(case) or CASES.get(case, ({},))[0]
+    config = args_for(model, data, tmp_path, **overrides)
+    if case == "use_hyper_parallel":  # refused where the trainer is the hyper_parallel package's (0.9.5)
+        config = {**config, "vision_tower_lr": 1e-5, "use_hyper_parallel": True}
+        if own_hyper_parallel_trainer():
+            pytest.skip("main's own HyperParallelTrainer builds the module groups: nothing to refuse")
+    with pytest.raises(ValueError) as run:
+        get_train_args(config)
+    with pytest.raises(ValueError) as plan:
+        make_plan(config)
+    assert str(plan.value) == str(run.value)
+    assert str(plan.value).startswith("lf-multilr: `")
+
+
+@pytest.mark.parametrize("case", list(PLAN_ONLY))
+def test_lf_multilr_plan_refuses_what_the_run_refuses_after_llamafactorys_own_checks(case, tiny, data, tmp_path):
+    from lf_multilr.patches.dry_run import make_plan
+
+    overrides, message = PLAN_ONLY[case]
+    if case.startswith("deepspeed"):
+        overrides = {**overrides, "deepspeed": deepspeed_with(tmp_path, "optimizer")}
+    with pytest.raises(ValueError, match=message):
+        make_plan(args_for(tiny("qwen2_vl"), data, tmp_path, **overrides))
+
+
 @pytest.mark.parametrize("block", ["optimizer", "scheduler"])
 def test_a_deepspeed_config_with_its_own_optimizer_or_scheduler_is_refused(block, tmp_path):
     deepspeed = tmp_path / "ds.json"
     deepspeed.write_text(json.dumps({block: {"type": "AdamW", "params": {}}, "zero_optimization": {"stage": 0}}))
     settings = Settings.read(SimpleNamespace(vision_tower_lr=1e-5))
     with pytest.raises(ValueError, match=rf"has a `{block}` block.*Fix: remove the `{block}` block"):
-        refuse_deepspeed_blocks(settings, SimpleNamespace(deepspeed=str(deepspeed)))
-    refuse_deepspeed_blocks(settings, SimpleNamespace(deepspeed={"zero_optimization": {"stage": 2}}))
+        refuse_deepspeed_blocks(settings, str(deepspeed))
+    refuse_deepspeed_blocks(settings, {"zero_optimization": {"stage": 2}})
 
 
 @pytest.mark.core
@@ -100,7 +151,7 @@ def test_the_cli_exits_non_zero_with_the_message_and_writes_nothing(tiny, data, 
     result = train(config, env)
     assert result.returncode != 0
     assert "lf-multilr: `vision_tower_lr: -1e-05` is refused: a learning rate cannot be negative" in result.stderr
-    assert "Loading weights" not in result.stdout + result.stderr
+    assert WEIGHTS_LOADING not in result.stdout + result.stderr
     assert not out.exists()
 
 

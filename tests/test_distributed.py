@@ -19,24 +19,27 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, ROOT, run
-from e2e import (
+from lf_multilr.config.checks import Fsdp, flat_parameters, fsdp_of, refuse_deepspeed_blocks
+from lf_multilr.config.settings import Settings
+from lf_multilr.errors import ConfigError
+from lf_multilr.patches import logs
+from lf_multilr.reports.table import human
+from lf_multilr.training.ranks import rank_mismatch, same_groups_on_every_rank
+from tools.testing import (
+    BIN,
     RESUMABLE,
+    ROOT,
+    WEIGHTS_LOADING,
     log_records,
     logged_steps,
     max_steps_by_module,
     owner,
+    run,
     train,
     weights,
     write_config,
     zero_config,
 )
-from lf_multilr.distributed import Fsdp, flat_parameters, fsdp_of, rank_mismatch, same_groups_on_every_rank
-from lf_multilr.errors import ConfigError
-from lf_multilr.keys import Settings
-from lf_multilr.patches import logs
-from lf_multilr.patches.hparams import refuse_deepspeed_blocks
-from lf_multilr.report import human
 
 FAMILY = "qwen2_vl"
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
@@ -233,7 +236,7 @@ def test_fsdp1_without_orig_params_is_refused_before_the_model_loads(route, tiny
     )
     assert where in output
     assert "Fix: set `fsdp_use_orig_params: true` in the accelerate config" in output
-    assert "Loading weights" not in output
+    assert WEIGHTS_LOADING not in output
     assert not out.exists()
 
 
@@ -315,7 +318,7 @@ def test_a_deepspeed_config_with_an_optimizer_block_is_refused_by_the_cli(tiny, 
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "has a `optimizer` block, and DeepSpeed then builds one flat param group" in output
-    assert "Loading weights" not in output
+    assert WEIGHTS_LOADING not in output
     assert not out.exists()
 
 
@@ -340,7 +343,7 @@ def test_ranks_whose_groups_differ_are_refused_on_every_rank():
         assert "the ranks built different param groups" in str(raised.value)
         assert "Fix: give every rank the same model" in str(raised.value)
     short = rank_mismatch([[("a", 1, "x"), ("b", 1, "y")], [("a", 1, "x")]])
-    assert short == "rank 0 has 2 param groups (a, b), rank 1 has 1 (a)"
+    assert short == "rank 0 has 2 groups: a (1), b (1); rank 1 has 1 group: a (1)"
 
 
 def test_fsdp_settings_are_read_where_transformers_and_accelerate_read_them():
@@ -371,7 +374,7 @@ class Trainer:
 
 def test_deepspeed_withholds_the_norms_with_one_warning(monkeypatch):
     warned = []
-    monkeypatch.setattr(logs, "_warn_once", warned.append)
+    monkeypatch.setattr(logs, "warn_once", lambda message, every_rank=True: warned.append(message))
     model = torch.nn.Linear(2, 2)
     model.config = SimpleNamespace(model_type="qwen2_vl")
     trainer = Trainer(
@@ -390,4 +393,4 @@ def test_deepspeed_withholds_the_norms_with_one_warning(monkeypatch):
 def test_the_deepspeed_block_check_reads_inline_configs_too():
     settings = Settings.read(SimpleNamespace(vision_tower_lr=1e-5))
     with pytest.raises(ConfigError, match="has a `scheduler` block"):
-        refuse_deepspeed_blocks(settings, SimpleNamespace(deepspeed='{"scheduler": {"type": "WarmupLR"}}'))
+        refuse_deepspeed_blocks(settings, '{"scheduler": {"type": "WarmupLR"}}')

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
-from lf_multilr.keys import KEY_NAMES, Settings
+from lf_multilr.config.keys import KEY_NAMES
+from lf_multilr.config.settings import Settings
+from tools.testing import ROOT
 
 EXAMPLES = sorted((ROOT / "examples" / "yaml").glob("*.yaml"))
 

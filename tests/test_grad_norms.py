@@ -7,9 +7,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import TRANSFORMERS_4
-from e2e import log_records, train, weights, write_config
-from lf_multilr.metrics import GradNormMonitor
+from lf_multilr.training.metrics import GradNormMonitor
+from tools.testing import TRANSFORMERS_4, log_records, train, weights, write_config
 
 MODULES = ("language_model", "vision_tower", "multi_modal_projector")
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}

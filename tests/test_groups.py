@@ -1,14 +1,16 @@
 import pytest
 import torch
 
+from lf_multilr.config.keys import KEY_NAMES, OTHER
+from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
-from lf_multilr.groups import LoraPlus, build_plan, check_plan
-from lf_multilr.keys import KEY_NAMES, OTHER, Settings
-from lf_multilr.metrics import module_lrs
-from lf_multilr.modules import ModuleMap
-from lf_multilr.report import format_table
-from lf_multilr.supplement import Rule
-from toy import QWEN2_VL, Toy, decay_names
+from lf_multilr.grouping.checks import check_plan
+from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.plan import LoraPlus, build_plan
+from lf_multilr.grouping.supplement import Rule
+from lf_multilr.reports.table import format_table
+from lf_multilr.training.metrics import module_lrs
+from tools.testing import QWEN2_VL, Toy, decay_names
 
 LRS = {"vision_tower_lr": 1e-3, "multi_modal_projector_lr": 1e-2, "language_model_lr": 1e-1}
 
@@ -109,26 +111,26 @@ def test_a_module_lr_on_a_frozen_module_is_refused_with_the_flag_to_flip():
     model.model.visual.requires_grad_(False)
     plan = plan_of(model, vision_tower_lr=1e-5)
     with pytest.raises(ConfigError, match=r"vision_tower_lr: 1e-05.*frozen.*freeze_vision_tower: false"):
-        check_plan(plan, settings(vision_tower_lr=1e-5), "full")
+        check_plan(plan, "full")
 
 
 def test_a_projector_lr_under_lora_without_a_copy_points_at_additional_target():
     model = Toy()
     model.model.visual.merger.requires_grad_(False)
     with pytest.raises(ConfigError, match="additional_target"):
-        check_plan(plan_of(model), settings(multi_modal_projector_lr=1e-5), "lora")
+        check_plan(plan_of(model, multi_modal_projector_lr=1e-5), "lora")
 
 
 def test_a_module_the_model_does_not_have_is_refused():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     plan = build_plan(model.named_parameters(), QWEN2_VL, settings(vision_tower_lr=1e-5), 1e-4, 0.0, set())
     with pytest.raises(ConfigError, match="has no vision_tower.*visual.patch_embed, visual.blocks"):
-        check_plan(plan, settings(vision_tower_lr=1e-5), "full")
+        check_plan(plan, "full")
 
 
 def test_zero_is_a_real_value_with_a_warning_and_other_is_reported():
     plan = plan_of(Toy(), vision_tower_lr=0.0)
-    check_plan(plan, settings(vision_tower_lr=0.0), "full")
+    check_plan(plan, "full")
     assert any("vision_tower_lr is 0" in w and "freeze_vision_tower: true" in w for w in plan.warnings)
     assert any("group `other`" in w and "v_head.weight" in w for w in plan.warnings)
     table = format_table(plan)
@@ -151,7 +153,7 @@ SUPPLEMENTED = ModuleMap.of(
 
 def supplemented_plan(model, finetuning_type="full", **values):
     plan = build_plan(model.named_parameters(), SUPPLEMENTED, settings(**values), 1e-4, 0.0, decay_names(model), None)
-    check_plan(plan, settings(**values), finetuning_type)
+    check_plan(plan, finetuning_type)
     return plan
 
 
@@ -207,7 +209,7 @@ def test_a_module_no_flag_reaches_is_said_to_train_whatever_the_flag_says():
         ],
     )
     plan = build_plan(Toy().named_parameters(), mapping, settings(), 1e-4, 0.0, set())
-    check_plan(plan, settings(), "full")
+    check_plan(plan, "full")
     assert any(
         w.startswith("9 vision_tower tensors train whatever `freeze_vision_tower` says") and "(vision_tower)" in w
         for w in plan.warnings

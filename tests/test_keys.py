@@ -2,8 +2,9 @@ import math
 
 import pytest
 
+from lf_multilr.config.keys import KEY_NAMES, KEYS, check_value
+from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import KEY_NAMES, KEYS, Settings, check_value
 
 LR = KEYS[0]
 
@@ -68,7 +69,7 @@ def test_resolve_inherits_unset_keys():
 def test_a_frozen_flag_the_registry_cannot_reach_is_left_to_the_prepared_model():
     from types import SimpleNamespace
 
-    from lf_multilr.keys import refuse_frozen
+    from lf_multilr.config.checks import refuse_frozen
 
     settings = Settings({**dict.fromkeys(KEY_NAMES), "vision_tower_lr": 1e-5})
     args = SimpleNamespace(finetuning_type="full", additional_target=None, freeze_vision_tower=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lf_multilr.layout import LAYOUT, describe, digest, lr_changes, mismatch
+from lf_multilr.grouping.digests import LAYOUT, describe, digest, lr_changes, mismatch
 
 
 def _groups(*spec: tuple[str | None, list[str], float]) -> list[dict]:
@@ -56,7 +56,7 @@ def test_digest_is_order_sensitive_and_stable():
 
 
 def test_tied_tensors_count_as_loaded_through_their_twin():
-    from lf_multilr.checkpoint import Account
+    from lf_multilr.training.checkpoint import Account
 
     account = Account({"embed": 1, "lm_head": 1, "norm": 2, "extra": 3})
     account.loaded.update({"embed", "norm"})
@@ -67,8 +67,8 @@ def test_tied_tensors_count_as_loaded_through_their_twin():
 def test_incomplete_checkpoints_are_refused_with_key_value_why_fix():
     import pytest
 
-    from lf_multilr.checkpoint import Account, refuse_incomplete
     from lf_multilr.errors import ConfigError
+    from lf_multilr.training.checkpoint import Account, refuse_incomplete
 
     account = Account({f"w{i}": i for i in range(5)}, loaded={"w0"}, unexpected=["visual.x"])
     with pytest.raises(ConfigError) as refused:
@@ -80,10 +80,16 @@ def test_incomplete_checkpoints_are_refused_with_key_value_why_fix():
     refuse_incomplete("ckpt", Account({"w0": 0}, loaded={"w0"}))  # complete: no error
 
 
-def test_the_lr_message_names_each_changed_module_once():
-    from lf_multilr.checkpoint import lr_message
+ROLES = ("decay", "no_decay")
 
-    changes = [("vision_tower/decay", 1e-4, 3e-4), ("vision_tower/no_decay", 1e-4, 3e-4)]
+
+def test_the_lr_message_names_each_changed_module_once():
+    from lf_multilr.training.checkpoint import lr_message
+
+    saved = [{"name": f"vision_tower/{role}", "module": "vision_tower", "initial_lr": 1e-4} for role in ROLES]
+    now = [{**group, "initial_lr": 3e-4} for group in saved]
+    changes = lr_changes(saved, now)
+    assert changes == [("vision_tower", 1e-4, 3e-4)] * 2  # one per group, named by module
     message = lr_message("ckpt", changes)
     assert message.count("vision_tower") == 1 and "vision_tower: 1.000e-04 (config: 3.000e-04)" in message
     assert lr_message("ckpt", []) is None

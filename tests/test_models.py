@@ -16,13 +16,15 @@ from functools import cache
 import pytest
 import torch
 
-from conftest import LLAMAFACTORY, full_suite_only
-from lf_multilr.groups import GroupPlan, build_plan, check_plan
-from lf_multilr.keys import FREEZE_FLAG, KEY_NAMES, MODULES, OTHER, Settings
-from lf_multilr.modules import ModuleMap
-from lf_multilr.report import format_table
-from lf_multilr.supplement import SUPPLEMENT
+from lf_multilr.config.keys import FREEZE_FLAG, KEY_NAMES, MODULES, OTHER
+from lf_multilr.config.settings import Settings
+from lf_multilr.grouping.checks import check_plan
+from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.plan import GroupPlan, build_plan
+from lf_multilr.grouping.supplement import SUPPLEMENT
+from lf_multilr.reports.table import format_table
 from tools import zoo
+from tools.testing import LLAMAFACTORY, full_suite_only
 
 pytestmark = full_suite_only("the registry of 31 types and tools/zoo.py's transformers 5 configs")
 
@@ -116,7 +118,7 @@ def test_llamafactorys_freeze_flags_freeze_our_modules_except_where_the_suppleme
 def test_a_flag_that_misses_part_of_a_module_is_warned_about_with_the_count(model_type, flags):
     trainable = freeze_like_llamafactory(model_type, flags)
     plan = plan_of(model_type, trainable)
-    check_plan(plan, Settings(dict.fromkeys(KEY_NAMES)), "full")
+    check_plan(plan, "full")
     said: Counter[tuple[str, str]] = Counter()
     for warning in plan.warnings:
         found = WARNING.match(warning)
@@ -205,7 +207,7 @@ def test_docs_models_md_is_the_scripts_output():
 
 @pytest.mark.parametrize("model_type", TYPES)
 def test_vit_layer_decay_finds_the_blocks_of_every_vision_tower(model_type):
-    from lf_multilr.layers import block_index
+    from lf_multilr.grouping.blocks import block_index
 
     net = model(model_type)
     net.requires_grad_(True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e2e import log_records, train, weights, write_config
-from lf_multilr.modules import ModuleMap
+from lf_multilr.grouping.modules import ModuleMap
+from tools.testing import log_records, train, weights, write_config
 
 BASE = 5.0e-3
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}

@@ -1,8 +1,8 @@
 import pytest
 
-from lf_multilr.modules import PRIORITY, ModuleMap, normalize
-from lf_multilr.supplement import SUPPLEMENT, Rule, rules_for
-from toy import QWEN2_VL
+from lf_multilr.grouping.modules import PRIORITY, ModuleMap, normalize
+from lf_multilr.grouping.supplement import SUPPLEMENT, Rule, rules_for
+from tools.testing import QWEN2_VL
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from e2e import adapter, base_config, train, write_config
+from tools.testing import adapter, base_config, train, write_config
 
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
 

@@ -5,8 +5,7 @@ import json
 import pytest
 import yaml
 
-from conftest import BIN, LLAMAFACTORY, ROOT, run
-from e2e import adapter, owner, train, weights, write_config
+from tools.testing import BIN, LLAMAFACTORY, ROOT, adapter, owner, run, train, weights, write_config
 
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
 

@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from e2e import train, write_config
-from lf_multilr.plots import plot_module_metrics, series
+from lf_multilr.reports.plots import plot_module_metrics, series
+from tools.testing import train, write_config
 
 
 def test_series_orders_modules_and_skips_other_keys():

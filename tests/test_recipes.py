@@ -8,8 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from conftest import BIN, run
-from e2e import log_records, train, weights, write_config
+from tools.testing import BIN, log_records, run, train, weights, write_config
 
 FAMILY = "qwen2_vl"
 

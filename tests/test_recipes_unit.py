@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers.optimization import get_cosine_schedule_with_warmup, get_reduce_on_plateau_schedule
 
-from lf_multilr.custom_groups import parse_lr_groups
+from lf_multilr.config.custom_groups import parse_lr_groups
 from lf_multilr.errors import ConfigError
-from lf_multilr.layers import EMBEDDINGS, HEAD, block_index, decay_scale, depths
-from lf_multilr.schedule import gate_scheduler, module_multiplier
+from lf_multilr.grouping.blocks import EMBEDDINGS, HEAD, block_index, decay_scale, depths
+from lf_multilr.training.schedule import gate_scheduler, module_multiplier
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,11 @@ import torch
 from transformers import SchedulerType
 from transformers.optimization import get_scheduler
 
-from lf_multilr.groups import build_plan
-from lf_multilr.keys import KEY_NAMES, Settings
-from lf_multilr.schedule import per_group_kwargs
-from toy import QWEN2_VL, Toy, decay_names
+from lf_multilr.config.keys import KEY_NAMES
+from lf_multilr.config.settings import Settings
+from lf_multilr.grouping.plan import build_plan
+from lf_multilr.training.schedule import per_group_kwargs
+from tools.testing import QWEN2_VL, Toy, decay_names
 
 BASE = 1e-2
 LRS = {"vision_tower_lr": 1e-4, "multi_modal_projector_lr": 1e-3, "language_model_lr": 5e-2}

@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run
-from e2e import log_records, write_config
-from lf_multilr.sweep import (
+from lf_multilr.apps.sweep import (
     Curves,
     Run,
     Sweep,
@@ -33,6 +31,7 @@ from lf_multilr.sweep import (
     rank,
     read_curves,
 )
+from tools.testing import log_records, run, write_config
 
 FAMILY = "qwen2_vl"
 GRID = ["--set", "vision_tower_lr=1e-4,1e-3", "--set", "multi_modal_projector_lr=1e-3,1e-2"]
@@ -241,7 +240,7 @@ def _interrupt_during_the_last_run(args: list[str], env: dict[str, str], cwd: Pa
 def test_a_2x2_sweep_interrupted_then_rerun_trains_only_what_is_missing(tiny, data, tmp_path, env):
     config, output_dir = write_config(tmp_path, tiny(FAMILY), data, FAMILY, max_steps=3)
     out = output_dir.with_name("out_sweep")
-    args = [sys.executable, "-m", "lf_multilr.sweep", str(config), *GRID]
+    args = [sys.executable, "-m", "lf_multilr.apps.sweep", str(config), *GRID]
 
     first = _interrupt_during_the_last_run(args, env, tmp_path)
     assert first.count("final loss") == 3 and "interrupted. Run the same command again" in first
@@ -295,7 +294,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tiny, data, tmp_path, en
     )
     out = tmp_path / "my_sweep"
     args = [str(config), "--set", "freeze_vision_tower=true,false", "vision_tower_lr=1e-4", "--max-steps", "2"]
-    result = run([sys.executable, "-m", "lf_multilr.sweep", *args, "--out", str(out)], env, cwd=tmp_path)
+    result = run([sys.executable, "-m", "lf_multilr.apps.sweep", *args, "--out", str(out)], env, cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     assert "lf-multilr sweep: 1 of 2 runs failed" in result.stderr
 
@@ -315,6 +314,6 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tiny, data, tmp_path, en
 
 
 def test_progress_bar():
-    from lf_multilr.sweep import progress_bar
+    from lf_multilr.apps.sweep import progress_bar
 
     assert [progress_bar(done, 4, width=8) for done in (0, 2, 4)] == ["|--------|", "|####----|", "|########|"]

@@ -21,10 +21,10 @@ import pytest
 import yaml
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from conftest import BIN, clean_env, full_suite_only
-from lf_multilr.keys import KEY_NAMES
-from lf_multilr.metrics import PREFIXES
-from lf_multilr.webui_view import number
+from lf_multilr.apps.webui_view import number
+from lf_multilr.config.keys import KEY_NAMES
+from lf_multilr.training.metrics import PREFIXES
+from tools.testing import BIN, clean_env, full_suite_only
 
 pytestmark = full_suite_only("LlamaBoard")
 

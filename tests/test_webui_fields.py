@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from lf_multilr import webui_fields, webui_view
+from lf_multilr.apps import webui_fields, webui_view
+from lf_multilr.config.keys import KEY_NAMES, KEYS, LR_GROUPS, Key, check_value
 from lf_multilr.errors import ConfigError
-from lf_multilr.keys import KEY_NAMES, KEYS, LR_GROUPS, Key, check_value
 
 VISION_LR = next(key for key in KEYS if key.name == "vision_tower_lr")
 FIELD_IDS = {key.name: f"train.{key.name}" for key in webui_fields.ui_keys()}

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 import lf_multilr
-from conftest import BIN, clean_env, full_suite_only, run
 from lf_multilr import webui_fields
-from lf_multilr.keys import KEY_NAMES
+from lf_multilr.config.keys import KEY_NAMES
 from lf_multilr.patches import _patching
 from lf_multilr.patches.targets import TARGETS
+from tools.testing import BIN, clean_env, full_suite_only, run
 
 pytestmark = full_suite_only("LlamaBoard")
 
@@ -154,6 +154,7 @@ def test_refusals_show_the_message_and_start_nothing(board, case):
 
 
 @pytest.mark.parametrize("case", ["negative", "frozen vision tower", "LoRA projector without a copy"])
+@pytest.mark.slow  # the CLI's own refusal, for comparison
 def test_the_refusal_is_the_clis(board, case, tmp_path):
     """The config the UI would run, given to ``llamafactory-cli train``: it fails with the very same message."""
     runner, inputs, _ = board
@@ -226,6 +227,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # two LlamaBoard servers
 def test_kill_switch_gives_the_stock_ui(tmp_path):
     """``LF_MULTILR_DISABLE=1``: nothing of lf-multilr loads and LlamaBoard builds exactly its own UI."""
     procs = {}

@@ -6,8 +6,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from conftest import ROOT, run
-from e2e import write_config
+from tools.testing import ROOT, run, write_config
 
 
 def dependency_paths() -> list[Path]:

@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lf_multilr.groups import GroupPlan, build_plan  # noqa: E402
-from lf_multilr.keys import KEY_NAMES, MODULES, Settings  # noqa: E402
-from lf_multilr.report import human  # noqa: E402
-from lf_multilr.supplement import SUPPLEMENT  # noqa: E402
+from lf_multilr.config.keys import KEY_NAMES, MODULES  # noqa: E402
+from lf_multilr.config.settings import Settings  # noqa: E402
+from lf_multilr.grouping.plan import GroupPlan, build_plan  # noqa: E402
+from lf_multilr.grouping.supplement import SUPPLEMENT  # noqa: E402
+from lf_multilr.reports.table import human  # noqa: E402
 from tools import zoo  # noqa: E402
 
 DOC = ROOT / "docs" / "models.md"
