@@ -8,6 +8,7 @@ import importlib.util
 import site
 import sys
 from pathlib import Path
+from typing import Any
 
 from lf_multilr import _boot
 from lf_multilr.support import compat
@@ -47,11 +48,12 @@ def _import_entries() -> str | None:
     return None
 
 
-def _line(decision: compat.Decision | None, dotted: str) -> str:
+def _line(decision: compat.Decision | None, target: Any) -> str:
     if decision is None:
-        return f"  [ ] {dotted}  (not decided: its module is not part of this LLaMA-Factory)"
+        why = "stock: this release has no such module and needs none" if target.optional else "NOT decided"
+        return f"  [ ] {target.dotted}  ({why})"
     mark = "x" if decision.applies else " "
-    return f"  [{mark}] {dotted}  ({decision.status()})"
+    return f"  [{mark}] {target.dotted}  ({decision.status()})"
 
 
 def report() -> tuple[list[str], bool]:
@@ -80,8 +82,10 @@ def report() -> tuple[list[str], bool]:
         f"patch targets: {len(applied())} of {len(TARGETS)} applied ({unverified} unverified here, their signatures "
         "matching); the rest stock"
     )
-    lines.extend(_line(decision, target.dotted) for decision, target in zip(decisions, TARGETS, strict=True))
+    lines.extend(_line(decision, target) for decision, target in zip(decisions, TARGETS, strict=True))
     broken = [decision for decision in made if decision.broken]
+    undecided = [target for decision, target in zip(decisions, TARGETS, strict=True) if decision is None]
+    ok = ok and all(target.optional for target in undecided)
     if broken:
         refused = compat.refusal(made)
         lines.append(
