@@ -93,7 +93,7 @@ def test_english_and_chinese_labels():
 
 
 def test_a_key_added_later_gets_a_field_with_its_name_and_cli_help(monkeypatch):
-    from lf_multilr import keys
+    from lf_multilr.config import keys
 
     monkeypatch.setitem(keys._WHAT, "audio_tower", "the audio tower")
     later = Key("audio_tower_lr", "audio_tower", "lr")

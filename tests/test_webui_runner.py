@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import lf_multilr
-from lf_multilr import webui_fields
+from lf_multilr.apps import webui_fields
 from lf_multilr.config.keys import KEY_NAMES
 from lf_multilr.patches import _patching
 from lf_multilr.patches.targets import TARGETS
