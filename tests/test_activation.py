@@ -129,7 +129,8 @@ def versioned(env, version, layout=""):
     result = run([PY, "-c", VERSIONED, version, layout], {**env, "LF_MULTILR_DISABLE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("lf-multilr")]
-    return result.stdout, lines
+    # The probe's model `x` is no folder and the hub is offline: that note is not what these tests are about.
+    return result.stdout, [line for line in lines if not line.startswith("lf-multilr: the model type of `x`")]
 
 
 def no_excluded_release_advised(text):
