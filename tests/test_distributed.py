@@ -168,6 +168,7 @@ def test_ddp_ranks_build_the_same_groups_and_every_module_steps_by_its_lr(tiny, 
     assert [r for r in log_records(out) if "loss" in r][0]["grad_norm/vision_tower"] == record["grad_norm/vision_tower"]
 
 
+@pytest.mark.targets
 @pytest.mark.parametrize(
     ("fsdp", "wrapped"), [(FSDP1, "FullyShardedDataParallel, Parameter"), (FSDP2, "DTensor")], ids=["fsdp1", "fsdp2"]
 )
@@ -266,6 +267,7 @@ def deepspeed_config(tmp_path, stage, **blocks):
     return str(path)
 
 
+@pytest.mark.targets
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_keeps_the_groups_and_steps_every_module_by_its_lr(stage, tiny, data, tmp_path, env):
     deepspeed = deepspeed_config(tmp_path, stage)

@@ -70,6 +70,7 @@ def test_an_optim_that_builds_its_own_structure_is_refused(prepared):
         create_custom_optimizer(model, training_args, finetuning_args)
 
 
+@pytest.mark.targets
 def test_module_lrs_and_grad_norms_reach_tensorboard(tiny, data, tmp_path, env):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -28,6 +28,7 @@ def test_no_history_no_plots(tmp_path):
     assert plot_module_metrics(tmp_path) == []
 
 
+@pytest.mark.targets
 def test_a_run_with_plot_loss_draws_both_plots(tiny, data, tmp_path, env):
     family = "qwen2_vl"
     config, out = write_config(

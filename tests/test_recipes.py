@@ -68,6 +68,7 @@ def test_a_module_with_a_start_step_holds_still_before_it_and_moves_after(tiny, 
     assert len(moved[3]) == 25  # step 2: every vision tensor moves
 
 
+@pytest.mark.targets
 def test_warmup_values_are_exact_and_survive_a_resume(tiny, data, tmp_path, env):
     keys = dict(
         max_steps=5,

@@ -9,6 +9,8 @@ import pytest
 
 from tools.testing import log_records, max_steps_by_module, one_step, train, weights, write_config
 
+pytestmark = pytest.mark.targets  # patch targets' behaviour: the .venv-main leg runs these
+
 STAGES = {
     "pt": ("qwen2_vl", {"dataset": "tiny_text", "cutoff_len": 32}),
     "rm": ("qwen2_vl", {"dataset": "tiny_mm_pref"}),

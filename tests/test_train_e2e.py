@@ -142,6 +142,7 @@ def test_vision_tower_lr_zero_under_lora_leaves_its_adapters_untouched(tiny, dat
     assert llm_b and all(torch.count_nonzero(t) > 0 for t in llm_b)
 
 
+@pytest.mark.targets
 def test_lora_llm_with_the_vision_tower_trained_fully_as_copies(tiny, data, tmp_path, env):
     """examples/yaml/qwen2_5_vl_lora_llm_full_vit.yaml on the tiny model (two ViT blocks)."""
     family = "qwen2_5_vl"

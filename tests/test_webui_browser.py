@@ -26,7 +26,7 @@ from lf_multilr.config.keys import KEY_NAMES
 from lf_multilr.training.metrics import PREFIXES
 from tools.testing import BIN, clean_env, full_suite_only
 
-pytestmark = full_suite_only("LlamaBoard")
+pytestmark = [full_suite_only("LlamaBoard"), pytest.mark.targets]  # patch targets of LlamaBoard
 
 MODEL_NAME = "Qwen2-VL-2B-Instruct"  # a multimodal entry of LlamaBoard's list; its path is replaced by the tiny model
 SCREENSHOT_DIR = "LF_MULTILR_SCREENSHOT_DIR"

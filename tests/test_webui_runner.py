@@ -19,7 +19,7 @@ from lf_multilr.patches import _patching
 from lf_multilr.patches.targets import TARGETS
 from tools.testing import BIN, clean_env, full_suite_only, run
 
-pytestmark = full_suite_only("LlamaBoard")
+pytestmark = [full_suite_only("LlamaBoard"), pytest.mark.targets]  # patch targets of LlamaBoard
 
 FIELD_IDS = {key.name: f"train.{key.name}" for key in webui_fields.ui_keys()}
 MODEL_NAME = "Qwen2-VL-2B-Instruct"

@@ -72,7 +72,15 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
 def run(
     args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if env.get("DISABLE_VERSION_CHECK") == "1":  # the .venv-t57 leg: LLaMA-Factory's notice of it, on stdout
+        result.stdout = "".join(line for line in result.stdout.splitlines(True) if VERSION_CHECK_OFF not in line)
+    return result
+
+
+#: What LLaMA-Factory prints (to stdout, at its first import) when DISABLE_VERSION_CHECK=1 lets it run on a newer
+#: transformers than it pins, as the .venv-t57 leg does.
+VERSION_CHECK_OFF = "Version checking has been disabled, may lead to unexpected behaviors."
 
 
 TEMPLATE = {
