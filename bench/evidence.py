@@ -150,6 +150,7 @@ def checked(profile: Profile) -> Profile:
     """``--check``: the profile's sizes, two steps of everything, a few samples."""
     sizes = replace(
         profile.sizes,
+        batch=4,  # the models keep their sizes; small batches keep the gpu profile's check minutes long on a CPU
         vision_steps=2,
         text_steps=2,
         text_scenes=8,
@@ -166,6 +167,7 @@ def checked(profile: Profile) -> Profile:
         profile,
         sizes=sizes,
         steps=2,
+        batch=2,
         align_steps=2,
         logging_steps=1,
         seeds=profile.seeds[:1],
@@ -404,8 +406,9 @@ def by_kind(runs: Sequence[Run], right: Sequence[Sequence[bool]], kinds: Sequenc
     return {setting: {kind: sum(v) / len(v) for kind, v in sorted(k.items())} for setting, k in tally.items()}
 
 
-def majority_baseline(data_dir: Path) -> float:
-    """Accuracy of always answering the train split's most common answer to each kind of question."""
+def majority_baseline(data_dir: Path) -> tuple[float, dict[str, float]]:
+    """Accuracy of always answering the train split's most common answer to each kind of question: on the whole
+    test split, and per kind."""
 
     def pairs(name: str) -> list[tuple[str, str]]:
         rows = json.loads((data_dir / f"evidence_{name}.json").read_text())
@@ -417,7 +420,11 @@ def majority_baseline(data_dir: Path) -> float:
         counts[kind][answer] += 1
     guess = {kind: max(c, key=c.__getitem__) for kind, c in counts.items()}
     test = pairs("test")
-    return sum(guess.get(kind) == answer for kind, answer in test) / len(test)
+    hits: dict[str, list[bool]] = {}
+    for kind, answer in test:
+        hits.setdefault(kind, []).append(guess.get(kind) == answer)
+    overall = sum(sum(v) for v in hits.values()) / len(test)
+    return overall, {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -486,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     timings["total_seconds"] = round(time.monotonic() - start, 1)
 
     kinds = answer_kinds(data_dir)
+    baseline, baseline_by_kind = majority_baseline(data_dir)
     evidence = {
         "settings": {
             setting: {
@@ -503,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "steps": profile.steps,
             "batch": profile.batch,
             "pretrained_task_a_accuracy": pretrained["task_a_accuracy"],
-            "majority_baseline": majority_baseline(data_dir),
+            "majority_baseline": baseline,
+            "majority_baseline_by_kind": baseline_by_kind,
             "test_questions": len(kinds),
             "task_accuracy_by_kind": by_kind(runs, [right for _, right in results], kinds),
             "sweep": swept,
@@ -513,10 +522,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
     }
     (out / "evidence.json").write_text(json.dumps(evidence, indent=2) + "\n")
-    plots.tradeoff(evidence, out / "evidence_tradeoff.png")
-    plots.grad_norms({r.setting: r.folder for r in runs if r.seed == profile.seeds[0]}, out / "evidence_grad_norms.png")
-    (out / "evidence.md").write_text(plots.table(evidence) + "\n")
-    print(plots.table(evidence))
+    print(plots.write_all(evidence, out, {r.setting: r.folder for r in runs if r.seed == profile.seeds[0]}))
     print(f"done in {timings['total_seconds']:.0f} s: {out / 'evidence.json'}")
 
 

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 MODULES = ("vision_tower", "multi_modal_projector", "language_model")
 METRICS = ("task_accuracy", "retention")
+STYLES = ("-", "--", "-.", ":")  # settings with the same curves (sweep_best can be a fixed setting) stay visible
 
 
 def spread(values: Sequence[float]) -> tuple[float, float]:
@@ -53,6 +54,32 @@ def table(evidence: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def kinds_table(evidence: Mapping[str, Any]) -> str:
+    """Task-B accuracy per kind of question (all seeds pooled), with the most-common-answer baseline of each."""
+    meta = evidence.get("meta", {})
+    by_kind: Mapping[str, Mapping[str, float]] = meta.get("task_accuracy_by_kind") or {}
+    kinds = sorted({kind for row in by_kind.values() for kind in row})
+    if not kinds:
+        return ""
+    lines = ["| setting | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    for name, row in by_kind.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row.get(kind, float('nan')):.3f}" for kind in kinds) + " |")
+    baseline = meta.get("majority_baseline_by_kind") or {}
+    if baseline:
+        cells = " | ".join(f"{baseline.get(kind, float('nan')):.3f}" for kind in kinds)
+        lines.append(f"| most common answer | {cells} |")
+    return "\n".join(lines)
+
+
+def write_all(evidence: Mapping[str, Any], out: Path, runs: Mapping[str, Path]) -> str:
+    """``out/evidence.md`` (both tables) and the two plots (``runs``: one run folder per setting); the markdown."""
+    text = table(evidence) + "\n\n" + kinds_table(evidence)
+    (out / "evidence.md").write_text(text.rstrip() + "\n")
+    tradeoff(evidence, out / "evidence_tradeoff.png")
+    grad_norms(runs, out / "evidence_grad_norms.png")
+    return text
+
+
 def tradeoff(evidence: Mapping[str, Any], path: Path) -> None:
     """Task-B accuracy against task-A retention: every seed a dot, each setting's mean a cross with 1-SD bars."""
     figure, axes = plt.subplots(figsize=(6.4, 4.6))
@@ -80,13 +107,13 @@ def tradeoff(evidence: Mapping[str, Any], path: Path) -> None:
 
 
 def save(figure: Any, path: Path) -> None:
-    """The figure as a PNG of few colours (a palette of 32: a few tens of KB, small enough for docs/)."""
+    """The figure as a PNG of few colours (a palette of 64: a few tens of KB, small enough for docs/)."""
     from PIL import Image
 
-    figure.savefig(path, dpi=80)
+    figure.savefig(path, dpi=72)
     plt.close(figure)
     with Image.open(path) as image:
-        small = image.convert("RGB").quantize(colors=32)
+        small = image.convert("RGB").quantize(colors=64, dither=Image.Dither.NONE)
     small.save(path, optimize=True)
 
 
@@ -103,14 +130,21 @@ def grad_norm_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def grad_norms(runs: Mapping[str, Path], path: Path) -> None:
-    """One panel per module, one line per setting (the runs given: one seed of each)."""
+    """One panel per module, one line per setting (the runs given: one seed of each); lines without anti-aliasing,
+    which keeps the PNG small."""
+    with matplotlib.rc_context({"lines.antialiased": False}):
+        _grad_norms(runs, path)
+
+
+def _grad_norms(runs: Mapping[str, Path], path: Path) -> None:
     figure, panels = plt.subplots(1, len(MODULES), figsize=(12, 3.8), sharex=True, layout="constrained")
     curves = {name: grad_norm_curves(folder) for name, folder in runs.items()}
     for panel, module in zip(panels, MODULES, strict=True):
         for index, (name, by_module) in enumerate(curves.items()):
             points = by_module.get(module)
             if points:
-                panel.plot(*zip(*points, strict=True), color=f"C{index}", label=name, linewidth=1.2)
+                style = STYLES[index % len(STYLES)]
+                panel.plot(*zip(*points, strict=True), color=f"C{index}", linestyle=style, label=name, linewidth=1.2)
         panel.set_yscale("log")
         panel.set_title(f"grad_norm/{module}", fontsize=10)
         panel.set_xlabel("step")
@@ -118,3 +152,13 @@ def grad_norms(runs: Mapping[str, Path], path: Path) -> None:
     handles = {label: line for panel in panels for line, label in zip(*panel.get_legend_handles_labels(), strict=True)}
     figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles), fontsize=8)
     save(figure, path)
+
+
+if __name__ == "__main__":
+    # python bench/evidence_plots.py OUT: the tables and plots again from OUT/evidence.json and OUT/runs.
+    import sys
+
+    folder = Path(sys.argv[1])
+    written = json.loads((folder / "evidence.json").read_text())
+    first = {name: setting["seeds"][0]["seed"] for name, setting in written["settings"].items()}
+    print(write_all(written, folder, {name: folder / "runs" / f"{name}-seed{seed}" for name, seed in first.items()}))
