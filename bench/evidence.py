@@ -79,9 +79,9 @@ class Profile:
 
 
 #: Sized for time on the shared 2-core machine, where one `llamafactory-cli train` start costs 20-35 s before its
-#: first step and a task-B step about 0.3 s: `quick` about 4 minutes (7 trainings), `full` about 22 (17 trainings:
-#: the sweep's 4 trials in one slot while the fixed settings train in the other). `gpu` is sized for one device call
-#: of under 10 minutes (it has not run yet).
+#: first step and a task-B step about 0.3 s. Seen there under another suite's load (2026-12-01): `quick` 271 s
+#: (7 trainings), `full` 31 min (17 trainings: the sweep's 4 trials in one slot while the fixed settings train in
+#: the other). `gpu` is sized for one device call of under 10 minutes (it has not run on a GPU).
 PROFILES = {
     "quick": Profile(
         parts.Sizes(
