@@ -17,7 +17,7 @@ import pytest
 
 from tools.testing import ROOT, clean_env
 
-pytestmark = pytest.mark.slow  # about 3 minutes on 2 cores: a dozen trainings
+pytestmark = pytest.mark.slow  # 7 trainings: 4 min 55 s on the shared 2-core machine under load
 
 QUICK_LIMIT_S = 300  # the goal for --quick; its wall time is in evidence.json, not asserted (machines are shared)
 PLOTS = ("evidence_tradeoff.png", "evidence_grad_norms.png")
