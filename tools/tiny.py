@@ -368,6 +368,13 @@ def _build_llava(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     return LlavaNextForConditionalGeneration(config), processor
 
 
+def llava_parts() -> tuple[LlavaConfig, ProcessorMixin]:
+    """The ``llava`` family's config and processor (tokenizer, CLIP image processor, chat template), unsaved: the
+    base of LLaVA models of other sizes built elsewhere (``bench/evidence.py`` pretrains one)."""
+    model, processor = _build_llava("llava")
+    return model.config, processor
+
+
 def _gemma3_tokenizer() -> PreTrainedTokenizerFast:
     """Gemma-style tokenizer: ``<pad> <eos> <bos> <unk>``, learned BPE, turn and image tokens.
 
