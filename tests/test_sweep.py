@@ -855,7 +855,9 @@ def test_pruning_plays_rounds_of_successive_halving_and_resumes_the_promoted_run
     ]
 
 
-def test_a_failed_trial_is_recorded_the_study_goes_on_and_it_runs_again(tiny, data, tmp_path, env):
+def test_a_failed_trial_is_recorded_with_its_error_line_and_the_study_goes_on(tiny, data, tmp_path, env):
+    """(That the next command trains a failed trial's setting again: the 2x2 grid test, whose interrupted trial is a
+    FAIL like this one, and the slot rules above.)"""
     config, _ = write_config(tmp_path, tiny(FAMILY), data, FAMILY, max_steps=3)
     out = tmp_path / "my_sweep"
     args = [str(config), "--set", "freeze_vision_tower=true,false", "vision_tower_lr=1e-4", "--max-steps", "2"]
@@ -872,12 +874,6 @@ def test_a_failed_trial_is_recorded_the_study_goes_on_and_it_runs_again(tiny, da
     rows = _rows(out / "sweep.csv")
     assert [(r["rank"], r["state"], r["error"]) for r in rows] == [("2", "FAIL", error), ("1", "COMPLETE", "")]
     assert (out / "sweep.md").read_text().splitlines()[5] == f"| 2 | 0 | true |  |  | FAIL: {error} |"
-
-    again = run(_sweep_command(*args, "--out", str(out)), env, cwd=tmp_path)
-    assert again.returncode == 1 and ", 1 to train" in again.stdout
-    assert [(t.params["freeze_vision_tower"], t.state.name) for t in _study(out).trials] == [
-        ("true", "FAIL"), ("false", "COMPLETE"), ("true", "FAIL")
-    ]  # fmt: skip
 
 
 def test_two_sweep_processes_of_two_workers_sharing_a_postgresql_study_train_each_setting_once(
