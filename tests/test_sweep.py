@@ -539,7 +539,7 @@ def test_rounds_are_decided_once_from_the_study_and_paused_or_interrupted_trials
     loss = {1e-06: 4.0, 2e-06: 1.0, 3e-06: 3.0, 4e-06: 2.0}
     jobs = [study.claim() for study in (a, b, a, b)]
     assert all(job is not None and (job.resume_from, job.stop_at) == (None, 1) for job in jobs)
-    assert a.claim() is None and b.in_progress()  # round 0 is not through: nothing to do, wait
+    assert a.claim() is None and a.held_at_claim and b.in_progress()  # round 0 is not through: nothing to do, wait
     for job in jobs[:3]:
         _pause_like_a_run(runner, job, tmp_path / f"run{job.trial.number}", loss[job.trial.params["vision_tower_lr"]])
     runner.record(jobs[3], Outcome("FAIL", None, Curves(), 1.0, INTERRUPTED))  # Ctrl-C in round 0
@@ -583,7 +583,7 @@ def test_rounds_are_decided_once_from_the_study_and_paused_or_interrupted_trials
     assert last is not None and (last.trial.number, last.resume_from, last.stop_at) == (4, 2, None)
     assert [t.state.name for t in _study(sweep.out).trials] == ["PRUNED", "PRUNED", "PRUNED", "FAIL", "RUNNING"]
     runner.record(last, Outcome("COMPLETE", 0.25, Curves([(4, 1.0)], [(4, 0.25)]), 1.0))
-    assert a.claim() is None and not a.in_progress() and Study(sweep).claim() is None  # done; again: nothing
+    assert a.claim() is None and not (a.held_at_claim or a.in_progress()) and Study(sweep).claim() is None  # done
     study = _study(sweep.out)
     assert study.best_trial.number == 4 and study.trials[1].user_attrs["pruned_at_step"] == 2
     assert sorted(k for k in study.user_attrs if k.startswith("lf_multilr_halving")) == [

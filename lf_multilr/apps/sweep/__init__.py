@@ -255,7 +255,9 @@ class Runner:
             if job is not None or self.study.notes:
                 self._progress()
             if job is None:
-                if not (self.sweep.prune and self.study.in_progress()):
+                # wait while a run trains, as the claim saw the study or as it is now: a run seen training by the
+                # claim may pause before `in_progress` looks, and the claim deciding its round be another process's
+                if not (self.sweep.prune and (self.study.held_at_claim or self.study.in_progress())):
                     return
                 self.stop.wait(POLL_S)  # the round's last runs train elsewhere: its decision may bring work
                 continue

@@ -264,6 +264,9 @@ class Study:
         self.host, self.pid = socket.gethostname(), os.getpid()
         #: What the claims decided about the rounds of ``--prune``, for the sweep to print.
         self.notes: list[str] = []
+        #: Whether, as the last claim under ``--prune`` saw the study, a sweep process (this one or another) trained
+        #: one of its trials: a worker that claimed nothing waits then, since the round's decision may bring work.
+        self.held_at_claim = False
         with self.lock():
             self.storage = open_storage(sweep.storage)
             self.study = optuna.create_study(
@@ -401,6 +404,7 @@ class Study:
         """Write the decisions the trials call for, apply every decision not applied yet; all decisions."""
         ends, keys = self.sweep.ends, [slot.key for slot in self.slots]
         decisions, entries = self.decisions(), self.entries()
+        self.held_at_claim = any(entry.held for entry in entries)
         for made in decide(entries, keys, decisions, ends, self.sweep.reduction_factor):
             self.study.set_user_attr(*made.attr())  # one write: the decision is made, whoever applies it
             decisions.append(made)
