@@ -10,7 +10,8 @@ import sys
 USAGE = """usage: lf-multilr train CONFIG.yaml [key=value ...]
        lf-multilr plan CONFIG.yaml [key=value ...] [--json]
        lf-multilr sweep CONFIG.yaml [--set KEY=V1,V2 ...] [--range KEY=LOW:HIGH[:log] ...] [--trials N] [--prune]
-                        [--workers N] [--storage URL] [--seed S] [--max-steps N] [--out DIR] [key=value ...]
+                        [--reduction-factor N] [--workers N] [--storage URL] [--seed S] [--max-steps N]
+                        [--out DIR] [key=value ...]
        lf-multilr doctor
   train    run `llamafactory-cli train` with lf-multilr applied (no .pth needed)
   plan     print the module table the run would use (no weights loaded: needs only config.json)
