@@ -21,7 +21,7 @@ PIP = $(1)/bin/python -m pip install -q
 # `lf_multilr/patches` links to `patches/`, so the repository root is all it takes.
 EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
-.PHONY: venv venv-main venv-t57 venv-compat venvs chromium lint test test-fast test-full test-main test-t57 \
+.PHONY: venv venv-main venv-t57 venv-compat venvs chromium postgresql lint test test-fast test-full test-main test-t57 \
 	test-compat lane-a lane-b demo bench clean
 
 define new_venv
@@ -72,13 +72,18 @@ venvs:
 chromium:
 	command -v chromium >/dev/null || apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
 
+# The shared-study sweep test starts Debian's PostgreSQL server itself (initdb and pg_ctl, which Debian keeps in
+# /usr/lib/postgresql/VERSION/bin, off the PATH), on a free local port.
+postgresql:
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || apt-get install -y -q postgresql || (apt-get update -q && apt-get install -y -q postgresql)
+
 lint: venv
 	.venv/bin/ruff check lf_multilr patches tests tools bench examples
 	.venv/bin/mypy lf_multilr
 
 # Every leg, two lanes at a time; each lane runs both its legs (a failure in the first does not skip the second)
 # and its output is printed in one piece when it ends.
-test: lint chromium venvs
+test: lint chromium postgresql venvs
 	$(MAKE) --no-print-directory -j2 --output-sync=target lane-a lane-b
 
 lane-a: test-full
@@ -90,7 +95,7 @@ lane-b:
 test-fast: venv
 	.venv/bin/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
-test-full: venv chromium
+test-full: venv chromium postgresql
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test-main: venv-main chromium

@@ -9,11 +9,13 @@ import sys
 
 USAGE = """usage: lf-multilr train CONFIG.yaml [key=value ...]
        lf-multilr plan CONFIG.yaml [key=value ...] [--json]
-       lf-multilr sweep CONFIG.yaml --set KEY=V1,V2 [--set ...] [--max-steps N] [--out DIR] [key=value ...]
+       lf-multilr sweep CONFIG.yaml [--set KEY=V1,V2 ...] [--range KEY=LOW:HIGH[:log] ...] [--trials N] [--prune]
+                        [--reduction-factor N] [--workers N] [--storage URL] [--seed S] [--max-steps N]
+                        [--out DIR] [key=value ...]
        lf-multilr doctor
   train    run `llamafactory-cli train` with lf-multilr applied (no .pth needed)
   plan     print the module table the run would use (no weights loaded: needs only config.json)
-  sweep    run a grid of short real trainings one after another, ranked by final eval (or train) loss
+  sweep    search module LRs with short real trainings as an Optuna study (grid, TPE, pruning, shared storage)
   doctor   show versions, the verified range, the activation hook and the applied patches
 """
 
