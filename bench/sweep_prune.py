@@ -85,9 +85,7 @@ def largest_difference(pruned: list[optuna.trial.FrozenTrial], full: list[optuna
     """The largest difference between a pruned trial's eval loss and the full grid's run of its setting, over every
     step both reported."""
     by_setting = {setting(t): t.intermediate_values for t in full}
-    return max(
-        abs(loss - by_setting[setting(t)][step]) for t in pruned for step, loss in t.intermediate_values.items()
-    )
+    return max(abs(loss - by_setting[setting(t)][step]) for t in pruned for step, loss in t.intermediate_values.items())
 
 
 def load(out: Path) -> list[optuna.trial.FrozenTrial]:

@@ -21,6 +21,7 @@ _monitors: weakref.WeakKeyDictionary[Any, GradNormMonitor | None] = weakref.Weak
 #: Each trainer's module LRs as they were when HF read its `learning_rate` (the LR the step just taken used).
 _step_lrs: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
 
+
 def _sharding(trainer: Any) -> tuple[Reduce | None, str | None]:
     """How this trainer's per-module gradient norms are made whole across ranks: (a reducer or None; None, or why
     they cannot be). DDP's gradients are whole on every rank; FSDP2's are DTensors, whose norms are global; FSDP1's

@@ -508,9 +508,9 @@ def test_a_round_ends_when_all_its_trials_reached_its_rung_or_failed_and_the_bes
     assert moves(entries, first, ends) == Moves(((1, 15), (2, 15), (4, 15)), tuple((n, 5) for n in (0, 3, 5, 6, 7)))
 
     promoted = {1: 2.5, 2: 2.0, 4: None}  # trial 4 failed while resuming to 15
-    after = [
-        Entry(n, str(n), "FAIL") if loss is None else _paused(n, loss, 15) for n, loss in promoted.items()
-    ] + [Entry(n, str(n), "PRUNED", reached=5) for n in (0, 3, 5, 6, 7)]
+    after = [Entry(n, str(n), "FAIL") if loss is None else _paused(n, loss, 15) for n, loss in promoted.items()] + [
+        Entry(n, str(n), "PRUNED", reached=5) for n in (0, 3, 5, 6, 7)
+    ]
     assert decide(after, slots, first, ends, 3) == [Decision(2, 15, (2,))]  # max(1, 3 // 3) of the two left
     assert moves(after, first, ends) == Moves((), ())  # round 1's moves are done: nothing twice
     assert decide(after, slots, [*first, Decision(2, 15, (2,))], ends, 3) == []  # the last round: no more
