@@ -126,13 +126,20 @@ for keys in ({}, {"vision_tower_lr": 1e-5}):
 """
 
 
+_VERSIONED: dict[tuple[str, str], tuple[str, list[str]]] = {}
+
+
 def versioned(env, version, layout=""):
-    """A subprocess that fakes LLaMA-Factory's version (and layout) before lf-multilr decides its targets."""
-    result = run([PY, "-c", VERSIONED, version, layout], {**env, "LF_MULTILR_DISABLE": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("lf-multilr")]
-    # The probe's model `x` is no folder and the hub is offline: that note is not what these tests are about.
-    return result.stdout, [line for line in lines if not line.startswith("lf-multilr: the model type of `x`")]
+    """A subprocess that fakes LLaMA-Factory's version (and layout) before lf-multilr decides its targets; each
+    (version, layout) probed once per session (the installed version is every test's reference)."""
+    if (version, layout) not in _VERSIONED:
+        result = run([PY, "-c", VERSIONED, version, layout], {**env, "LF_MULTILR_DISABLE": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = [line for line in result.stderr.splitlines() if line.startswith("lf-multilr")]
+        # The probe's model `x` is no folder and the hub is offline: that note is not what these tests are about.
+        lines = [line for line in lines if not line.startswith("lf-multilr: the model type of `x`")]
+        _VERSIONED[version, layout] = result.stdout, lines
+    return _VERSIONED[version, layout]
 
 
 def no_excluded_release_advised(text):
