@@ -110,6 +110,14 @@ def value_text(value: Any) -> str:
 # Single arguments (argparse `type=` functions: the syntax of one argument)
 
 
+def _axis(argument: str, fix: str) -> tuple[str, str]:
+    """An axis argument's key, checked, and what follows its ``=``."""
+    key, sep, rest = argument.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"`{argument}` has no `=`. Fix: {fix}")
+    return _key(key.strip(), argument, fix), rest
+
+
 def _key(key: str, argument: str, fix: str) -> str:
     if not KEY.fullmatch(key):
         raise argparse.ArgumentTypeError(f"`{argument}`: `{key}` is not a config key. Fix: {fix}")
@@ -155,12 +163,7 @@ def _grid_value(key: str, text: str, argument: str) -> GridValue:
 
 def parse_set(argument: str) -> GridAxis:
     """``KEY=V1,V2,...`` (one ``--set``)."""
-    key, sep, listed = argument.partition("=")
-    key = key.strip()
-    fix = f"write KEY=V1,V2,..., e.g. `{SET_EXAMPLE}`"
-    if not sep:
-        raise argparse.ArgumentTypeError(f"`{argument}` has no `=`. Fix: {fix}")
-    _key(key, argument, fix)
+    key, listed = _axis(argument, f"write KEY=V1,V2,..., e.g. `{SET_EXAMPLE}`")
     items = [item.strip() for item in listed.split(",")]
     if not any(items):
         raise argparse.ArgumentTypeError(f"`{argument}` lists no value. Fix: list them, e.g. `--set {key}=1e-6,5e-6`")
@@ -196,12 +199,8 @@ def _bound(key: str, text: str, argument: str, which: str) -> float:
 
 def parse_range(argument: str) -> RangeAxis:
     """``KEY=LOW:HIGH`` or ``KEY=LOW:HIGH:log`` (one ``--range``)."""
-    key, sep, spec = argument.partition("=")
-    key = key.strip()
     fix = f"write KEY=LOW:HIGH or KEY=LOW:HIGH:log, e.g. `{RANGE_EXAMPLE}`"
-    if not sep:
-        raise argparse.ArgumentTypeError(f"`{argument}` has no `=`. Fix: {fix}")
-    _key(key, argument, fix)
+    key, spec = _axis(argument, fix)
     parts = [part.strip() for part in spec.split(":")]
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
         raise argparse.ArgumentTypeError(f"`{argument}` is not LOW:HIGH or LOW:HIGH:log. Fix: {fix}")
