@@ -67,8 +67,9 @@ SUPPLEMENT_HEADER = """
 ## The supplement
 
 Where the registry's keys miss parameters, match two modules, or name the wrong one, lf-multilr's supplement
-(`lf_multilr/grouping/supplement.py`, one table) decides. A rule decides only where the registry's answer differs from it;
-the start-of-training table then says `supplement: N tensors ... placed in <module> by lf-multilr's supplement`.
+(`lf_multilr/grouping/supplement.py`, one table) decides. A rule decides only where the registry's answer differs
+from it; the start-of-training table then says `supplement: N tensors ... placed in <module> by lf-multilr's
+supplement`.
 "Registry" is what LLaMA-Factory's keys give these parameters, i.e. which `freeze_*` flag reaches them.
 """
 
