@@ -3,6 +3,7 @@
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -99,46 +100,83 @@ def test_kill_switch_gives_stock_llamafactory_and_its_unknown_key_error(env, tmp
 
 
 VERSIONED = """
-import os, sys
+import json, os, sys
 import llamafactory.extras.env as lf_env
-lf_env.VERSION = sys.argv[1]
 from llamafactory.hparams import parser
-if sys.argv[2] == "without _TRAIN_MCA_ARGS":  # 0.9.3's layout
-    del parser._TRAIN_MCA_ARGS
-if sys.argv[2] == "changed":  # the optimizer factory takes other arguments than lf-multilr was written for
-    import llamafactory.train.trainer_utils as trainer_utils
-    trainer_utils.create_custom_optimizer = lambda model, args: None
+import llamafactory.train.trainer_utils as trainer_utils
 import llamafactory.train.tuner
 del os.environ["LF_MULTILR_DISABLE"]
 import lf_multilr
-assert lf_multilr.apply()
 from lf_multilr import patches
-ours = sorted(t.rsplit(".", 1)[-1] for t in patches.applied() if t.startswith("llamafactory"))
-print("APPLIED", len(patches.applied()), "LLaMA-Factory:", ",".join(ours))
+from lf_multilr.patches import _state
+stock = lf_env.VERSION, getattr(parser, "_TRAIN_MCA_ARGS", None), trainer_utils.create_custom_optimizer
 args = {"model_name_or_path": "x", "output_dir": "o", "stage": "sft", "freeze_vision_tower": False}
-for keys in ({}, {"vision_tower_lr": 1e-5}):
-    try:
-        parser.get_train_args({**args, **keys})
-    except ValueError as error:
-        print("REFUSED" if keys else "STOCK REFUSED", error)
-    else:
-        print("ACCEPTED" if keys else "STOCK ACCEPTED")
+for version, layout in json.loads(sys.argv[1]):
+    lf_multilr.revert()  # stock LLaMA-Factory again, and nothing said yet: as in a fresh interpreter
+    _state._said.clear()
+    lf_env.VERSION = version
+    if layout == "without _TRAIN_MCA_ARGS":  # 0.9.3's layout
+        del parser._TRAIN_MCA_ARGS
+    if layout == "changed":  # the optimizer factory takes other arguments than lf-multilr was written for
+        trainer_utils.create_custom_optimizer = lambda model, args: None
+    for stream in (sys.stdout, sys.stderr):
+        print("PROBE", json.dumps([version, layout]), file=stream, flush=True)
+    assert lf_multilr.apply()
+    ours = sorted(t.rsplit(".", 1)[-1] for t in patches.applied() if t.startswith("llamafactory"))
+    print("APPLIED", len(patches.applied()), "LLaMA-Factory:", ",".join(ours))
+    for keys in ({}, {"vision_tower_lr": 1e-5}):
+        try:
+            parser.get_train_args({**args, **keys})
+        except ValueError as error:
+            print("REFUSED" if keys else "STOCK REFUSED", error)
+        else:
+            print("ACCEPTED" if keys else "STOCK ACCEPTED")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    lf_multilr.revert()
+    lf_env.VERSION, trainer_utils.create_custom_optimizer = stock[0], stock[2]
+    if stock[1] is not None:
+        parser._TRAIN_MCA_ARGS = stock[1]
 """
 
-
+#: Every (version, layout) the tests below fake: the installed version (every test's reference), two newer, two
+#: older (one with 0.9.3's parser layout), and the installed one with a target whose shape changed.
+INSTALLED = importlib.metadata.version("llamafactory")
+PROBES = [
+    (INSTALLED, ""),
+    ("0.9.7", ""),
+    ("1.0.0", ""),
+    ("0.9.1", ""),
+    ("0.9.3", "without _TRAIN_MCA_ARGS"),
+    (INSTALLED, "changed"),
+]
 _VERSIONED: dict[tuple[str, str], tuple[str, list[str]]] = {}
 
 
+def _probe_pieces(text: str) -> dict[tuple[str, str], str]:
+    """A probe's output cut at its ``PROBE [version, layout]`` lines."""
+    pieces: dict[tuple[str, str], str] = {}
+    for piece in text.split("PROBE ")[1:]:
+        head, _, body = piece.partition("\n")
+        version, layout = json.loads(head)
+        pieces[version, layout] = body
+    return pieces
+
+
 def versioned(env, version, layout=""):
-    """A subprocess that fakes LLaMA-Factory's version (and layout) before lf-multilr decides its targets; each
-    (version, layout) probed once per session (the installed version is every test's reference)."""
-    if (version, layout) not in _VERSIONED:
-        result = run([PY, "-c", VERSIONED, version, layout], {**env, "LF_MULTILR_DISABLE": "1"})
+    """What lf-multilr decides when LLaMA-Factory reports ``version`` (and has ``layout``): the probe's stdout and
+    lf-multilr's lines on stderr. One interpreter fakes every (version, layout) of :data:`PROBES` in turn, reverting
+    lf-multilr and LLaMA-Factory to stock between them (each decision is made afresh, as at a new start-up)."""
+    if not _VERSIONED:
+        result = run([PY, "-c", VERSIONED, json.dumps(PROBES)], {**env, "LF_MULTILR_DISABLE": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
-        lines = [line for line in result.stderr.splitlines() if line.startswith("lf-multilr")]
-        # The probe's model `x` is no folder and the hub is offline: that note is not what these tests are about.
-        lines = [line for line in lines if not line.startswith("lf-multilr: the model type of `x`")]
-        _VERSIONED[version, layout] = result.stdout, lines
+        stdouts, stderrs = _probe_pieces(result.stdout), _probe_pieces(result.stderr)
+        assert list(stdouts) == list(stderrs) == PROBES, result.stdout[-3000:]
+        for probe in PROBES:
+            lines = [line for line in stderrs[probe].splitlines() if line.startswith("lf-multilr")]
+            # The probe's model `x` is no folder and the hub is offline: that note is not what these tests are about.
+            lines = [line for line in lines if not line.startswith("lf-multilr: the model type of `x`")]
+            _VERSIONED[probe] = stdouts[probe], lines
     return _VERSIONED[version, layout]
 
 
@@ -150,7 +188,7 @@ def no_excluded_release_advised(text):
 @pytest.mark.core
 @pytest.mark.parametrize("version", ["0.9.7", "1.0.0"])
 def test_a_newer_llamafactory_applies_every_target_that_keeps_its_shape_with_one_warning(version, env):
-    real, _ = versioned(env, importlib.metadata.version("llamafactory"))
+    real, _ = versioned(env, INSTALLED)
     stdout, lines = versioned(env, version)
     assert stdout.split("\n")[0] == real.split("\n")[0]  # the same targets applied
     assert "ACCEPTED" in stdout.split() and "STOCK ACCEPTED" in stdout
@@ -190,8 +228,8 @@ def test_an_older_llamafactory_is_named_and_its_keys_refused(version, layout, en
 
 @pytest.mark.core
 def test_a_changed_target_is_refused_by_name_and_the_rest_still_apply(env):
-    stdout, lines = versioned(env, importlib.metadata.version("llamafactory"), "changed")
-    real, _ = versioned(env, importlib.metadata.version("llamafactory"))
+    stdout, lines = versioned(env, INSTALLED, "changed")
+    real, _ = versioned(env, INSTALLED)
     assert int(stdout.split()[1]) == int(real.split()[1]) - 1  # every other target applies
     assert lines == [
         "lf-multilr: not patching llamafactory.train.trainer_utils.create_custom_optimizer: on LLaMA-Factory "
