@@ -18,8 +18,14 @@ LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_
 EXPECTED = {"vision_tower": 1.0e-4, "multi_modal_projector": 1.0e-3, "language_model": 1.0e-2}
 
 
-@pytest.mark.core
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        pytest.param("qwen2_vl", marks=pytest.mark.core),
+        pytest.param("qwen2_5_vl", marks=pytest.mark.targets),  # Qwen2-VL's layout and names
+        pytest.param("llava", marks=pytest.mark.core),
+    ],
+)
 def test_full_one_adamw_step_moves_every_changed_tensor_by_its_module_lr(family, tiny, data, tmp_path, env):
     config, out = write_config(tmp_path, tiny(family), data, family, **LRS)
     result = train(config, env)
@@ -111,7 +117,7 @@ def test_module_lrs_equal_to_learning_rate_reproduce_stock_exactly(tiny, data, t
     assert all(torch.equal(our_weights[name], tensor) for name, tensor in stock_weights.items())
 
 
-@pytest.mark.core
+@pytest.mark.targets
 def test_vision_tower_lr_zero_holds_the_vision_weights_still(tiny, data, tmp_path, env):
     family = "qwen2_vl"
     config, out = write_config(tmp_path, tiny(family), data, family, max_steps=2, weight_decay=0.1, vision_tower_lr=0.0)
