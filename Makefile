@@ -4,9 +4,13 @@
 #                and every test of a patch target's behaviour (`targets`), LlamaBoard in Chromium included
 #   .venv-t57    LLaMA-Factory 0.9.5 + transformers 5.7.0 (DISABLE_VERSION_CHECK=1, as LLaMA-Factory advises): `core`
 #   .venv-lf094  LLaMA-Factory 0.9.4 + transformers 4.57.1 (constraints-lf094.txt): `core`
-# `make test` runs the legs in two lanes at once (the tests are single-threaded; the machine has two cores): the full
-# suite in one, the three others one after another in the second.
-PYTHON ?= python3
+# `make test` cuts the legs into shards (one pytest run over some of a leg's test files each) and runs two at a time,
+# the longest first (the tests are single-threaded; the machine has two cores). A shard waits only for its own
+# environment, so that one shard's install overlaps another's tests.
+# The interpreter the environments are made from (tools/python_for_venvs: the distribution's optimised CPython where
+# there is one); an environment made from another interpreter is made anew, as its stamp names the interpreter.
+PYTHON ?= $(shell tools/python_for_venvs)
+BASE_PYTHON := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable))')
 export OMP_NUM_THREADS := 1
 
 # LLaMA-Factory's main: the wheel carried next to the repository, else the same commit from git, else the leg is
@@ -15,18 +19,17 @@ MAIN_COMMIT := ff6d4d12eeb035d6ce06805a5733dd7b29f2ac30
 MAIN_WHEEL ?= ../shared/wheels/llamafactory-0.9.6.dev0-py3-none-any.whl
 MAIN_GIT := https://github.com/hiyouga/LLaMA-Factory
 
-STAMP = $(1)/.lf-multilr-installed
+STAMP = $(1)/.lf-multilr-installed$(subst /,-,$(BASE_PYTHON))
 PIP = $(1)/bin/python -m pip install -q
 # lf-multilr installed editable as a plain path entry (no import hook of setuptools' at every interpreter start-up):
 # `lf_multilr/patches` links to `patches/`, so the repository root is all it takes.
 EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
 .PHONY: venv venv-main venv-t57 venv-compat venvs chromium postgresql lint test test-fast test-full test-main test-t57 \
-	test-compat lane-a lane-b demo bench clean
+	test-compat test-full-a test-full-b test-full-c test-main-a test-main-b demo bench clean
 
 define new_venv
-	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
-	$(1)/bin/python -m pip install -q --upgrade pip
+	tools/new_venv $(PYTHON) $(1)
 endef
 
 $(call STAMP,.venv): constraints.txt pyproject.toml setup.py
@@ -39,8 +42,7 @@ $(call STAMP,.venv): constraints.txt pyproject.toml setup.py
 $(call STAMP,.venv-main): constraints.txt constraints-main.txt pyproject.toml setup.py
 	@source=$$(tools/llamafactory_main_source "$(MAIN_WHEEL)" "$(MAIN_GIT)" "$(MAIN_COMMIT)") || exit 0; \
 	set -ex; \
-	test -x .venv-main/bin/python || $(PYTHON) -m venv .venv-main; \
-	.venv-main/bin/python -m pip install -q --upgrade pip; \
+	tools/new_venv $(PYTHON) .venv-main; \
 	grep -v -e '^llamafactory==' -e '^transformers==' constraints.txt | cat - constraints-main.txt > .venv-main/constraints.txt; \
 	$(call PIP,.venv-main) -c .venv-main/constraints.txt "$$source" $(EDITABLE); \
 	DS_BUILD_OPS=0 $(call PIP,.venv-main) --no-build-isolation -c .venv-main/constraints.txt deepspeed; \
@@ -81,15 +83,18 @@ lint: venv
 	.venv/bin/ruff check lf_multilr patches tests tools bench examples
 	.venv/bin/mypy lf_multilr
 
-# Every leg, two lanes at a time; each lane runs both its legs (a failure in the first does not skip the second)
-# and its output is printed in one piece when it ends.
-test: lint chromium postgresql venvs
-	$(MAKE) --no-print-directory -j2 --output-sync=target lane-a lane-b
+# The shards, longest first (minutes on the 2-core machine, two at a time: docs/compatibility.md). A leg's last
+# shard is every test file its other shards leave, so that a new test file runs without being listed here.
+FULL_A := tests/test_distributed.py tests/test_models_train.py tests/test_stages.py
+FULL_B := tests/test_sweep.py tests/test_evidence.py tests/test_resume.py tests/test_backends.py
+MAIN_A := tests/test_activation.py tests/test_webui_runner.py tests/test_webui_browser.py tests/test_plan.py
+SHARDS := test-full-c test-main-b test-full-a test-full-b test-main-a test-t57 test-compat lint
+ignoring = $(foreach file,$(1),--ignore=$(file))
 
-lane-a: test-full
-lane-b:
-	@$(MAKE) --no-print-directory test-main; a=$$?; $(MAKE) --no-print-directory test-t57; b=$$?; \
-	$(MAKE) --no-print-directory test-compat; exit $$((a | b | $$?))
+# Every shard runs (a failure in one does not stop the others); each one's output is printed in one piece when it
+# ends, and `make test` fails if any shard did.
+test: chromium postgresql
+	$(MAKE) --no-print-directory -j2 --keep-going --output-sync=target $(SHARDS)
 
 # The inner loop: every test that starts no training subprocess.
 test-fast: venv
@@ -97,9 +102,21 @@ test-fast: venv
 
 test-full: venv chromium postgresql
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+test-full-a: venv
+	.venv/bin/python -m pytest $(PYTEST_ARGS) $(FULL_A)
+test-full-b: venv postgresql
+	.venv/bin/python -m pytest $(PYTEST_ARGS) $(FULL_B)
+test-full-c: venv chromium
+	.venv/bin/python -m pytest $(PYTEST_ARGS) $(call ignoring,$(FULL_A) $(FULL_B))
 
+main_leg = if [ -f $(call STAMP,.venv-main) ]; then \
+	.venv-main/bin/python -m pytest -m "core or targets" $(PYTEST_ARGS) $(1); fi
 test-main: venv-main chromium
-	if [ -f $(call STAMP,.venv-main) ]; then .venv-main/bin/python -m pytest -m "core or targets" $(PYTEST_ARGS); fi
+	$(call main_leg)
+test-main-a: venv-main chromium
+	$(call main_leg,$(MAIN_A))
+test-main-b: venv-main
+	$(call main_leg,$(call ignoring,$(MAIN_A)))
 
 test-t57: venv-t57
 	DISABLE_VERSION_CHECK=1 .venv-t57/bin/python -m pytest -m core $(PYTEST_ARGS)
