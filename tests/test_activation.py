@@ -242,12 +242,18 @@ def test_a_changed_target_is_refused_by_name_and_the_rest_still_apply(env):
     no_excluded_release_advised(stdout + "\n".join(lines))
 
 
+#: LlamaBoard's modules imported first: its entry (which imports every watched web UI module), and the runner alone
+#: (which imports `locales` and `extras.ploting`, two more watched modules, in the middle of its own import).
+WEBUI_FIRST = ("llamafactory.webui.interface", "llamafactory.webui.runner")
+
+
 def test_any_llamafactory_module_imported_first_gets_everything_patched(env):
-    """One interpreter per module whose import triggers patching (each then imported before anything else), and
-    LlamaBoard's entry: the targets of every other trigger still apply when their modules come later."""
+    """One interpreter per training module whose import triggers patching (each then imported before anything else),
+    and per LlamaBoard module of WEBUI_FIRST: the targets of every other trigger still apply when their modules come
+    later."""
     code = "import importlib, sys\nimportlib.import_module(sys.argv[1])\n" + PROBE
-    here = [name for name in sorted(_boot.WATCHED) if importable(name)]
-    for first in [*here, "llamafactory.webui.interface"]:
+    here = [name for name in sorted(_boot.WATCHED) if importable(name) and not name.startswith("llamafactory.webui")]
+    for first in [*here, *WEBUI_FIRST]:
         result = run([PY, "-c", code, first], env)
         assert (result.returncode, result.stderr) == (0, ""), first
         applied, ready, wrapped = result.stdout.split()
