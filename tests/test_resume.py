@@ -12,9 +12,10 @@ from safetensors.torch import load_file, save_file
 
 from tools.testing import RESUMABLE, clean_env, logged_steps, train, write_config
 
-# Every test trains. Resuming is patched on every leg: `core` (every leg) resumes full and LoRA runs of the keys and
-# refuses a broken checkpoint and foreign optimizer state; the rest of the module (`targets`) runs on .venv and main.
-pytestmark = [pytest.mark.targets, pytest.mark.slow]
+# Every test trains. Resuming is patched on every leg: `core` resumes full and LoRA runs of the keys, loads the best
+# model, and refuses a broken checkpoint and foreign optimizer state; the other tests are variants of those paths (the
+# full suite's).
+pytestmark = pytest.mark.slow
 
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
 LORA = {"finetuning_type": "lora", "lora_target": "all", "additional_target": "merger"}

@@ -22,7 +22,7 @@ EXPECTED = {"vision_tower": 1.0e-4, "multi_modal_projector": 1.0e-3, "language_m
     "family",
     [
         pytest.param("qwen2_vl", marks=pytest.mark.core),
-        pytest.param("qwen2_5_vl", marks=pytest.mark.targets),  # Qwen2-VL's layout and names
+        "qwen2_5_vl",  # Qwen2-VL's layout and names: the full suite's
         pytest.param("llava", marks=pytest.mark.core),
     ],
 )
@@ -117,7 +117,6 @@ def test_module_lrs_equal_to_learning_rate_reproduce_stock_exactly(tiny, data, t
     assert all(torch.equal(our_weights[name], tensor) for name, tensor in stock_weights.items())
 
 
-@pytest.mark.targets
 def test_vision_tower_lr_zero_holds_the_vision_weights_still(tiny, data, tmp_path, env):
     family = "qwen2_vl"
     config, out = write_config(tmp_path, tiny(family), data, family, max_steps=2, weight_decay=0.1, vision_tower_lr=0.0)
