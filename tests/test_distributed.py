@@ -86,10 +86,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch(config, env, fsdp, script):
-    """``accelerate launch`` of ``script`` (LLaMA-Factory's launcher, or the CPU FSDP one) on two CPU ranks."""
+def launch(config, env, fsdp, script, ranks=2):
+    """``accelerate launch`` of ``script`` (LLaMA-Factory's launcher, or the CPU FSDP one) on ``ranks`` CPU ranks."""
     accelerate = config.parent / "accelerate.yaml"
-    accelerate.write_text(yaml.safe_dump({**ACCELERATE, "fsdp_config": fsdp}))
+    accelerate.write_text(yaml.safe_dump({**ACCELERATE, "num_processes": ranks, "fsdp_config": fsdp}))
     command = [str(BIN / "accelerate"), "launch", "--config_file", str(accelerate)]
     command += ["--main_process_port", str(free_port()), str(script), str(config)]
     return run(command, {**env, "PATH": f"{BIN}:{env['PATH']}"}, cwd=config.parent)
@@ -220,15 +220,16 @@ def test_a_sharded_run_resumes_exactly_where_the_uninterrupted_one_goes(backend,
 
 @pytest.mark.parametrize("route", ["accelerate config", "training arguments"])
 def test_fsdp1_without_orig_params_is_refused_before_the_model_loads(route, tiny, data, tmp_path, env):
+    # One rank: each rank refuses on its own, before anything is sharded.
     if route == "accelerate config":  # `accelerate launch` of the launcher LLaMA-Factory's docs name
         config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **LRS)
         launcher = importlib.util.find_spec("llamafactory.launcher").origin
-        result = launch(config, env, {**FSDP1, "fsdp_use_orig_params": False}, launcher)
+        result = launch(config, env, {**FSDP1, "fsdp_use_orig_params": False}, launcher, ranks=1)
         where = "(`fsdp_use_orig_params` in the accelerate config (FSDP_USE_ORIG_PARAMS=false))"
     else:  # transformers' own `fsdp` arguments in the training YAML
         fsdp = {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": False}}
         config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **fsdp, **LRS)
-        result = torchrun(config, env, 2)
+        result = torchrun(config, env, 1)
         where = "(`use_orig_params` under `fsdp_config` in the training arguments)"
     output = result.stdout + result.stderr
     assert result.returncode != 0

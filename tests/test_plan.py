@@ -35,8 +35,13 @@ def test_plan_counts_what_the_model_holds(tiny, data, tmp_path, env):
     assert [g["name"] for g in planned["param_groups"]][0].startswith("language_model/")
     assert not out.exists()  # planning writes nothing
 
+
+def test_plan_prints_the_module_table(tiny, data, tmp_path, env):
+    family = "qwen2_vl"
+    config, out = write_config(tmp_path, tiny(family), data, family, **LRS)
     text = plan(config, env)
     assert text.returncode == 0 and text.stdout.startswith("lf-multilr param groups for model type `qwen2_vl`:")
+    assert "vision_tower" in text.stdout and not out.exists()
 
 
 def test_plan_counts_the_lora_adapters_the_run_trains(tiny, data, tmp_path, env):
@@ -115,5 +120,8 @@ def test_doctor_reports_versions_hook_and_patches(env):
     assert "(verified on LLaMA-Factory 0.9.4, 0.9.5, 0.9.6.dev0)" in result.stdout
     stock = [line for line in result.stdout.splitlines() if "[ ]" in line]  # each with why: older than verified
     assert all("(stock: " in line for line in stock), stock  # (LlamaBoard on 0.9.4), stood in for, not needed
+
+
+def test_doctor_says_when_the_kill_switch_is_set(env):
     disabled = run([str(BIN / "lf-multilr"), "doctor"], {**env, "LF_MULTILR_DISABLE": "1"})
     assert "LF_MULTILR_DISABLE is set" in disabled.stdout

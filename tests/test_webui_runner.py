@@ -153,20 +153,33 @@ def test_refusals_show_the_message_and_start_nothing(board, case):
     assert not (workdir / "llamaboard_config" / "saved.yaml").exists()
 
 
-@pytest.mark.parametrize("case", ["negative", "frozen vision tower", "LoRA projector without a copy"])
-@pytest.mark.slow  # the CLI's own refusal, for comparison
-def test_the_refusal_is_the_clis(board, case, tmp_path):
-    """The config the UI would run, given to ``llamafactory-cli train``: it fails with the very same message."""
+@pytest.mark.parametrize(
+    ("case", "cli"),
+    [
+        ("negative", False),
+        pytest.param("frozen vision tower", True, marks=pytest.mark.slow),
+        ("LoRA projector without a copy", False),
+    ],
+)
+def test_the_refusal_is_the_clis(board, case, cli, tmp_path):
+    """The config the UI would run, given to LLaMA-Factory's parser, and for one case to ``llamafactory-cli train``
+    itself: it fails with the very same message."""
+    from llamafactory.hparams import get_train_args
+
     runner, inputs, _ = board
     fields, as_yaml, _ = REFUSALS[case]
     data = inputs(**fields)
     refusal = runner._initialize(data, True, False)
     args = {**original("_parse_train_args")(runner, data), **as_yaml, "output_dir": str(tmp_path / "out")}
-    config = tmp_path / "ui.yaml"
-    config.write_text(yaml.safe_dump(args))
-    result = run([str(BIN / "llamafactory-cli"), "train", str(config)], clean_env(tmp_path), cwd=tmp_path)
-    assert result.returncode != 0
-    assert result.stderr.splitlines()[-1].endswith(f"Error: {refusal}"), result.stderr[-3000:]
+    with pytest.raises(ValueError) as parsed:
+        get_train_args(dict(args))
+    assert str(parsed.value) == refusal
+    if cli:
+        config = tmp_path / "ui.yaml"
+        config.write_text(yaml.safe_dump(args))
+        result = run([str(BIN / "llamafactory-cli"), "train", str(config)], clean_env(tmp_path), cwd=tmp_path)
+        assert result.returncode != 0
+        assert result.stderr.splitlines()[-1].endswith(f"Error: {refusal}"), result.stderr[-3000:]
     assert not (tmp_path / "out").exists()
 
 
