@@ -4,9 +4,10 @@
 #                and every test of a patch target's behaviour (`targets`), LlamaBoard in Chromium included
 #   .venv-t57    LLaMA-Factory 0.9.5 + transformers 5.7.0 (DISABLE_VERSION_CHECK=1, as LLaMA-Factory advises): `core`
 #   .venv-lf094  LLaMA-Factory 0.9.4 + transformers 4.57.1 (constraints-lf094.txt): `core`
-# `make test` cuts the legs into shards (one pytest run over some of a leg's test files each) and runs two at a time,
-# the longest first (the tests are single-threaded; the machine has two cores). A shard waits only for its own
-# environment, so that one shard's install overlaps another's tests.
+# .venv-main and .venv-t57 start as hard-link copies of .venv (tools/clone_venv: seconds, where installing torch's
+# CUDA build takes minutes), then pip changes what differs. `make test` cuts the legs into shards (one pytest run over
+# some of a leg's test files each) and runs two at a time, the longest first (the tests are single-threaded; the
+# machine has two cores). A shard builds only the environments it needs, as it starts.
 # The interpreter the environments are made from (tools/python_for_venvs: the distribution's optimised CPython where
 # there is one); an environment made from another interpreter is made anew, as its stamp names the interpreter.
 PYTHON ?= $(shell tools/python_for_venvs)
@@ -26,7 +27,7 @@ PIP = $(1)/bin/python -m pip install -q
 EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
 .PHONY: venv venv-main venv-t57 venv-compat venvs chromium postgresql lint test test-fast test-full test-main test-t57 \
-	test-compat test-full-a test-full-b test-full-c test-main-a test-main-b demo bench clean
+	test-compat demo bench clean
 
 define new_venv
 	tools/new_venv $(PYTHON) $(1)
@@ -39,17 +40,17 @@ $(call STAMP,.venv): constraints.txt pyproject.toml setup.py
 	DS_BUILD_OPS=0 $(call PIP,.venv) --no-build-isolation -c constraints.txt deepspeed
 	touch $@
 
-$(call STAMP,.venv-main): constraints.txt constraints-main.txt pyproject.toml setup.py
+$(call STAMP,.venv-main): $(call STAMP,.venv) constraints.txt constraints-main.txt pyproject.toml setup.py
 	@source=$$(tools/llamafactory_main_source "$(MAIN_WHEEL)" "$(MAIN_GIT)" "$(MAIN_COMMIT)") || exit 0; \
 	set -ex; \
-	tools/new_venv $(PYTHON) .venv-main; \
+	tools/clone_venv .venv .venv-main; \
 	grep -v -e '^llamafactory==' -e '^transformers==' constraints.txt | cat - constraints-main.txt > .venv-main/constraints.txt; \
 	$(call PIP,.venv-main) -c .venv-main/constraints.txt "$$source" $(EDITABLE); \
 	DS_BUILD_OPS=0 $(call PIP,.venv-main) --no-build-isolation -c .venv-main/constraints.txt deepspeed; \
 	touch $@
 
-$(call STAMP,.venv-t57): constraints.txt pyproject.toml setup.py
-	$(call new_venv,.venv-t57)
+$(call STAMP,.venv-t57): $(call STAMP,.venv) constraints.txt pyproject.toml setup.py
+	tools/clone_venv .venv .venv-t57
 	$(call PIP,.venv-t57) -c constraints.txt $(EDITABLE)
 	# transformers 5.7.0 over LLaMA-Factory 0.9.5's own cap (<=5.6.0): LLaMA-Factory moves its 0.9.5 users there since
 	# 5.6.0 broke FlashAttention 2. pip reports the conflict with the cap, then installs it.
@@ -83,50 +84,80 @@ lint: venv
 	.venv/bin/ruff check lf_multilr patches tests tools bench examples
 	.venv/bin/mypy lf_multilr
 
-# The shards, longest first (minutes on the 2-core machine, two at a time: docs/compatibility.md). A leg's last
-# shard is every test file its other shards leave, so that a new test file runs without being listed here.
-FULL_A := tests/test_distributed.py tests/test_models_train.py tests/test_stages.py
-FULL_B := tests/test_sweep.py tests/test_evidence.py tests/test_resume.py tests/test_backends.py
-MAIN_A := tests/test_activation.py tests/test_webui_runner.py tests/test_webui_browser.py tests/test_plan.py
-SHARDS := test-full-c test-main-b test-full-a test-full-b test-main-a test-t57 test-compat lint
+# The legs' commands (a shard adds the test files it runs or leaves).
+FULL = .venv/bin/python -m pytest $(PYTEST_ARGS)
+MAIN = .venv-main/bin/python -m pytest -m "core or targets" $(PYTEST_ARGS)
+T57 = DISABLE_VERSION_CHECK=1 .venv-t57/bin/python -m pytest -m core $(PYTEST_ARGS)
+COMPAT = .venv-lf094/bin/python -m pytest -m core $(PYTEST_ARGS)
+# Without LLaMA-Factory's main at hand, .venv-main's build has said why the leg is skipped: its tests do not run.
+if_main = if [ -f $(call STAMP,.venv-main) ]; then $(1); fi
+
+# `make test` cuts the legs into shards and runs two at a time, in this order: the longest first, the shortest last to
+# fill the ends (minutes on the 2-core machine: docs/compatibility.md). The first two start together: the main leg,
+# which builds .venv and copies it, and 0.9.4's, whose environment is built on its own. A leg's last shard is every
+# test file its other shards leave, so that a new test file runs without being listed here.
+DISTRIBUTED := tests/test_distributed.py
+SWEEP := tests/test_sweep.py tests/test_evidence.py
+RESUME := tests/test_resume.py tests/test_backends.py
+STAGES := tests/test_models_train.py tests/test_stages.py
+SHARDS := shard-main shard-compat shard-full shard-distributed shard-t57 shard-sweep shard-resume shard-stages shard-lint
 ignoring = $(foreach file,$(1),--ignore=$(file))
+.PHONY: $(SHARDS)
 
 # Every shard runs (a failure in one does not stop the others); each one's output is printed in one piece when it
 # ends, and `make test` fails if any shard did.
 test: chromium postgresql
 	$(MAKE) --no-print-directory -j2 --keep-going --output-sync=target $(SHARDS)
 
+# A shard builds the environments it needs in its own recipe, as it starts (as prerequisites, make would build
+# every environment before starting any shard), one build at a time for each environment.
+built = flock $(1).lock $(MAKE) --no-print-directory $(2)
+shard-main:
+	@$(call built,.venv,venv) && $(call built,.venv-main,venv-main)
+	$(call if_main,$(MAIN))
+shard-compat:
+	@$(call built,.venv-lf094,venv-compat)
+	$(COMPAT)
+shard-full:
+	@$(call built,.venv,venv)
+	$(FULL) $(call ignoring,$(DISTRIBUTED) $(SWEEP) $(RESUME) $(STAGES))
+shard-distributed:
+	@$(call built,.venv,venv)
+	$(FULL) $(DISTRIBUTED)
+shard-t57:
+	@$(call built,.venv,venv) && $(call built,.venv-t57,venv-t57)
+	$(T57)
+shard-sweep:
+	@$(call built,.venv,venv)
+	$(FULL) $(SWEEP)
+shard-resume:
+	@$(call built,.venv,venv)
+	$(FULL) $(RESUME)
+shard-stages:
+	@$(call built,.venv,venv)
+	$(FULL) $(STAGES)
+shard-lint:
+	@$(call built,.venv,venv)
+	@$(MAKE) --no-print-directory lint
+
 # The inner loop: every test that starts no training subprocess.
 test-fast: venv
 	.venv/bin/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
+# One leg at a time, each in one pytest run.
 test-full: venv chromium postgresql
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
-test-full-a: venv
-	.venv/bin/python -m pytest $(PYTEST_ARGS) $(FULL_A)
-test-full-b: venv postgresql
-	.venv/bin/python -m pytest $(PYTEST_ARGS) $(FULL_B)
-test-full-c: venv chromium
-	.venv/bin/python -m pytest $(PYTEST_ARGS) $(call ignoring,$(FULL_A) $(FULL_B))
-
-main_leg = if [ -f $(call STAMP,.venv-main) ]; then \
-	.venv-main/bin/python -m pytest -m "core or targets" $(PYTEST_ARGS) $(1); fi
+	$(FULL)
 test-main: venv-main chromium
-	$(call main_leg)
-test-main-a: venv-main chromium
-	$(call main_leg,$(MAIN_A))
-test-main-b: venv-main
-	$(call main_leg,$(call ignoring,$(MAIN_A)))
-
+	$(call if_main,$(MAIN))
 test-t57: venv-t57
-	DISABLE_VERSION_CHECK=1 .venv-t57/bin/python -m pytest -m core $(PYTEST_ARGS)
+	$(T57)
 
 # The end-to-end cases marked `core` (pyproject.toml) on LLaMA-Factory 0.9.4 with transformers 4.57.1.
 test-compat: venv-compat
-	.venv-lf094/bin/python -m pytest -m core $(PYTEST_ARGS)
+	$(COMPAT)
 
 demo: venv
 	.venv/bin/python examples/demo.py
 
 clean:
-	rm -rf .venv .venv-main .venv-t57 .venv-lf094 build dist *.egg-info demo_output
+	rm -rf .venv .venv-main .venv-t57 .venv-lf094 .venv*.lock build dist *.egg-info demo_output
