@@ -4,7 +4,7 @@
 #                and every test of a patch target's behaviour (`targets`), LlamaBoard in Chromium included
 #   .venv-t57    LLaMA-Factory 0.9.5 + transformers 5.7.0 (DISABLE_VERSION_CHECK=1, as LLaMA-Factory advises): `core`
 #   .venv-lf094  LLaMA-Factory 0.9.4 + transformers 4.57.1 (constraints-lf094.txt): `core`
-# .venv-main and .venv-t57 start as hard-link copies of .venv (tools/clone_venv: seconds, where installing torch's
+# .venv-main and .venv-t57 start as hard-link copies of .venv (tools/new_venv: seconds, where installing torch's
 # CUDA build takes minutes), then pip changes what differs. `make test` cuts the legs into shards (one pytest run over
 # some of a leg's test files each) and runs two at a time, the longest first (the tests are single-threaded; the
 # machine has two cores). A shard builds only the environments it needs, as it starts.
@@ -30,7 +30,7 @@ EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 	test-compat demo bench clean
 
 define new_venv
-	tools/new_venv $(PYTHON) $(1)
+	tools/new_venv $(PYTHON) $(1) $(2)
 endef
 
 $(call STAMP,.venv): constraints.txt pyproject.toml setup.py
@@ -43,14 +43,14 @@ $(call STAMP,.venv): constraints.txt pyproject.toml setup.py
 $(call STAMP,.venv-main): $(call STAMP,.venv) constraints.txt constraints-main.txt pyproject.toml setup.py
 	@source=$$(tools/llamafactory_main_source "$(MAIN_WHEEL)" "$(MAIN_GIT)" "$(MAIN_COMMIT)") || exit 0; \
 	set -ex; \
-	tools/clone_venv .venv .venv-main; \
+	$(call new_venv,.venv-main,.venv); \
 	grep -v -e '^llamafactory==' -e '^transformers==' constraints.txt | cat - constraints-main.txt > .venv-main/constraints.txt; \
 	$(call PIP,.venv-main) -c .venv-main/constraints.txt "$$source" $(EDITABLE); \
 	DS_BUILD_OPS=0 $(call PIP,.venv-main) --no-build-isolation -c .venv-main/constraints.txt deepspeed; \
 	touch $@
 
 $(call STAMP,.venv-t57): $(call STAMP,.venv) constraints.txt pyproject.toml setup.py
-	tools/clone_venv .venv .venv-t57
+	$(call new_venv,.venv-t57,.venv)
 	$(call PIP,.venv-t57) -c constraints.txt $(EDITABLE)
 	# transformers 5.7.0 over LLaMA-Factory 0.9.5's own cap (<=5.6.0): LLaMA-Factory moves its 0.9.5 users there since
 	# 5.6.0 broke FlashAttention 2. pip reports the conflict with the cap, then installs it.

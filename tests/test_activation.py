@@ -128,8 +128,6 @@ for version, layout in json.loads(sys.argv[1]):
             print("REFUSED" if keys else "STOCK REFUSED", error)
         else:
             print("ACCEPTED" if keys else "STOCK ACCEPTED")
-    sys.stdout.flush()
-    sys.stderr.flush()
     lf_multilr.revert()
     lf_env.VERSION, trainer_utils.create_custom_optimizer = stock[0], stock[2]
     if stock[1] is not None:
