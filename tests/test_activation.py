@@ -10,7 +10,8 @@ import pytest
 
 from lf_multilr import _boot
 from lf_multilr.patches.targets import TARGETS
-from tools.testing import BIN, run
+from lf_multilr.support.compat import LLAMAFACTORY_FULL
+from tools.testing import run
 
 pytestmark = pytest.mark.targets  # patch targets' behaviour: the .venv-main leg runs these
 
@@ -60,40 +61,37 @@ def test_python_starts_silently_and_light(env):
     assert result.stdout.split() == ["[]", "True"]
 
 
-def test_hook_patches_when_llamafactory_is_imported(env):
-    """The training modules imported as a training run imports them; LlamaBoard's, and every other order, below."""
-    result = run([PY, "-c", PROBE], env)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [TRAIN, TRAIN, "True"]
-
-
-def test_apply_after_llamafactory_was_imported_rebinds_the_importers(env):
-    code = (
-        "import os; del os.environ['LF_MULTILR_DISABLE']\n"
-        "import llamafactory.train.tuner\nimport lf_multilr\nassert lf_multilr.apply()\n" + PROBE
-    )
-    result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [TRAIN, TRAIN, "True"]
+UNKNOWN_KEY = """
+from llamafactory.hparams import get_train_args
+try:
+    get_train_args({"model_name_or_path": "some/model", "stage": "sft", "output_dir": "out", "vision_tower_lr": 1e-5})
+except ValueError as error:
+    print("REFUSED", error)
+"""
 
 
 @pytest.mark.core
-def test_kill_switch_gives_stock_llamafactory_and_its_unknown_key_error(env, tmp_path):
-    code = "import lf_multilr\nassert not lf_multilr.apply()\n" + PROBE.replace(
+def test_kill_switch_gives_stock_llamafactory_and_apply_rebinds_the_importers_later(env):
+    """Under LF_MULTILR_DISABLE=1 LLaMA-Factory is stock, down to its parser's own unknown-key error (the CLI's,
+    which a stock run of tests/test_train_e2e.py shows silent under the switch), and `apply()` refuses; with the switch
+    lifted, `apply()` after LLaMA-Factory was imported patches it and rebinds the names its modules imported."""
+    switched_off = "import lf_multilr\nassert not lf_multilr.apply()\n" + PROBE.replace(
         "from lf_multilr import patches", "import lf_multilr.patches as patches"
     )
-    result = run([PY, "-c", code], {**env, "LF_MULTILR_DISABLE": "1"})
-    assert result.returncode == 0, result.stderr
-    applied, ready, wrapped = result.stdout.split()
+    lifted = "import os; del os.environ['LF_MULTILR_DISABLE']\nassert lf_multilr.apply()\n" + PROBE
+    marker = "import sys\nfor stream in (sys.stdout, sys.stderr):\n    print('LIFTED', file=stream, flush=True)\n"
+    result = run([PY, "-c", switched_off + UNKNOWN_KEY + marker + lifted], {**env, "LF_MULTILR_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (stdout, stdout_lifted), (stderr, _) = result.stdout.split("LIFTED\n"), result.stderr.split("LIFTED\n")
+    counts, refused = stdout.splitlines()
+    applied, ready, wrapped = counts.split()
     assert (applied, wrapped) == ("0", "False") and int(ready) > 0
-    config = tmp_path / "c.yaml"
-    config.write_text("model_name_or_path: some/model\nstage: sft\noutput_dir: out\nvision_tower_lr: 1.0e-5\n")
-    result = run(
-        [str(BIN / "llamafactory-cli"), "train", str(config)], {**env, "LF_MULTILR_DISABLE": "1"}, cwd=tmp_path
-    )
-    assert result.returncode != 0
-    assert "Some keys are not used by the HfArgumentParser: ['vision_tower_lr']" in result.stderr
-    assert "lf-multilr" not in result.stdout + result.stderr
+    assert refused == "REFUSED Some keys are not used by the HfArgumentParser: ['vision_tower_lr']"
+    assert "lf-multilr" not in stdout + stderr
+    applied, ready, wrapped = stdout_lifted.split()
+    assert applied == ready and wrapped == "True"
+    if importlib.metadata.version("llamafactory") in LLAMAFACTORY_FULL:  # `core` counts no targets on 0.9.4
+        assert applied == TRAIN
 
 
 VERSIONED = """
@@ -244,23 +242,46 @@ def test_a_changed_target_is_refused_by_name_and_the_rest_still_apply(env):
 #: (which imports `locales` and `extras.ploting`, two more watched modules, in the middle of its own import).
 WEBUI_FIRST = ("llamafactory.webui.interface", "llamafactory.webui.runner")
 
+ORDERS = """
+import importlib, json, sys
+probe = compile(sys.argv[2], "probe", "exec")
+for first in json.loads(sys.argv[1]):
+    if first:  # LLaMA-Factory and lf-multilr's patches unimported again, the hook installed: a new start-up's state
+        import lf_multilr
+        from lf_multilr import _boot
+        lf_multilr.revert()  # the hook out, and every patched name (transformers' too) back to its original
+        for name in [m for m in sys.modules if m.split(".")[0] in ("llamafactory", "lf_multilr")]:
+            if name != "lf_multilr._boot":
+                del sys.modules[name]
+        _boot.install()
+        importlib.import_module(first)
+    print("FIRST", first, flush=True)
+    exec(probe, {})
+"""
+
 
 def test_any_llamafactory_module_imported_first_gets_everything_patched(env):
-    """One interpreter per training module whose import triggers patching (each then imported before anything else),
-    and per LlamaBoard module of WEBUI_FIRST: the targets of every other trigger still apply when their modules come
-    later."""
-    code = "import importlib, sys\nimportlib.import_module(sys.argv[1])\n" + PROBE
+    """The training modules imported as a training run imports them, then each training module whose import triggers
+    patching imported before anything else, and each LlamaBoard module of WEBUI_FIRST: the targets of every other
+    trigger still apply when their modules come later. One interpreter: between two orders LLaMA-Factory and
+    lf-multilr's patches are unimported and reverted, the hook (all that a start-up installs) kept; torch and the
+    other libraries stay imported, which the hook, watching LLaMA-Factory's modules only, does not see."""
     here = [name for name in sorted(_boot.WATCHED) if importable(name) and not name.startswith("llamafactory.webui")]
-    for first in [*here, *WEBUI_FIRST]:
-        result = run([PY, "-c", code, first], env)
-        assert (result.returncode, result.stderr) == (0, ""), first
-        applied, ready, wrapped = result.stdout.split()
+    orders = ["", *here, *WEBUI_FIRST]
+    result = run([PY, "-c", ORDERS, json.dumps(orders), PROBE], env)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr[-3000:]
+    found = {}
+    for piece in result.stdout.split("FIRST ")[1:]:
+        first, _, counts = piece.partition("\n")
+        found[first] = counts.split()
+    assert list(found) == orders, result.stdout[-3000:]
+    for first, (applied, ready, wrapped) in found.items():
         if first == "llamafactory.webui.interface":  # LlamaBoard imports every web UI module
             assert (applied, ready, wrapped) == (ALL, ALL, "True"), first
         elif first.startswith("llamafactory.webui"):  # one web UI module: its targets and the training ones
             assert applied == ready and int(TRAIN) < int(applied) <= int(ALL) and wrapped == "True", first
         else:
-            assert (applied, ready, wrapped) == (TRAIN, TRAIN, "True"), first
+            assert (applied, ready, wrapped) == (TRAIN, TRAIN, "True"), first or "as a training run imports them"
 
 
 @pytest.mark.core
