@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from tools.testing import BIN, LLAMAFACTORY, ROOT, adapter, owner, run, train, weights, write_config
+from tools.testing import BIN, LLAMAFACTORY, ROOT, WEIGHTS_LOADING, adapter, owner, run, train, weights, write_config
 
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
 
@@ -75,14 +75,16 @@ def test_plan_counts_the_lora_adapters_the_run_trains(tiny, data, tmp_path, env)
 
 @pytest.mark.core
 def test_plan_refuses_what_the_run_refuses_with_the_same_message(tiny, data, tmp_path, env):
-    """Through both commands, for a refusal that needs the model's own arguments (a key on a module the run freezes);
-    every refusal is compared between plan and run in-process by tests/test_bad_input.py."""
+    """Through both commands, for a refusal that needs the model's own arguments (a key on a module the run freezes):
+    `llamafactory-cli train` exits non-zero with the message, before any weight loads, and nothing is written. Every
+    refusal is compared between plan and run in-process by tests/test_bad_input.py."""
     family = "qwen2_vl"
     config, out = write_config(tmp_path, tiny(family), data, family, vision_tower_lr=1.0e-5, freeze_vision_tower=True)
     planned, ran = plan(config, env), train(config, env)
     assert planned.returncode == 1 and ran.returncode != 0
     message = planned.stderr.strip().splitlines()[-1]
     assert message.startswith("lf-multilr: `vision_tower_lr: 1e-05` is refused") and message in ran.stderr
+    assert WEIGHTS_LOADING not in planned.stdout + planned.stderr + ran.stdout + ran.stderr
     assert not out.exists()
 
 
