@@ -45,24 +45,27 @@ def test_vit_layer_decay_follows_the_formula_in_one_adamw_step(tiny, data, tmp_p
 
 @pytest.mark.core
 def test_a_module_with_a_start_step_holds_still_before_it_and_moves_after(tiny, data, tmp_path, env):
+    # One run of three steps, saved after two: optimizer steps 0 and 1 (checkpoint-2), then step 2 (the end).
+    config, out = write_config(
+        tmp_path,
+        tiny(FAMILY),
+        data,
+        FAMILY,
+        max_steps=3,
+        save_strategy="steps",
+        save_steps=2,
+        weight_decay=0.1,
+        vision_tower_lr=1.0e-3,
+        vision_tower_start_step=2,
+    )
+    result = train(config, env)
+    assert result.returncode == 0, result.stderr[-3000:]
     before = weights(tiny(FAMILY))
+    vision = [name for name in before if ".visual." in name and "merger" not in name]
     moved = {}
-    for max_steps in (2, 3):
-        config, out = write_config(
-            tmp_path / str(max_steps),
-            tiny(FAMILY),
-            data,
-            FAMILY,
-            max_steps=max_steps,
-            weight_decay=0.1,
-            vision_tower_lr=1.0e-3,
-            vision_tower_start_step=2,
-        )
-        result = train(config, env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        after = weights(out)
-        vision = [name for name in before if ".visual." in name and "merger" not in name]
-        moved[max_steps] = [name for name in vision if not torch.equal(before[name], after[name])]
+    for steps, saved in ((2, out / "checkpoint-2"), (3, out)):
+        after = weights(saved)
+        moved[steps] = [name for name in vision if not torch.equal(before[name], after[name])]
         assert any(not torch.equal(before[n], after[n]) for n in before if "language_model" in n)
     assert moved[2] == []  # optimizer steps 0 and 1: bit-identical vision weights
     assert len(moved[3]) == 25  # step 2: every vision tensor moves
