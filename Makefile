@@ -105,30 +105,36 @@ ignoring = $(foreach file,$(1),--ignore=$(file))
 .PHONY: $(SHARDS)
 
 # Every shard runs (a failure in one does not stop the others); each one's output is printed in one piece when it
-# ends, and `make test` fails if any shard did.
-test: chromium postgresql
+# ends, and `make test` fails if any shard did. The system packages the tests drive (Chromium, PostgreSQL: a download
+# and an unpack, little CPU) install in the background while the first shards build their environments; a shard that
+# needs them waits for them, and installs them itself (with apt's own message) if that install failed.
+test:
+	@flock $(APT_LOCK) $(MAKE) --no-print-directory chromium postgresql >.apt.log 2>&1 &
 	$(MAKE) --no-print-directory -j2 --keep-going --output-sync=target $(SHARDS)
 
 # A shard builds the environments it needs in its own recipe, as it starts (as prerequisites, make would build
 # every environment before starting any shard), one build at a time for each environment.
 built = flock $(1).lock $(MAKE) --no-print-directory $(2)
+# apt runs one install at a time: the shards and the background install take turns.
+APT_LOCK := .apt.lock
+installed = flock $(APT_LOCK) $(MAKE) -s --no-print-directory $(1)
 shard-main:
-	@$(call built,.venv,venv) && $(call built,.venv-main,venv-main)
+	@$(call built,.venv,venv) && $(call built,.venv-main,venv-main) && $(call installed,chromium)
 	$(call if_main,$(MAIN))
 shard-compat:
-	@$(call built,.venv-lf094,venv-compat)
+	@$(call built,.venv-lf094,venv-compat) && $(call installed,chromium)
 	$(COMPAT)
 shard-full:
-	@$(call built,.venv,venv)
+	@$(call built,.venv,venv) && $(call installed,chromium)
 	$(FULL) $(call ignoring,$(DISTRIBUTED) $(SWEEP) $(RESUME) $(STAGES))
 shard-distributed:
 	@$(call built,.venv,venv)
 	$(FULL) $(DISTRIBUTED)
 shard-t57:
-	@$(call built,.venv,venv) && $(call built,.venv-t57,venv-t57)
+	@$(call built,.venv,venv) && $(call built,.venv-t57,venv-t57) && $(call installed,chromium)
 	$(T57)
 shard-sweep:
-	@$(call built,.venv,venv)
+	@$(call built,.venv,venv) && $(call installed,postgresql)
 	$(FULL) $(SWEEP)
 shard-resume:
 	@$(call built,.venv,venv)
@@ -149,15 +155,15 @@ test-full: venv chromium postgresql
 	$(FULL)
 test-main: venv-main chromium
 	$(call if_main,$(MAIN))
-test-t57: venv-t57
+test-t57: venv-t57 chromium
 	$(T57)
 
 # The end-to-end cases marked `core` (pyproject.toml) on LLaMA-Factory 0.9.4 with transformers 4.57.1.
-test-compat: venv-compat
+test-compat: venv-compat chromium
 	$(COMPAT)
 
 demo: venv
 	.venv/bin/python examples/demo.py
 
 clean:
-	rm -rf .venv .venv-main .venv-t57 .venv-lf094 .venv*.lock build dist *.egg-info demo_output
+	rm -rf .venv .venv-main .venv-t57 .venv-lf094 .venv*.lock .apt.lock .apt.log build dist *.egg-info demo_output
