@@ -27,9 +27,9 @@ from lf_multilr.reports.table import human
 from lf_multilr.training.ranks import rank_mismatch, same_groups_on_every_rank
 from tools.testing import (
     BIN,
-    RESUMABLE,
     ROOT,
     WEIGHTS_LOADING,
+    clean_env,
     log_records,
     logged_steps,
     max_steps_by_module,
@@ -142,8 +142,7 @@ def one_step_by_module_lr(tiny, out):
         assert values == one_step(EXPECTED[module], len(values)), module
 
 
-def norms_add_up(out):
-    (record,) = history(out)
+def norms_add_up(record):
     norms = [record[f"grad_norm/{module}"] for module in MODULES]
     assert all(norm > 0 for norm in norms)
     assert math.sqrt(sum(norm * norm for norm in norms)) == pytest.approx(record["grad_norm"], rel=1e-5)
@@ -159,7 +158,8 @@ def test_ddp_ranks_build_the_same_groups_and_every_module_steps_by_its_lr(tiny, 
     same_signature_on_both_ranks(output)
     whole_table(tiny, output)
     one_step_by_module_lr(tiny, out)
-    record = norms_add_up(out)
+    (record,) = history(out)
+    norms_add_up(record)
     assert (record["lr/vision_tower"], record["lr/multi_modal_projector"], record["lr/language_model"]) == (
         1.0e-4,
         1.0e-3,
@@ -168,46 +168,90 @@ def test_ddp_ranks_build_the_same_groups_and_every_module_steps_by_its_lr(tiny, 
     assert [r for r in log_records(out) if "loss" in r][0]["grad_norm/vision_tower"] == record["grad_norm/vision_tower"]
 
 
-@pytest.mark.targets
-@pytest.mark.parametrize(
-    ("fsdp", "wrapped"), [(FSDP1, "FullyShardedDataParallel, Parameter"), (FSDP2, "DTensor")], ids=["fsdp1", "fsdp2"]
-)
-def test_fsdp_keeps_the_groups_steps_every_module_by_its_lr_and_logs_whole_norms(
-    fsdp, wrapped, tiny, data, tmp_path, env
-):
-    # Two micro-batches per step: the norms are measured on gradients accumulated, reduced and sharded.
-    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, gradient_accumulation_steps=2, **LRS)
-    result = fsdp_cpu(config, env, fsdp)
+#: The sharded runs: four steps of cosine decay from the LRs (no warm-up, no weight decay, so that the first step moves
+#: every tensor by exactly its module's LR), a checkpoint after every step (the first step's weights, and the one of
+#: step 2 to resume from).
+SHARDED = {
+    "max_steps": 4,
+    "save_steps": 1,
+    "save_strategy": "steps",
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+}
+
+
+def sharded_run(folder, backend, tiny, data, env, **resume):
+    """A run of SHARDED with the module LRs on two ranks under ``backend`` (FSDP with two micro-batches per step, so
+    that the norms are measured on gradients accumulated, reduced and sharded; or ZeRO): its output folder and
+    console output, after checking that both ranks built the same groups."""
+    fsdp = {"fsdp1": FSDP1, "fsdp2": FSDP2}.get(backend)
+    folder.mkdir(parents=True)
+    extra = {"gradient_accumulation_steps": 2} if fsdp else {"deepspeed": deepspeed_config(folder, int(backend[-1]))}
+    config, out = write_config(folder, tiny(FAMILY), data, FAMILY, **SHARDED, **extra, **resume, **LRS)
+    result = fsdp_cpu(config, env, fsdp) if fsdp else torchrun_with_teardown_mend(config, env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, result.stderr[-3000:]
+    same_signature_on_both_ranks(output)
+    return out, output
+
+
+@pytest.fixture(scope="module")
+def sharded(tiny, data, tmp_path_factory):
+    """``sharded(backend)``: one uninterrupted run per backend, shared by the test of what it keeps and the test that
+    resumes from it (neither changes it)."""
+    made = {}
+
+    def get(backend):
+        if backend not in made:
+            folder = tmp_path_factory.mktemp(backend)
+            (folder / "hf_home").mkdir()
+            made[backend] = sharded_run(folder / "whole", backend, tiny, data, clean_env(folder / "hf_home"))
+        return made[backend]
+
+    return get
+
+
+def first_step_by_module_lr(tiny, out):
+    """The first step (cosine from the LRs, no warm-up) moved every tensor by its module's LR, and the logged
+    lr/<module> keep the LRs' ratios at every step (they share the schedule): the steps' log records."""
+    one_step_by_module_lr(tiny, out / "checkpoint-1")
+    records = history(out)
+    assert len(records) == 4
+    for record in records:  # HF's own log (trainer_state.json): its learning_rate is the language model's LR
+        assert record["lr/language_model"] == record["learning_rate"]
+        assert record["lr/multi_modal_projector"] == pytest.approx(record["learning_rate"] * 1.0e-1, rel=1e-6)
+        assert record["lr/vision_tower"] == pytest.approx(record["learning_rate"] * 1.0e-2, rel=1e-6)
+    return records
+
+
+@pytest.mark.targets
+@pytest.mark.parametrize(
+    ("backend", "wrapped"),
+    [("fsdp1", "FullyShardedDataParallel, Parameter"), ("fsdp2", "DTensor")],
+    ids=["fsdp1", "fsdp2"],
+)
+def test_fsdp_keeps_the_groups_steps_every_module_by_its_lr_and_logs_whole_norms(backend, wrapped, sharded, tiny):
+    out, output = sharded(backend)
     pieces = re.findall(rf"fsdp_cpu: rank (\d): .*{wrapped}.*, (\d+) elements here", output)
     reports = [line for line in output.splitlines() if "fsdp_cpu:" in line]
     assert sorted(rank for rank, _ in pieces) == ["0", "1"], reports
     whole = sum(tensor.numel() for tensor in weights(tiny(FAMILY)).values())
     assert sum(int(size) for _, size in pieces) == whole  # each rank holds a piece, together the whole model
-    same_signature_on_both_ranks(output)
     whole_table(tiny, output)
-    one_step_by_module_lr(tiny, out)
-    norms_add_up(out)
+    for record in first_step_by_module_lr(tiny, out):
+        norms_add_up(record)
     assert "gradient norms are not logged" not in output
 
 
 @pytest.mark.parametrize("backend", ["fsdp1", "fsdp2", "zero2", "zero3"])
-def test_a_sharded_run_resumes_exactly_where_the_uninterrupted_one_goes(backend, tiny, data, tmp_path, env):
-    # Four steps of warm-up + cosine on two ranks, resumed from the checkpoint of step 2: each backend saves and
-    # loads the weights and the optimizer state of the module groups itself.
-    fsdp = {"fsdp1": FSDP1, "fsdp2": FSDP2}.get(backend)
-    extra = {} if fsdp else {"deepspeed": deepspeed_config(tmp_path, int(backend[-1]))}
-
-    def run_to_the_end(name, **resume):
-        config, out = write_config(tmp_path / name, tiny(FAMILY), data, FAMILY, **RESUMABLE, **extra, **resume, **LRS)
-        result = fsdp_cpu(config, env, fsdp) if fsdp else torchrun_with_teardown_mend(config, env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        same_signature_on_both_ranks(result.stdout + result.stderr)
-        return out
-
-    whole = run_to_the_end("whole")
-    resumed = run_to_the_end("resumed", resume_from_checkpoint=str(whole / "checkpoint-2"))
+def test_a_sharded_run_resumes_exactly_where_the_uninterrupted_one_goes(backend, sharded, tiny, data, tmp_path, env):
+    # Resumed from the checkpoint of step 2: each backend saves and loads the weights and the optimizer state of the
+    # module groups itself.
+    whole, _ = sharded(backend)
+    resumed, _ = sharded_run(
+        tmp_path / "resumed", backend, tiny, data, env, resume_from_checkpoint=str(whole / "checkpoint-2")
+    )
     expected, got = weights(whole), weights(resumed)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[name], got[name]) for name in expected)  # bit for bit
@@ -270,26 +314,19 @@ def deepspeed_config(tmp_path, stage, **blocks):
 
 
 @pytest.mark.targets
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_keeps_the_groups_and_steps_every_module_by_its_lr(stage, tiny, data, tmp_path, env):
+@pytest.mark.parametrize("backend", ["zero2", "zero3"])
+def test_deepspeed_zero_keeps_the_groups_and_steps_every_module_by_its_lr(backend, sharded, tiny):
     # LLaMA-Factory's launcher under torchrun, with the CPU teardown mend (a ZeRO-3 rank was seen aborting after this
     # run had completed and saved); `llamafactory-cli train` starting torchrun itself is the DDP and two-node tests'.
-    deepspeed = deepspeed_config(tmp_path, stage)
-    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, deepspeed=deepspeed, **LRS)
-    result = torchrun_with_teardown_mend(config, env)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, result.stderr[-3000:]
-    same_signature_on_both_ranks(output)
+    out, output = sharded(backend)
     whole_table(tiny, output)  # ZeRO-3's partitions counted whole
-    one_step_by_module_lr(tiny, out)
     warnings = re.findall(r"lf-multilr: per-module gradient norms are not logged: (.*)", output)
     assert warnings == [
         "under DeepSpeed each rank holds only a partition of the gradients, in DeepSpeed's own buffers; a piece's "
         "norm is not the module's."
     ]
-    (record,) = history(out)
-    assert record["lr/vision_tower"] == 1.0e-4 and "grad_norm" in record
-    assert not any(key.startswith("grad_norm/") for key in record)
+    for record in first_step_by_module_lr(tiny, out):
+        assert "grad_norm" in record and not any(key.startswith("grad_norm/") for key in record)
 
 
 def test_two_nodes_under_zero3_build_the_same_groups_and_step_every_module_by_its_lr(tiny, data, tmp_path, env):
