@@ -15,12 +15,17 @@ def plan(config, env, *extra):
 
 
 @pytest.mark.core
-def test_plan_counts_what_the_model_holds(tiny, data, tmp_path, env):
+def test_plan_counts_what_the_model_holds(tiny, data, tmp_path, capsys, monkeypatch):
+    """The command's own function, in this process: the installed `lf-multilr plan` starts in the refusal test below,
+    and its JSON is read in test_plan_counts_the_lora_adapters_the_run_trains."""
+    from lf_multilr.cli import main
+
     family = "qwen2_vl"
     config, out = write_config(tmp_path, tiny(family), data, family, **LRS)
-    result = plan(config, env, "--json")
-    assert result.returncode == 0, result.stderr[-3000:]
-    planned = json.loads(result.stdout)
+    monkeypatch.setenv("LLAMAFACTORY_VERBOSITY", "WARN")  # what the command sets for itself
+    capsys.readouterr()
+    assert main(["plan", str(config), "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
     counted = {}
     for name, tensor in weights(tiny(family)).items():
         tensors, params = counted.get(owner(family, name), (0, 0))
@@ -88,7 +93,9 @@ def test_plan_refuses_what_the_run_refuses_with_the_same_message(tiny, data, tmp
     assert not out.exists()
 
 
-def test_a_72b_config_plans_from_config_json_alone(tmp_path, env):
+def test_a_72b_config_plans_from_config_json_alone(tmp_path, capsys, monkeypatch):
+    from lf_multilr.cli import main
+
     config = tmp_path / "plan.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -104,9 +111,10 @@ def test_a_72b_config_plans_from_config_json_alone(tmp_path, env):
             }
         )
     )
-    result = plan(config, env, "--json")
-    assert result.returncode == 0, result.stderr[-3000:]
-    modules = json.loads(result.stdout)["modules"]
+    monkeypatch.setenv("LLAMAFACTORY_VERBOSITY", "WARN")  # what the command sets for itself
+    capsys.readouterr()
+    assert main(["plan", str(config), "--json"]) == 0  # the command's function, in this process
+    modules = json.loads(capsys.readouterr().out)["modules"]
     assert sum(m["num_params"] for m in modules.values()) == 73_405_560_320
     assert modules["vision_tower"]["lr"] == 2.0e-6 and modules["multi_modal_projector"]["trainable"] is False
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from tools.testing import BIN, log_records, run, train, weights, write_config
+from tools.testing import log_records, train, weights, write_config
 
 FAMILY = "qwen2_vl"
 
@@ -164,11 +164,15 @@ def test_lr_groups_work_on_a_text_only_model(text_model, data, tmp_path, env):
         assert step == pytest.approx(1.0e-2 if "embed_tokens" in name else 1.0e-4, rel=1e-3), name
 
 
-def test_a_pattern_that_matches_nothing_is_refused(tiny, data, tmp_path, env):
+def test_a_pattern_that_matches_nothing_is_refused(tiny, data, tmp_path, env, capsys, monkeypatch):
+    from lf_multilr.cli import main
+
     config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, lr_groups=[{"name": "x", "params": "nothing"}])
     result = train(config, env)
     assert result.returncode != 0
     assert "`lr_groups[0].params: 'nothing'` is refused: it matches no trainable parameter" in result.stderr
     assert not (out / "trainer_log.jsonl").exists()
-    plan = run([str(BIN / "lf-multilr"), "plan", str(config)], env)
-    assert plan.returncode == 1 and "`lr_groups[0].params: 'nothing'` is refused" in plan.stderr
+    monkeypatch.setenv("LLAMAFACTORY_VERBOSITY", "WARN")  # what the command sets for itself
+    capsys.readouterr()
+    assert main(["plan", str(config)]) == 1  # `lf-multilr plan`'s function, in this process
+    assert "`lr_groups[0].params: 'nothing'` is refused" in capsys.readouterr().err
