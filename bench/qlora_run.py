@@ -92,15 +92,14 @@ def module_of(name: str) -> str | None:
 
 def one_step(out: Path) -> tuple[list[str], bool]:
     """Rows for the one-step check and whether it passed."""
-    from tools.testing import adapter
+    from tools.testing import adapter, step_records
 
     largest: dict[str, float] = {}
     for name, tensor in adapter(out).items():
         module = module_of(name)
         if "lora_B" in name and module is not None:
             largest[module] = max(largest.get(module, 0.0), float(tensor.float().abs().max()))
-    # HF's own log of the step (trainer_state.json): grad_norm is there, LLaMA-Factory's trainer_log.jsonl leaves it out
-    (record,) = [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
+    (record,) = step_records(out)  # HF's log: grad_norm is there
     rows, ok = [], True
     for key, lr in LRS.items():
         module = key.removesuffix("_lr")

@@ -36,6 +36,7 @@ from tools.testing import (
     one_step,
     owner,
     run,
+    step_records,
     train,
     weights,
     write_config,
@@ -131,10 +132,6 @@ def same_signature_on_both_ranks(output):
     assert found["0"] == found["1"]
 
 
-def history(out):
-    return [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
-
-
 def one_step_by_module_lr(tiny, out):
     steps = max_steps_by_module(FAMILY, weights(tiny(FAMILY)), weights(out))
     assert set(steps) == set(EXPECTED)
@@ -158,7 +155,7 @@ def test_ddp_ranks_build_the_same_groups_and_every_module_steps_by_its_lr(tiny, 
     same_signature_on_both_ranks(output)
     whole_table(tiny, output)
     one_step_by_module_lr(tiny, out)
-    (record,) = history(out)
+    (record,) = step_records(out)
     norms_add_up(record)
     assert (record["lr/vision_tower"], record["lr/multi_modal_projector"], record["lr/language_model"]) == (
         1.0e-4,
@@ -216,7 +213,7 @@ def first_step_by_module_lr(tiny, out):
     """The first step (cosine from the LRs, no warm-up) moved every tensor by its module's LR, and the logged
     lr/<module> keep the LRs' ratios at every step (they share the schedule): the steps' log records."""
     one_step_by_module_lr(tiny, out / "checkpoint-1")
-    records = history(out)
+    records = step_records(out)
     assert len(records) == 4
     for record in records:  # HF's own log (trainer_state.json): its learning_rate is the language model's LR
         assert record["lr/language_model"] == record["learning_rate"]
@@ -299,7 +296,7 @@ def test_fsdp1_without_orig_params_and_no_key_withholds_the_norms_with_one_warni
         "FSDP1 without `use_orig_params` flattens the parameters of several modules into one tensor, so no module's "
         "gradient can be told apart; a piece's norm is not the module's."
     ]
-    (record,) = history(out)
+    (record,) = step_records(out)
     assert "grad_norm" in record and not any(key.startswith("grad_norm/") for key in record)
 
 

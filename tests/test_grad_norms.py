@@ -1,6 +1,5 @@
 """Per-module gradient norms: measured where HF measures grad_norm, consistent with it, cheap, and harmless."""
 
-import json
 import math
 
 import pytest
@@ -8,16 +7,12 @@ import torch
 import yaml
 
 from lf_multilr.training.metrics import GradNormMonitor
-from tools.testing import TRANSFORMERS_4, log_records, train, weights, write_config
+from tools.testing import TRANSFORMERS_4, log_records, step_records, train, weights, write_config
 
 pytestmark = pytest.mark.targets  # patch targets' behaviour: the .venv-main leg runs these
 
 MODULES = ("language_model", "vision_tower", "multi_modal_projector")
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
-
-
-def history(out):
-    return [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
 
 
 def norms_add_up(records, max_grad_norm):
@@ -43,7 +38,7 @@ def test_module_norms_add_up_to_hfs_grad_norm(max_grad_norm, clipped, tiny, data
     config, out = write_config(tmp_path, tiny(family), data, family, max_steps=3, max_grad_norm=max_grad_norm, **LRS)
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
-    records = history(out)
+    records = step_records(out)
     assert len(records) == 3
     if TRANSFORMERS_4 and not clipped:  # 4.x measures no grad_norm unless it clips: none per module either, said once
         assert not any(key.startswith("grad_norm") for record in records for key in record)
@@ -66,7 +61,7 @@ def test_logged_on_a_stock_multimodal_run_and_switched_off_without_changing_a_nu
     on, off = train(on_config, env), train(off_config, env)
     assert on.returncode == 0 and off.returncode == 0, on.stderr[-2000:] + off.stderr[-2000:]
     assert "lf-multilr param groups" not in on.stdout  # no LR key: the optimizer is stock
-    on_records, off_records = history(on_out), history(off_out)
+    on_records, off_records = step_records(on_out), step_records(off_out)
     assert len(on_records) == 2 and not any("lr/vision_tower" in r for r in on_records)
     norms_add_up(on_records, clip["max_grad_norm"])
     assert not any(k.startswith("grad_norm/") for r in off_records for k in r)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from lf_multilr.reports.plots import plot_module_metrics, series
-from tools.testing import train, write_config
+from tools.testing import step_records, train, write_config
 
 
 def test_series_orders_modules_and_skips_other_keys():
@@ -50,7 +50,7 @@ def test_a_run_with_plot_loss_draws_both_plots(tiny, data, tmp_path, env):
             assert image.format == "PNG" and image.size == ((640, 480) if name == "training_loss.png" else (750, 450))
             assert len(image.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # drawn lines, not a blank canvas
         assert f"Figure saved at: {out / name}" in result.stdout
-    history = [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
+    history = step_records(out)
     assert len({r["learning_rate"] for r in history}) > 3  # warm-up and cosine: the LR moves every step
     for record in history:  # the LR each step used, as HF's learning_rate (group 0, the language model) is
         assert record["lr/language_model"] == record["learning_rate"]

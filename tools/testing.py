@@ -153,6 +153,13 @@ def log_records(output_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def step_records(output_dir: Path) -> list[dict[str, Any]]:
+    """The training steps' records in HF's own log (``trainer_state.json``): ``grad_norm`` and ``learning_rate``
+    are there, where LLaMA-Factory's ``trainer_log.jsonl`` leaves the first out and names the second ``lr``."""
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return [record for record in history if "loss" in record]
+
+
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     """A saved full model's parameters under their in-memory names (transformers 5 saves the hub layout)."""
     from transformers import AutoModelForImageTextToText
