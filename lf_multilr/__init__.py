@@ -6,6 +6,9 @@ This module imports nothing heavy: it is imported at every interpreter start-up.
 
 import sys
 
+from ._boot import disabled
+
+__all__ = ["apply", "disabled", "revert"]
 __version__ = "0.1.0"
 
 
@@ -16,7 +19,7 @@ def apply() -> bool:
     """
     from . import _boot
 
-    if _boot.disabled():
+    if disabled():
         return False
     from .patches import enable
 

@@ -34,8 +34,19 @@ WATCHED = frozenset(
 )
 
 
-def disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+#: The one truth table of lf-multilr's environment flags: these values (case and surrounding blanks ignored) are off,
+#: any other value is on.
+OFF = frozenset({"", "0", "false", "no", "off"})
+
+
+def flag(name: str, environ: "Any" = None) -> bool:
+    """Whether the environment flag ``name`` is on (read from ``environ``, default ``os.environ``)."""
+    return (os.environ if environ is None else environ).get(name, "").strip().lower() not in OFF
+
+
+def disabled(environ: "Any" = None) -> bool:
+    """Whether the kill switch ``LF_MULTILR_DISABLE`` is on."""
+    return flag(DISABLE_ENV, environ)
 
 
 def _notify(name: str) -> None:

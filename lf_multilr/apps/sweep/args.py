@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+import lf_multilr
 from lf_multilr.config.keys import KEYS, Key, Kind, check_value
 from lf_multilr.errors import ConfigError
 
@@ -436,7 +437,7 @@ def _refuse_halving(parser: argparse.ArgumentParser, args: argparse.Namespace, v
 
 
 def _refuse_prune(parser: argparse.ArgumentParser, args: argparse.Namespace, values: Mapping[str, Any]) -> None:
-    if os.environ.get("LF_MULTILR_DISABLE"):
+    if lf_multilr.disabled():
         parser.error(
             "argument --prune: LF_MULTILR_DISABLE is set, which switches lf-multilr off in the runs, and with it the "
             "eval losses they report to the pruner. Fix: unset LF_MULTILR_DISABLE, or drop --prune"
