@@ -22,8 +22,8 @@ MAIN_GIT := https://github.com/hiyouga/LLaMA-Factory
 
 STAMP = $(1)/.lf-multilr-installed$(subst /,-,$(BASE_PYTHON))
 PIP = $(1)/bin/python -m pip install -q
-# lf-multilr installed editable as a plain path entry (no import hook of setuptools' at every interpreter start-up):
-# `lf_multilr/patches` links to `patches/`, so the repository root is all it takes.
+# lf-multilr installed editable as a plain path entry, the repository root (no import hook of setuptools' at every
+# interpreter start-up; lf_multilr/__init__.py finds `patches/` beside the package: docs/design.md#packaging).
 EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
 .PHONY: venv venv-main venv-t57 venv-compat venvs chromium postgresql lint test test-fast test-full test-main test-t57 \
@@ -80,9 +80,12 @@ chromium:
 postgresql:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || apt-get install -y -q postgresql || (apt-get update -q && apt-get install -y -q postgresql)
 
+# The wheel and sdist are built into a scratch folder and checked as the package registry would (`twine check`).
 lint: venv
 	.venv/bin/ruff check lf_multilr patches tests tools bench examples
-	.venv/bin/mypy lf_multilr
+	.venv/bin/mypy lf_multilr patches
+	@dist=$$(mktemp -d) && .venv/bin/python -m build -q --no-isolation --outdir $$dist . >/dev/null \
+		&& .venv/bin/twine check --strict $$dist/*; status=$$?; rm -rf $$dist; exit $$status
 
 # The legs' commands (a shard adds the test files it runs or leaves).
 FULL = .venv/bin/python -m pytest $(PYTEST_ARGS)

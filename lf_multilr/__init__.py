@@ -4,9 +4,19 @@ Installing the package activates it (see ``_boot``). :func:`apply` and :func:`re
 This module imports nothing heavy: it is imported at every interpreter start-up.
 """
 
+import os
 import sys
 
 from ._boot import disabled
+
+# `patches/` installs as `lf_multilr.patches` (pyproject.toml's package-dir). In a source tree (a clone, the editable
+# install, the tests) it sits beside this package instead: the package's search path reaches it there
+# (docs/design.md#packaging). Two `stat` calls; an installed wheel has the folder and skips this.
+_HERE = os.path.dirname(__file__)
+if not os.path.isdir(os.path.join(_HERE, "patches")) and os.path.isfile(
+    os.path.join(_HERE, os.pardir, "patches", "__init__.py")
+):
+    __path__.append(os.path.dirname(_HERE))
 
 __all__ = ["apply", "disabled", "revert"]
 __version__ = "0.1.0"

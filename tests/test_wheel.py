@@ -4,6 +4,7 @@
 import importlib.util
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 from tools.testing import ROOT, run, write_config
@@ -22,6 +23,11 @@ def test_wheel_in_a_fresh_venv(tiny, data, tmp_path, env):
     result = run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)], env)
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = dist.glob("lf_multilr-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    # the activation hook once, at the top of site-packages; `patches/` inside the package, through package-dir
+    assert [name for name in names if name.endswith(".pth")] == ["lf_multilr.pth"], names
+    assert {"lf_multilr/patches/__init__.py", "lf_multilr/patches/targets.py", "lf_multilr/py.typed"} <= set(names)
 
     venv = tmp_path / "fresh"
     base_python = getattr(sys, "_base_executable", sys.executable)
