@@ -14,11 +14,9 @@ import sys
 
 from lf_multilr.support import compat
 
-from . import _patching, _state, versions
-from ._state import warn_once
+from . import _patching, guard, versions
+from ._state import STATE, warn_once
 from .targets import TARGETS
-
-_enabled = True
 
 
 def _stand_in_needed(target: _patching.Target) -> bool:
@@ -32,10 +30,10 @@ def _stood_in(target: _patching.Target) -> bool:
     return any(target.dotted in other.instead_of and _stand_in_needed(other) for other in TARGETS)
 
 
-def decide(target: _patching.Target) -> compat.Decision:
-    """The decision for ``target``, whose owner module is imported."""
+def facts_of(target: _patching.Target) -> compat.TargetFacts:
+    """What is known of ``target`` here (its owner module is imported), for :func:`compat.decide`."""
     exists = target.exists()
-    return compat.decide(
+    return compat.TargetFacts(
         target=target.dotted,
         package=versions.package_of(target.owner),
         installed=versions.installed_version(target.owner),
@@ -66,7 +64,7 @@ def _apply_ready(just_run: str | None = None) -> None:
             continue
         if not (_imported(target.trigger_module, just_run) and _imported(target.owner, just_run)):
             continue
-        decision = _state.decided[target.dotted] = decide(target)
+        decision = STATE.decided[target.dotted] = compat.decide(facts_of(target))
         if decision.applies:
             _patching.apply(target)
             continue
@@ -77,26 +75,26 @@ def _apply_ready(just_run: str | None = None) -> None:
 
 def decisions() -> list[compat.Decision]:
     """The decisions made so far (for the targets whose modules are imported), in table order."""
-    return [_state.decided[target.dotted] for target in TARGETS if target.dotted in _state.decided]
+    return [STATE.decided[target.dotted] for target in TARGETS if target.dotted in STATE.decided]
 
 
 def on_import(name: str) -> None:
     """Called right after a watched module ran."""
-    if _enabled:
+    if STATE.enabled:
         _apply_ready(name)
 
 
 def enable() -> None:
-    global _enabled
-    _enabled = True
+    STATE.enabled = True
     _apply_ready()
 
 
 def disable() -> None:
-    global _enabled
-    _enabled = False
+    """Revert every patch and forget what was decided and said: as in a fresh interpreter, switched off."""
+    guard.disarm()
     _patching.revert_all()
-    _state.decided.clear()
+    STATE.reset()
+    STATE.enabled = False
 
 
 def applied() -> list[str]:

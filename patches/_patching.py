@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._state import STATE, Applied
+
 
 @dataclass(frozen=True)
 class Target:
@@ -79,29 +81,18 @@ class Target:
         return None
 
 
-@dataclass
-class _Applied:
-    target: Target
-    container: Any
-    name: str
-    original: Any
-    replacement: Any
-
-
-_applied: dict[str, _Applied] = {}
-
 
 def is_applied(target: Target) -> bool:
-    return target.dotted in _applied
+    return target.dotted in STATE.applied
 
 
 def original_of(target: Target) -> Any:
-    return _applied[target.dotted].original
+    return STATE.applied[target.dotted].original
 
 
 def apply(target: Target) -> None:
     """Patch ``target`` (its owner must be imported). Idempotent; raises if the target's shape changed."""
-    if target.dotted in _applied:
+    if target.dotted in STATE.applied:
         return
     container, name, original = target.resolve()
     problem = target.mismatch(original)
@@ -113,15 +104,15 @@ def apply(target: Target) -> None:
         module = sys.modules.get(importer)
         if module is not None and getattr(module, name, None) is original:
             setattr(module, name, replacement)
-    _applied[target.dotted] = _Applied(target, container, name, original, replacement)
+    STATE.applied[target.dotted] = Applied(target, container, name, original, replacement)
 
 
 def revert_all() -> None:
     """Put every original back, last patch first."""
-    for applied in reversed(list(_applied.values())):
+    for applied in reversed(list(STATE.applied.values())):
         setattr(applied.container, applied.name, applied.original)
         for importer in applied.target.importers:
             module = sys.modules.get(importer)
             if module is not None and getattr(module, applied.name, None) is applied.replacement:
                 setattr(module, applied.name, applied.original)
-    _applied.clear()
+    STATE.applied.clear()

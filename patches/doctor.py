@@ -75,7 +75,7 @@ def report() -> tuple[list[str], bool]:
     if failed is not None:
         lines.append(f"LLaMA-Factory failed to import: {failed}")
         return lines, False
-    decisions = [_state.decided.get(target.dotted) for target in TARGETS]
+    decisions = [_state.STATE.decided.get(target.dotted) for target in TARGETS]
     made = [decision for decision in decisions if decision is not None]
     unverified = sum(decision.verdict is compat.Verdict.UNVERIFIED for decision in made)
     lines.append(
@@ -87,7 +87,7 @@ def report() -> tuple[list[str], bool]:
     undecided = [target for decision, target in zip(decisions, TARGETS, strict=True) if decision is None]
     ok = ok and all(target.optional for target in undecided)
     if broken:
-        refused = compat.refusal(made)
+        refused = compat.keys_lost(made)
         lines.append(
             f"{len(broken)} targets need attention"
             + (f"; lf-multilr keys are refused here: {refused[0]}" if refused else "")

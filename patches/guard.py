@@ -2,66 +2,57 @@
 
 Armed by the argument parser when a run sets a key. The check runs where every HF training loop (and PPO's) tells
 its callbacks that training begins, when the optimizer is final and wrapped (``CallbackHandler.on_train_begin``,
-just before the first step): the trainer's optimizer is unwrapped to the torch optimizer that really steps
-(accelerate's ``AcceleratedOptimizer``, DeepSpeed's wrappers and ZeRO optimizer all hold it as ``.optimizer``).
-A loop that never calls it is caught at its first step instead, through torch's global optimizer pre-step hook,
-which sees the optimizer that steps whatever built it. Either way the hook is removed after the check, so later
-steps cost nothing; steps outside any trainer (other code in the same process) are not the run's.
-"""
+just before the first step): the loop has handed its callback handler the optimizer, which is unwrapped to the torch
+optimizer that really steps (accelerate's ``AcceleratedOptimizer``, DeepSpeed's wrappers and ZeRO optimizer all hold
+it as ``.optimizer``). A loop that never calls it is caught at its first step instead, through torch's global
+optimizer pre-step hook: the step is the run's when its optimizer is the one inside the trainer that the patched
+``Trainer.create_scheduler`` handed over. Either way the hook is removed after the check, so later steps cost
+nothing; other optimizers stepping in the same process are not the run's."""
 
 from __future__ import annotations
 
-import sys
+import weakref
 from functools import wraps
 from typing import Any
 
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from lf_multilr.training.guard import Expected, missing_groups, refusal
+from lf_multilr.training.guard import Expected, missing_groups, stop_message
 
-_handle: Any = None
-_expected: Expected | None = None
+from ._state import STATE
 
 
 def arm() -> None:
     """Check the first step of this run (the parser calls it for a run that sets a key)."""
-    global _handle, _expected
-    _expected = None
-    if _handle is None:
-        _handle = register_optimizer_step_pre_hook(_check)
+    STATE.guard.expected = None
+    if STATE.guard.handle is None:
+        STATE.guard.handle = register_optimizer_step_pre_hook(_check)
 
 
 def disarm() -> None:
-    global _handle, _expected
-    _expected = None
-    if _handle is not None:
-        _handle.remove()
-        _handle = None
+    guard = STATE.guard
+    guard.expected = None
+    guard.trainer = None
+    if guard.handle is not None:
+        guard.handle.remove()
+        guard.handle = None
 
 
 def expect(param_groups: Any) -> None:
     """Record the groups lf-multilr's factory built for this run."""
-    global _expected
-    if _handle is not None:
-        _expected = Expected.of(param_groups)
+    if STATE.guard.handle is not None:
+        STATE.guard.expected = Expected.of(param_groups)
 
 
 def armed() -> bool:
-    return _handle is not None
+    return STATE.guard.handle is not None
 
 
-def _trainer_on_stack() -> Any:
-    """The ``transformers.Trainer`` whose code is running further up the stack, or None."""
-    trainer_cls = getattr(sys.modules.get("transformers.trainer"), "Trainer", None)
-    if trainer_cls is None:
-        return None
-    frame = sys._getframe(1)
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, trainer_cls):
-            return candidate
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
+def trainer_seen(trainer: Any) -> None:
+    """Hand over the trainer that is about to train (the patched ``Trainer.create_scheduler`` calls this): the one
+    whose optimizer the check looks at, and whose class the message names."""
+    if STATE.guard.handle is not None:
+        STATE.guard.trainer = weakref.ref(trainer)
 
 
 def built_by(trainer: Any, optimizer: Any, expected: Expected | None) -> str:
@@ -69,6 +60,8 @@ def built_by(trainer: Any, optimizer: Any, expected: Expected | None) -> str:
     kind = f"a {type(optimizer).__module__}.{type(optimizer).__qualname__}"
     if expected is not None:
         return f"{kind} that is not the one lf-multilr's factory built (something replaced it after create_optimizer)"
+    if trainer is None:
+        return f"{kind}, from code that never called LLaMA-Factory's create_custom_optimizer (which lf-multilr patches)"
     create = type(trainer).create_optimizer
     where = f"{getattr(create, '__module__', '?')}.{getattr(create, '__qualname__', 'create_optimizer')}"
     return (
@@ -85,28 +78,31 @@ def innermost(optimizer: Any) -> Any:
 
 
 def _verify(trainer: Any, optimizer: Any) -> None:
-    why = missing_groups(_expected, optimizer.param_groups)
-    expected = _expected
+    expected = STATE.guard.expected
+    why = missing_groups(expected, optimizer.param_groups)
     disarm()
     if why is not None:
-        raise RuntimeError(refusal(why, built_by(trainer, optimizer, expected)))
+        raise RuntimeError(stop_message(why, built_by(trainer, optimizer, expected)))
 
 
 def _check(optimizer: Any, args: Any, kwargs: Any) -> None:
-    """The fallback, at a step: for loops that never announce that training begins."""
-    trainer = _trainer_on_stack()
-    if trainer is not None:
+    """The fallback, at a step: for loops that never announce that training begins. The step is the run's when the
+    optimizer is the one inside the handed-over trainer's."""
+    trainer = STATE.guard.trainer_seen()
+    held = getattr(trainer, "optimizer", None)
+    if held is not None and innermost(held) is optimizer:
         _verify(trainer, optimizer)
 
 
 def wrap_on_train_begin(original: Any) -> Any:
+    """Every HF training loop (and PPO's) hands its callback handler the optimizer before announcing that training
+    begins: check the one inside it."""
+
     @wraps(original)
     def on_train_begin(self: Any, args: Any, state: Any, control: Any, *rest: Any, **kwargs: Any) -> Any:
-        if _handle is not None:
-            trainer = _trainer_on_stack()
-            optimizer = getattr(trainer, "optimizer", None)
-            if optimizer is not None:
-                _verify(trainer, innermost(optimizer))
+        optimizer = getattr(self, "optimizer", None)
+        if STATE.guard.handle is not None and optimizer is not None:
+            _verify(STATE.guard.trainer_seen(), innermost(optimizer))
         return original(self, args, state, control, *rest, **kwargs)
 
     return on_train_begin

@@ -32,15 +32,14 @@ from lf_multilr.grouping.supplement import rules_for
 from lf_multilr.support import engines
 
 from . import _state, guard
+from ._state import STATE
 from .registry import config_model_type, known_types, module_map
-
-_classes: dict[type, type] = {}
 
 
 def keyed_class(base: type) -> type:
     """``base`` (LLaMA-Factory's FinetuningArguments) plus lf-multilr's keys, read and checked in ``__post_init__``."""
-    if base in _classes:
-        return _classes[base]
+    if base in STATE.keyed_classes:
+        return STATE.keyed_classes[base]
 
     def __post_init__(self: Any) -> None:
         base.__post_init__(self)  # type: ignore[attr-defined]
@@ -52,7 +51,7 @@ def keyed_class(base: type) -> type:
             refuse_engines(settings, engines_at_parse(self))
             refuse_own_optimizers(settings, self)
 
-    _classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
+    STATE.keyed_classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
     return cls
 
 
@@ -83,8 +82,8 @@ def with_v1_refusal(base: type) -> type:
     """The v1 engine's ``TrainingArguments`` (``USE_V1=1``) with lf-multilr's keys, refused when set: that engine
     builds its optimizer through its own plugin registry, so the keys would otherwise be unknown keys there, or be
     dropped silently under ``ALLOW_EXTRA_KEYS``."""
-    if base in _classes:
-        return _classes[base]
+    if base in STATE.keyed_classes:
+        return STATE.keyed_classes[base]
 
     def __post_init__(self: Any) -> None:
         base.__post_init__(self)  # type: ignore[attr-defined]
@@ -92,7 +91,7 @@ def with_v1_refusal(base: type) -> type:
         if settings.any_set:
             refuse_engines(settings, [engines.V1])
 
-    _classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
+    STATE.keyed_classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
     return cls
 
 
@@ -111,7 +110,7 @@ def dataclass_shape(value: Any) -> str | None:
 
 def refuse_lost_targets(settings: Settings) -> None:
     """Refuse the keys when a target they need is missing, changed or older than verified here."""
-    lost = _state.refusal()
+    lost = _state.keys_lost()
     if lost is not None:
         raise refusal(settings, *lost)
 

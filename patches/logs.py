@@ -4,7 +4,6 @@ where HF measures ``grad_norm`` (``Trainer._clip_grad_norm``, or ``Trainer._get_
 
 from __future__ import annotations
 
-import weakref
 from functools import wraps
 from typing import Any
 
@@ -13,13 +12,9 @@ from lf_multilr.reports.plots import plot_module_metrics
 from lf_multilr.training.metrics import GradNormMonitor, Reduce, module_entries, module_lrs, will_log
 from lf_multilr.training.trial import after_log as after_trial_log
 
-from ._state import warn_once
+from ._state import STATE, warn_once
 from .distributed import sharded_norms
 from .registry import config_model_type, model_config, module_map
-
-_monitors: weakref.WeakKeyDictionary[Any, GradNormMonitor | None] = weakref.WeakKeyDictionary()
-#: Each trainer's module LRs as they were when HF read its `learning_rate` (the LR the step just taken used).
-_step_lrs: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
 
 
 def _sharding(trainer: Any) -> tuple[Reduce | None, str | None]:
@@ -36,8 +31,8 @@ def _sharding(trainer: Any) -> tuple[Reduce | None, str | None]:
 
 def monitor_of(trainer: Any) -> GradNormMonitor | None:
     """The trainer's monitor, built on first use; None when this is no multimodal LLaMA-Factory run to watch."""
-    if trainer in _monitors:
-        return _monitors[trainer]
+    if trainer in STATE.monitors:
+        return STATE.monitors[trainer]
     monitor = None
     finetuning_args = getattr(trainer, "finetuning_args", None)  # only LLaMA-Factory's trainers have it
     if finetuning_args is not None and getattr(finetuning_args, "log_module_metrics", False):
@@ -54,7 +49,7 @@ def monitor_of(trainer: Any) -> GradNormMonitor | None:
             monitor = GradNormMonitor.of_groups(groups, reduce)
         elif mapping is not None:
             monitor = GradNormMonitor.of_model(trainer.model.named_parameters(), mapping, reduce)
-    _monitors[trainer] = monitor
+    STATE.monitors[trainer] = monitor
     return monitor
 
 
@@ -93,7 +88,7 @@ def wrap_get_learning_rate(original: Any) -> Any:
         value = original(self, *args, **kwargs)
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None and will_log(self.args, self.state):
-            _step_lrs[self] = module_lrs(optimizer.param_groups)
+            STATE.step_lrs[self] = module_lrs(optimizer.param_groups)
         return value
 
     return _get_learning_rate
@@ -107,10 +102,10 @@ def wrap_trainer_log(original: Any) -> Any:
     @wraps(original)
     def log(self: Any, logs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         optimizer = getattr(self, "optimizer", None)
-        lrs = _step_lrs.pop(self, None)
+        lrs = STATE.step_lrs.pop(self, None)
         if optimizer is not None and "learning_rate" in logs:
             logs.update(lrs if lrs is not None else module_lrs(optimizer.param_groups))
-        monitor = _monitors.get(self)
+        monitor = STATE.monitors.get(self)
         if monitor is not None:
             logs.update(monitor.entries(self.state.global_step))
         result = original(self, logs, *args, **kwargs)

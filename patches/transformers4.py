@@ -13,12 +13,9 @@ from typing import Any
 
 from lf_multilr.config.settings import settings_of
 
-from ._state import logger
+from ._state import STATE, logger
 from .logs import measure
 from .registry import config_model_type, model_config, module_map
-
-#: The trainers whose training loop is running, innermost last.
-_running: list[Any] = []
 
 
 def _warn_if_unmeasured(trainer: Any) -> None:
@@ -45,11 +42,11 @@ def wrap_inner_training_loop(original: Any) -> Any:
     @wraps(original)
     def _inner_training_loop(self: Any, *args: Any, **kwargs: Any) -> Any:
         _warn_if_unmeasured(self)
-        _running.append(self)
+        STATE.running.append(self)
         try:
             return original(self, *args, **kwargs)
         finally:
-            _running.pop()
+            STATE.running.pop()
 
     return _inner_training_loop
 
@@ -60,7 +57,7 @@ def wrap_accelerator_clip_grad_norm(original: Any) -> Any:
 
     @wraps(original)
     def clip_grad_norm_(self: Any, parameters: Any, max_norm: Any, *args: Any, **kwargs: Any) -> Any:
-        trainer = _running[-1] if _running else None
+        trainer = STATE.running[-1] if STATE.running else None
         if trainer is not None and getattr(trainer, "accelerator", None) is self:
             measure(trainer)
         return original(self, parameters, max_norm, *args, **kwargs)

@@ -20,11 +20,13 @@ PROBE = """
 import importlib.util, sys
 from lf_multilr import patches
 from lf_multilr.patches.targets import TARGETS
+from lf_multilr.support import compat
 import llamafactory.train.tuner  # every training module lf-multilr patches
 if importlib.util.find_spec("llamafactory.v1") is not None:
     import llamafactory.v1.config.arg_parser  # the v1 engine's parser, where the keys are refused
 import llamafactory.train.sft.trainer as sft
-ready = [t for t in TARGETS if t.trigger_module in sys.modules and t.owner in sys.modules and patches.decide(t).applies]
+imported = [t for t in TARGETS if t.trigger_module in sys.modules and t.owner in sys.modules]
+ready = [t for t in imported if compat.decide(patches.facts_of(t)).applies]
 print(len(patches.applied()), len(ready), hasattr(sft.create_custom_optimizer, "__wrapped__"))
 """
 
@@ -103,12 +105,10 @@ import llamafactory.train.tuner
 del os.environ["LF_MULTILR_DISABLE"]
 import lf_multilr
 from lf_multilr import patches
-from lf_multilr.patches import _state
 stock = lf_env.VERSION, getattr(parser, "_TRAIN_MCA_ARGS", None), trainer_utils.create_custom_optimizer
 args = {"model_name_or_path": "x", "output_dir": "o", "stage": "sft", "freeze_vision_tower": False}
 for version, layout in json.loads(sys.argv[1]):
     lf_multilr.revert()  # stock LLaMA-Factory again, and nothing said yet: as in a fresh interpreter
-    _state._said.clear()
     lf_env.VERSION = version
     if layout == "without _TRAIN_MCA_ARGS":  # 0.9.3's layout
         del parser._TRAIN_MCA_ARGS

@@ -65,7 +65,7 @@ def holders(obj):
 
 
 def decision(target):
-    return _state.decided.get(target.dotted)
+    return _state.STATE.decided.get(target.dotted)
 
 
 def test_every_target_is_applied_with_its_original_kept(loaded):

@@ -39,8 +39,16 @@ def _refuse(where: str, value: Any, why: str, fix: str = f"give a list like {EXA
 
 def parse_lr_groups(value: Any) -> tuple[CustomGroup, ...]:
     """Check and compile ``lr_groups``; refuse anything malformed with the key, the value, why and the fix."""
+    groups: list[CustomGroup] = []
+    for index, entry in enumerate(_entries(value)):
+        groups.append(_group(f"{KEY}[{index}]", entry, taken=[group.name for group in groups]))
+    return tuple(groups)
+
+
+def _entries(value: Any) -> list[Any]:
+    """The list of groups the value gives (a YAML list, or a JSON string from the command line)."""
     if value is None or value == "":
-        return ()
+        return []
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -48,29 +56,37 @@ def parse_lr_groups(value: Any) -> tuple[CustomGroup, ...]:
             raise _refuse(KEY, value, f"it is not valid JSON ({error.msg})") from None
     if not isinstance(value, (list, tuple)) or not value:
         raise _refuse(KEY, value, "it must be a non-empty list of groups")
-    groups: list[CustomGroup] = []
-    for index, entry in enumerate(value):
-        where = f"{KEY}[{index}]"
-        if not isinstance(entry, dict):
-            raise _refuse(where, entry, "a group must be a mapping with `name` and `params`")
-        unknown = sorted(set(entry) - set(FIELDS))
-        if unknown:
-            raise _refuse(where, entry, f"unknown field(s) {unknown}", f"use only {list(FIELDS)}")
-        name = entry.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise _refuse(f"{where}.name", name, "a group needs a name of letters, digits, '_', '.', '-'")
-        if name in (*MODULES, OTHER):
-            raise _refuse(f"{where}.name", name, "it is the name of a built-in group", "choose another name")
-        if any(group.name == name for group in groups):
-            raise _refuse(f"{where}.name", name, "two groups have this name", "give each group its own name")
-        pattern = entry.get("params")
-        if not isinstance(pattern, str) or not pattern:
-            raise _refuse(f"{where}.params", pattern, "a group needs `params`, a regular expression")
-        try:
-            compiled = re.compile(pattern)
-        except re.error as error:
-            raise _refuse(f"{where}.params", pattern, f"it is not a valid regular expression ({error})") from None
-        lr = check_value(Key(f"{where}.lr", OTHER, "lr"), entry.get("lr"))
-        weight_decay = check_value(Key(f"{where}.weight_decay", OTHER, "weight_decay"), entry.get("weight_decay"))
-        groups.append(CustomGroup(name, compiled, lr, weight_decay))
-    return tuple(groups)
+    return list(value)
+
+
+def _group(where: str, entry: Any, taken: list[str]) -> CustomGroup:
+    """One entry, checked field by field."""
+    if not isinstance(entry, dict):
+        raise _refuse(where, entry, "a group must be a mapping with `name` and `params`")
+    unknown = sorted(set(entry) - set(FIELDS))
+    if unknown:
+        raise _refuse(where, entry, f"unknown field(s) {unknown}", f"use only {list(FIELDS)}")
+    name = _name(f"{where}.name", entry.get("name"), taken)
+    compiled = _pattern(f"{where}.params", entry.get("params"))
+    lr = check_value(Key(f"{where}.lr", OTHER, "lr"), entry.get("lr"))
+    weight_decay = check_value(Key(f"{where}.weight_decay", OTHER, "weight_decay"), entry.get("weight_decay"))
+    return CustomGroup(name, compiled, lr, weight_decay)
+
+
+def _name(where: str, name: Any, taken: list[str]) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _refuse(where, name, "a group needs a name of letters, digits, '_', '.', '-'")
+    if name in (*MODULES, OTHER):
+        raise _refuse(where, name, "it is the name of a built-in group", "choose another name")
+    if name in taken:
+        raise _refuse(where, name, "two groups have this name", "give each group its own name")
+    return name
+
+
+def _pattern(where: str, pattern: Any) -> re.Pattern[str]:
+    if not isinstance(pattern, str) or not pattern:
+        raise _refuse(where, pattern, "a group needs `params`, a regular expression")
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise _refuse(where, pattern, f"it is not a valid regular expression ({error})") from None

@@ -156,23 +156,9 @@ class Decision:
         return text, text
 
 
-def decide(
-    *,
-    target: str,
-    package: str,
-    installed: str | None,
-    verified: Sequence[str],
-    role: str,
-    essential: bool = False,
-    stock_safe: bool = False,
-    optional: bool = False,
-    exists: bool,
-    mismatch: str | None = None,
-    stand_in: str = "",
-    stand_in_needed: bool = False,
-    stood_in: bool = False,
-) -> Decision:
-    """The verdict for one target whose owner module is imported.
+@dataclass(frozen=True)
+class TargetFacts:
+    """What is known of one patch target whose owner module is imported: the table's row and what was found.
 
     ``stand_in`` names the targets this one replaces where they are missing (``stand_in_needed`` says whether they
     are); ``stood_in`` says a stand-in replaces this one here. ``stock_safe`` targets (the keys in the parser, the
@@ -180,22 +166,41 @@ def decide(
     error; ``optional`` ones may be absent without loss.
     """
 
-    def verdict_of(verdict: Verdict, detail: str = "") -> Decision:
-        return Decision(target, verdict, package, installed, tuple(verified), role, essential, detail)
+    target: str
+    package: str
+    installed: str | None
+    verified: Sequence[str]
+    role: str
+    exists: bool
+    essential: bool = False
+    stock_safe: bool = False
+    optional: bool = False
+    mismatch: str | None = None
+    stand_in: str = ""
+    stand_in_needed: bool = False
+    stood_in: bool = False
 
-    if stand_in and not stand_in_needed:
-        return verdict_of(Verdict.NOT_NEEDED, stand_in)
-    if not exists:
-        if stood_in:
-            return verdict_of(Verdict.STOOD_IN)
-        return verdict_of(Verdict.ABSENT if optional else Verdict.MISSING)
-    if mismatch is not None:
-        return verdict_of(Verdict.CHANGED, mismatch)
-    if installed in verified:
-        return verdict_of(Verdict.VERIFIED)
-    if older_than_all(installed, verified) and not stock_safe:
-        return verdict_of(Verdict.OLDER)
-    return verdict_of(Verdict.UNVERIFIED)
+    def decision(self, verdict: Verdict, detail: str = "") -> Decision:
+        return Decision(
+            self.target, verdict, self.package, self.installed, tuple(self.verified), self.role, self.essential, detail
+        )
+
+
+def decide(facts: TargetFacts) -> Decision:
+    """The verdict for one target whose owner module is imported."""
+    if facts.stand_in and not facts.stand_in_needed:
+        return facts.decision(Verdict.NOT_NEEDED, facts.stand_in)
+    if not facts.exists:
+        if facts.stood_in:
+            return facts.decision(Verdict.STOOD_IN)
+        return facts.decision(Verdict.ABSENT if facts.optional else Verdict.MISSING)
+    if facts.mismatch is not None:
+        return facts.decision(Verdict.CHANGED, facts.mismatch)
+    if facts.installed in facts.verified:
+        return facts.decision(Verdict.VERIFIED)
+    if older_than_all(facts.installed, facts.verified) and not facts.stock_safe:
+        return facts.decision(Verdict.OLDER)
+    return facts.decision(Verdict.UNVERIFIED)
 
 
 def unverified_line(decisions: Iterable[Decision]) -> str | None:
@@ -227,7 +232,7 @@ def _order(version: str) -> tuple[bool, Version, str]:
     return (parsed is None, parsed or Version("0"), version)
 
 
-def refusal(decisions: Iterable[Decision]) -> tuple[str, str] | None:
+def keys_lost(decisions: Iterable[Decision]) -> tuple[str, str] | None:
     """(why, fix) for refusing the keys because essential targets are lost here; None when none is."""
     lost = [decision for decision in decisions if decision.refuses_keys]
     if not lost:

@@ -52,7 +52,7 @@ def missing_groups(expected: Expected | None, param_groups: Sequence[Mapping[str
     return None
 
 
-def refusal(why: str, built_by: str) -> str:
+def stop_message(why: str, built_by: str) -> str:
     """The error that stops the run."""
     return (
         f"lf-multilr: the optimizer about to take the first step does not hold lf-multilr's module groups: {why}. "
