@@ -1,13 +1,18 @@
-# `make demo` and `make test` create (or reuse) their environments at the repository root, each pinned:
+# The two commands (README.md): `make demo` trains the tiny default with three module LRs; `make test` runs
+#   1. `make setup`: Debian's Chromium and PostgreSQL (the browser and the database server the tests drive) and the
+#      four environments of the version matrix below, side by side;
+#   2. the tests, cut into nine shards (one pytest run over some of a leg's test files each), two at a time, the
+#      longest first (the tests are single-threaded; the machine has two cores); it fails if any shard fails.
+# `make test-fast` is the inner loop: every test that starts no subprocess, on .venv.
+#
+# The environments, at the repository root, each pinned:
 #   .venv        LLaMA-Factory 0.9.5 + transformers 5.6.0 (constraints.txt): the full suite
 #   .venv-main   LLaMA-Factory main (commit below) + transformers 5.8.0 (constraints.txt + constraints-main.txt): `core`
 #                and every test of a patch target's behaviour (`targets`), LlamaBoard in Chromium included
 #   .venv-t57    LLaMA-Factory 0.9.5 + transformers 5.7.0 (DISABLE_VERSION_CHECK=1, as LLaMA-Factory advises): `core`
 #   .venv-lf094  LLaMA-Factory 0.9.4 + transformers 4.57.1 (constraints-lf094.txt): `core`
 # .venv-main and .venv-t57 start as hard-link copies of .venv (tools/new_venv: seconds, where installing torch's
-# CUDA build takes minutes), then pip changes what differs. `make test` cuts the legs into shards (one pytest run over
-# some of a leg's test files each) and runs two at a time, the longest first (the tests are single-threaded; the
-# machine has two cores). A shard builds only the environments it needs, as it starts.
+# CUDA build takes minutes), then pip changes what differs.
 # The interpreter the environments are made from (tools/python_for_venvs: the distribution's optimised CPython where
 # there is one); an environment made from another interpreter is made anew, as its stamp names the interpreter.
 PYTHON ?= $(shell tools/python_for_venvs)
@@ -26,8 +31,8 @@ PIP = $(1)/bin/python -m pip install -q
 # interpreter start-up; lf_multilr/__init__.py finds `patches/` beside the package: docs/design.md#packaging).
 EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
-.PHONY: venv venv-main venv-t57 venv-compat venvs chromium postgresql lint test test-fast test-full test-main test-t57 \
-	test-compat demo bench clean
+.PHONY: venv venv-main venv-t57 venv-compat venvs setup system-packages chromium postgresql lint test test-fast \
+	test-full test-main test-t57 test-compat demo clean
 
 define new_venv
 	tools/new_venv $(PYTHON) $(1) $(2)
@@ -67,20 +72,24 @@ venv: $(call STAMP,.venv)
 venv-main: $(call STAMP,.venv-main)
 venv-t57: $(call STAMP,.venv-t57)
 venv-compat: $(call STAMP,.venv-lf094)
-# .venv-main is built by its own leg: without LLaMA-Factory's main at hand, that leg says once why it is skipped.
+# Every environment of the matrix (.venv-main says once why it is skipped when LLaMA-Factory's main is not at hand).
 venvs:
-	$(MAKE) --no-print-directory -j2 venv venv-t57 venv-compat
+	$(MAKE) --no-print-directory -j2 venv venv-compat venv-main venv-t57
 
-# The web UI tests drive Debian's Chromium (Playwright's own browser download needs more than package registries).
+# The system packages the tests drive, from Debian: Chromium for LlamaBoard in a real browser (Playwright's own browser
+# download needs more than the package registries), and PostgreSQL for the shared-study sweep (its tests start the
+# server themselves, with initdb and pg_ctl, which Debian keeps in /usr/lib/postgresql/VERSION/bin, off the PATH).
+system-packages: chromium postgresql
 chromium:
 	command -v chromium >/dev/null || apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
-
-# The shared-study sweep test starts Debian's PostgreSQL server itself (initdb and pg_ctl, which Debian keeps in
-# /usr/lib/postgresql/VERSION/bin, off the PATH), on a free local port.
 postgresql:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || apt-get install -y -q postgresql || (apt-get update -q && apt-get install -y -q postgresql)
 
-# The wheel and sdist are built into a scratch folder and checked as the package registry would (`twine check`).
+# What `make test` needs before its first test, built side by side: the environments (pip, mostly CPU) and the system
+# packages (a download and an unpack, little CPU; apt installs one package set at a time, so they are one step).
+setup:
+	$(MAKE) --no-print-directory -j2 venv venv-compat system-packages venv-main venv-t57
+
 lint: venv
 	.venv/bin/ruff check lf_multilr patches tests tools bench examples
 	.venv/bin/mypy lf_multilr patches
@@ -95,10 +104,8 @@ COMPAT = .venv-lf094/bin/python -m pytest -m core $(PYTEST_ARGS)
 # Without LLaMA-Factory's main at hand, .venv-main's build has said why the leg is skipped: its tests do not run.
 if_main = if [ -f $(call STAMP,.venv-main) ]; then $(1); fi
 
-# `make test` cuts the legs into shards and runs two at a time, in this order: the longest first, the shortest last to
-# fill the ends (minutes on the 2-core machine: docs/compatibility.md). The first two start together: the main leg,
-# which builds .venv and copies it, and 0.9.4's, whose environment is built on its own. A leg's last shard is every
-# test file its other shards leave, so that a new test file runs without being listed here.
+# The shards, in the order they start (minutes on the 2-core machine: docs/compatibility.md#how-make-test-runs). A
+# leg's last shard is every test file its other shards leave, so that a new test file runs without being listed here.
 DISTRIBUTED := tests/test_distributed.py
 SWEEP := tests/test_sweep.py tests/test_evidence.py
 RESUME := tests/test_resume.py tests/test_backends.py
@@ -107,46 +114,28 @@ SHARDS := shard-main shard-compat shard-full shard-distributed shard-t57 shard-s
 ignoring = $(foreach file,$(1),--ignore=$(file))
 .PHONY: $(SHARDS)
 
-# Every shard runs (a failure in one does not stop the others); each one's output is printed in one piece when it
-# ends, and `make test` fails if any shard did. The system packages the tests drive (Chromium, PostgreSQL: a download
-# and an unpack, little CPU) install in the background while the first shards build their environments; a shard that
-# needs them waits for them, and installs them itself (with apt's own message) if that install failed.
-test:
-	@flock $(APT_LOCK) $(MAKE) --no-print-directory chromium postgresql >.apt.log 2>&1 &
+# Every shard runs (a failure in one does not stop the others), each one's output is printed in one piece when it
+# ends, and `make test` fails if any shard did.
+test: setup
 	$(MAKE) --no-print-directory -j2 --keep-going --output-sync=target $(SHARDS)
 
-# A shard builds the environments it needs in its own recipe, as it starts (as prerequisites, make would build
-# every environment before starting any shard), one build at a time for each environment.
-built = flock $(1).lock $(MAKE) --no-print-directory $(2)
-# apt runs one install at a time: the shards and the background install take turns.
-APT_LOCK := .apt.lock
-installed = flock $(APT_LOCK) $(MAKE) -s --no-print-directory $(1)
 shard-main:
-	@$(call built,.venv,venv) && $(call built,.venv-main,venv-main) && $(call installed,chromium)
 	$(call if_main,$(MAIN))
 shard-compat:
-	@$(call built,.venv-lf094,venv-compat) && $(call installed,chromium)
 	$(COMPAT)
 shard-full:
-	@$(call built,.venv,venv) && $(call installed,chromium)
 	$(FULL) $(call ignoring,$(DISTRIBUTED) $(SWEEP) $(RESUME) $(STAGES))
 shard-distributed:
-	@$(call built,.venv,venv)
 	$(FULL) $(DISTRIBUTED)
 shard-t57:
-	@$(call built,.venv,venv) && $(call built,.venv-t57,venv-t57) && $(call installed,chromium)
 	$(T57)
 shard-sweep:
-	@$(call built,.venv,venv) && $(call installed,postgresql)
 	$(FULL) $(SWEEP)
 shard-resume:
-	@$(call built,.venv,venv)
 	$(FULL) $(RESUME)
 shard-stages:
-	@$(call built,.venv,venv)
 	$(FULL) $(STAGES)
 shard-lint:
-	@$(call built,.venv,venv)
 	@$(MAKE) --no-print-directory lint
 
 # The inner loop: every test that starts no training subprocess.
@@ -154,7 +143,7 @@ test-fast: venv
 	.venv/bin/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
 # One leg at a time, each in one pytest run.
-test-full: venv chromium postgresql
+test-full: venv system-packages
 	$(FULL)
 test-main: venv-main chromium
 	$(call if_main,$(MAIN))
@@ -169,4 +158,4 @@ demo: venv
 	.venv/bin/python examples/demo.py
 
 clean:
-	rm -rf .venv .venv-main .venv-t57 .venv-lf094 .venv*.lock .apt.lock .apt.log build dist *.egg-info demo_output
+	rm -rf .venv .venv-main .venv-t57 .venv-lf094 build dist *.egg-info demo_output
