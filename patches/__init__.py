@@ -1,7 +1,7 @@
 """Everything lf-multilr changes in LLaMA-Factory (installed as ``lf_multilr.patches``).
 
 A target is decided when its trigger module has been imported; the boot hook reports each import through
-:func:`on_import`. :mod:`lf_multilr.support.compat` decides from the installed versions and the target's shape
+:func:`on_import`. :mod:`lf_multilr.compat` decides from the installed versions and the target's shape
 whether it applies (verified, or unverified with its verified shape) or stays stock (missing, changed, older than
 verified, stood in for); every target left stock against expectations is named in one line, and an essential one
 makes the keys refused. The decisions are kept for ``lf-multilr doctor`` and the run's one warning about unverified
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from lf_multilr.support import compat
+from lf_multilr import compat
 
 from . import _patching, guard, versions
 from ._state import STATE, warn_once

@@ -18,7 +18,7 @@ class Target:
 
     ``owner.attr`` is replaced by ``patch(original)``; ``importers`` are the modules that bound the name with
     ``from owner import attr`` and are rebound too. The patch is applied when ``trigger`` (default: owner) is
-    imported, if the name resolves with the ``signature`` it was written for (see :mod:`lf_multilr.support.compat`).
+    imported, if the name resolves with the ``signature`` it was written for (see :mod:`lf_multilr.compat`).
     ``verified`` are the versions of the owner's package it was verified on; ``role`` says what lf-multilr does
     through it; an ``essential`` one is needed for the keys to work at all (lost, they are refused). ``stock_safe``
     targets also apply on releases older than verified (they only add the keys and refuse them); ``optional`` ones

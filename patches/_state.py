@@ -13,7 +13,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lf_multilr.support import compat
+from lf_multilr import compat
 
 if TYPE_CHECKING:
     from lf_multilr.training.guard import Expected

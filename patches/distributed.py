@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from lf_multilr.config.checks import flat_parameters
+from lf_multilr.training.distributed import same_groups_on_every_rank
 from lf_multilr.training.metrics import Reduce
-from lf_multilr.training.ranks import same_groups_on_every_rank
 
 
 def world() -> tuple[int, int] | None:

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lf_multilr import _boot
-from lf_multilr.support import compat
+from lf_multilr import _boot, compat
 
 from . import _state, applied
 from .targets import TARGETS

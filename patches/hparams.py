@@ -15,11 +15,12 @@ from dataclasses import field, make_dataclass
 from functools import wraps
 from typing import Any
 
+from lf_multilr.config import backends
 from lf_multilr.config.checks import (
     fsdp_of,
     refusal,
+    refuse_backends,
     refuse_deepspeed_blocks,
-    refuse_engines,
     refuse_flat,
     refuse_frozen,
     refuse_own_optimizers,
@@ -29,7 +30,6 @@ from lf_multilr.config.keys import KEYS, LR_GROUPS, SWITCHES
 from lf_multilr.config.settings import Settings, keep, settings_of
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.supplement import rules_for
-from lf_multilr.support import engines
 
 from . import _state, guard
 from ._state import STATE
@@ -48,7 +48,7 @@ def keyed_class(base: type) -> type:
             setattr(self, key, value)
         if settings.any_set:  # before LLaMA-Factory's own checks, which may fail on a missing package first
             refuse_lost_targets(settings)
-            refuse_engines(settings, engines_at_parse(self))
+            refuse_backends(settings, backends_at_parse(self))
             refuse_own_optimizers(settings, self)
 
     STATE.keyed_classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
@@ -89,7 +89,7 @@ def with_v1_refusal(base: type) -> type:
         base.__post_init__(self)  # type: ignore[attr-defined]
         settings = keep(self, Settings.read(self))
         if settings.any_set:
-            refuse_engines(settings, [engines.V1])
+            refuse_backends(settings, [backends.V1])
 
     STATE.keyed_classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
     return cls
@@ -123,10 +123,10 @@ def own_hyper_parallel_trainer() -> bool:
     return any(os.path.isfile(os.path.join(folder, "hyper_parallel", "trainer.py")) for folder in folders)
 
 
-def engines_at_parse(finetuning_args: Any) -> list[engines.Engine]:
-    """The other back ends this run selects (:mod:`lf_multilr.support.engines`), as LLaMA-Factory tells them apart."""
+def backends_at_parse(finetuning_args: Any) -> list[backends.Backend]:
+    """The other back ends this run selects (:mod:`lf_multilr.config.backends`), as LLaMA-Factory tells them apart."""
     parser = sys.modules["llamafactory.hparams.parser"]
-    return engines.engines_at_parse(
+    return backends.backends_at_parse(
         os.environ,
         bool(getattr(finetuning_args, "use_hyper_parallel", False)),
         own_hyper_parallel_trainer(),
@@ -203,7 +203,7 @@ def refuse_kt(raw: Any) -> None:
     given = [key.name for key in KEYS if values.get(key.name) is not None]
     given += [LR_GROUPS.name] if values.get(LR_GROUPS.name) else []
     if given:
-        raise ConfigError(given[0], values[given[0]], engines.KTRANSFORMERS.why(), engines.KTRANSFORMERS.fix)
+        raise ConfigError(given[0], values[given[0]], backends.KTRANSFORMERS.why(), backends.KTRANSFORMERS.fix)
 
 
 def wrap_get_train_args(original: Any) -> Any:

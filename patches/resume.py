@@ -6,7 +6,7 @@ checkpoint is in the hub layout (``visual.*``, ``model.layers.*``) and the model
 ``model.language_model.*``), so nothing loads and training goes on from the initial weights with the checkpoint's
 optimizer state. Here those checkpoints are loaded through the model's own key conversion, in place (parameters
 keep their identity, ``requires_grad`` and device), one file at a time, and then accounted for
-(:mod:`lf_multilr.training.checkpoint`). Adapter checkpoints are loaded by PEFT as before and then checked value by
+(:mod:`lf_multilr.training.resume`). Adapter checkpoints are loaded by PEFT as before and then checked value by
 value. FSDP, DeepSpeed and SageMaker checkpoints are left to their own loaders.
 """
 
@@ -22,7 +22,7 @@ import torch
 
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.digests import lr_changes, mismatch
-from lf_multilr.training.checkpoint import (
+from lf_multilr.training.resume import (
     Account,
     adapter_file,
     has_adapter,

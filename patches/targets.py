@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lf_multilr.support.compat import (
+from lf_multilr.compat import (
     ACCELERATE_4,
     LLAMAFACTORY_CORE,
     LLAMAFACTORY_FULL,
@@ -12,7 +12,7 @@ from lf_multilr.support.compat import (
     TRANSFORMERS_CORE,
 )
 
-from . import guard, hparams, logs, optimizer, resume, scheduler, transformers4, webui
+from . import guard, hparams, metrics, optimizer, resume, schedule, transformers4, webui
 from ._patching import Target
 
 _STAGE_TRAINERS = tuple(f"llamafactory.train.{stage}.trainer" for stage in ("sft", "pt", "rm", "dpo", "kto", "ppo"))
@@ -94,7 +94,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "llamafactory.train.callbacks",
         "LogCallback.on_log",
-        logs.wrap_log_callback_on_log,
+        metrics.wrap_log_callback_on_log,
         role="the per-module entries of trainer_log.jsonl",
         signature=("self", "args", "state", "control"),
         verified=LLAMAFACTORY_CORE,
@@ -102,7 +102,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "llamafactory.extras.ploting",
         "plot_loss",
-        logs.wrap_plot_loss,
+        metrics.wrap_plot_loss,
         role="training_lr.png and training_grad_norm.png",
         importers=_WORKFLOWS,
         signature=("save_dictionary", "keys"),
@@ -111,7 +111,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         _TRAINER,
         "Trainer._clip_grad_norm",
-        logs.wrap_clip_grad_norm,
+        metrics.wrap_clip_grad_norm,
         role=_GRAD_NORMS,
         signature=("self", "model"),
         trigger=_AFTER_TRAINER_UTILS,
@@ -120,7 +120,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         _TRAINER,
         "Trainer._get_grad_norm",
-        logs.wrap_get_grad_norm,
+        metrics.wrap_get_grad_norm,
         role=_GRAD_NORMS,
         signature=("self", "model", "grad_norm"),
         trigger=_AFTER_TRAINER_UTILS,
@@ -149,7 +149,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         _TRAINER,
         "Trainer.create_scheduler",
-        scheduler.wrap_create_scheduler,
+        schedule.wrap_create_scheduler,
         role="each module's schedule (start step, warm-up, scheduler bounds)",
         signature=("self", "num_training_steps", "optimizer"),
         trigger=_AFTER_TRAINER_UTILS,
@@ -168,7 +168,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         _TRAINER,
         "Trainer._get_learning_rate",
-        logs.wrap_get_learning_rate,
+        metrics.wrap_get_learning_rate,
         role="lr/<module> as the LR each step used",
         signature=("self",),
         trigger=_AFTER_TRAINER_UTILS,
@@ -177,7 +177,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         _TRAINER,
         "Trainer.log",
-        logs.wrap_trainer_log,
+        metrics.wrap_trainer_log,
         role="lr/<module> and grad_norm/<module> in the logs",
         signature=("self", "logs"),
         trigger=_AFTER_TRAINER_UTILS,

@@ -14,7 +14,7 @@ from typing import Any
 from lf_multilr.config.settings import settings_of
 
 from ._state import STATE, logger
-from .logs import measure
+from .metrics import measure
 from .registry import config_model_type, model_config, module_map
 
 

@@ -23,10 +23,11 @@ from dataclasses import fields
 from functools import wraps
 from typing import Any
 
-from lf_multilr.apps import webui_fields, webui_view
 from lf_multilr.config.checks import refuse_frozen
 from lf_multilr.config.settings import settings_of
 from lf_multilr.errors import ConfigError
+from lf_multilr.webui import fields as webui_fields
+from lf_multilr.webui import view as webui_view
 
 from . import hparams
 

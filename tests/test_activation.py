@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from lf_multilr import _boot
+from lf_multilr.compat import LLAMAFACTORY_FULL
 from lf_multilr.patches.targets import TARGETS
-from lf_multilr.support.compat import LLAMAFACTORY_FULL
 from tools.testing import run
 
 pytestmark = pytest.mark.targets  # patch targets' behaviour: the .venv-main leg runs these
@@ -20,7 +20,7 @@ PROBE = """
 import importlib.util, sys
 from lf_multilr import patches
 from lf_multilr.patches.targets import TARGETS
-from lf_multilr.support import compat
+from lf_multilr import compat
 import llamafactory.train.tuner  # every training module lf-multilr patches
 if importlib.util.find_spec("llamafactory.v1") is not None:
     import llamafactory.v1.config.arg_parser  # the v1 engine's parser, where the keys are refused

@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
+from lf_multilr.compat import LLAMAFACTORY_FULL
 from lf_multilr.patches.hparams import own_hyper_parallel_trainer
-from lf_multilr.support.compat import LLAMAFACTORY_FULL
 from tools.testing import BIN, LLAMAFACTORY, log_records, run, write_config
 
 PY = sys.executable

@@ -22,9 +22,9 @@ import yaml
 from lf_multilr.config.checks import Fsdp, flat_parameters, fsdp_of, refuse_deepspeed_blocks
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
-from lf_multilr.patches import logs
+from lf_multilr.patches import metrics
 from lf_multilr.reports.table import human
-from lf_multilr.training.ranks import rank_mismatch, same_groups_on_every_rank
+from lf_multilr.training.distributed import rank_mismatch, same_groups_on_every_rank
 from tools.testing import (
     BIN,
     ROOT,
@@ -415,7 +415,7 @@ class Trainer:
 
 def test_deepspeed_withholds_the_norms_with_one_warning(monkeypatch):
     warned = []
-    monkeypatch.setattr(logs, "warn_once", lambda message, every_rank=True: warned.append(message))
+    monkeypatch.setattr(metrics, "warn_once", lambda message, every_rank=True: warned.append(message))
     model = torch.nn.Linear(2, 2)
     model.config = SimpleNamespace(model_type="qwen2_vl")
     trainer = Trainer(
@@ -424,7 +424,7 @@ def test_deepspeed_withholds_the_norms_with_one_warning(monkeypatch):
         optimizer=SimpleNamespace(param_groups=[{"module": "language_model", "params": list(model.parameters())}]),
         accelerator=SimpleNamespace(distributed_type="DistributedType.DEEPSPEED"),
     )
-    assert logs.monitor_of(trainer) is None
+    assert metrics.monitor_of(trainer) is None
     assert warned == [
         "per-module gradient norms are not logged: under DeepSpeed each rank holds only a partition of the "
         "gradients, in DeepSpeed's own buffers; a piece's norm is not the module's."

@@ -56,7 +56,7 @@ def test_digest_is_order_sensitive_and_stable():
 
 
 def test_tied_tensors_count_as_loaded_through_their_twin():
-    from lf_multilr.training.checkpoint import Account
+    from lf_multilr.training.resume import Account
 
     account = Account({"embed": 1, "lm_head": 1, "norm": 2, "extra": 3})
     account.loaded.update({"embed", "norm"})
@@ -68,7 +68,7 @@ def test_incomplete_checkpoints_are_refused_with_key_value_why_fix():
     import pytest
 
     from lf_multilr.errors import ConfigError
-    from lf_multilr.training.checkpoint import Account, refuse_incomplete
+    from lf_multilr.training.resume import Account, refuse_incomplete
 
     account = Account({f"w{i}": i for i in range(5)}, loaded={"w0"}, unexpected=["visual.x"])
     with pytest.raises(ConfigError) as refused:
@@ -84,7 +84,7 @@ ROLES = ("decay", "no_decay")
 
 
 def test_the_lr_message_names_each_changed_module_once():
-    from lf_multilr.training.checkpoint import lr_message
+    from lf_multilr.training.resume import lr_message
 
     saved = [{"name": f"vision_tower/{role}", "module": "vision_tower", "initial_lr": 1e-4} for role in ROLES]
     now = [{**group, "initial_lr": 3e-4} for group in saved]

@@ -10,10 +10,9 @@ import types
 import pytest
 
 import lf_multilr
-from lf_multilr import patches
+from lf_multilr import compat, patches
 from lf_multilr.patches import _patching, _state
 from lf_multilr.patches.targets import TARGETS
-from lf_multilr.support import compat
 
 pytestmark = pytest.mark.core
 

@@ -21,9 +21,9 @@ import pytest
 import yaml
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from lf_multilr.apps.webui_view import number
 from lf_multilr.config.keys import KEY_NAMES
 from lf_multilr.training.metrics import PREFIXES
+from lf_multilr.webui.view import number
 from tools.testing import BIN, clean_env, full_suite_only
 
 pytestmark = [full_suite_only("LlamaBoard"), pytest.mark.targets]  # patch targets of LlamaBoard

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from lf_multilr.apps import webui_fields, webui_view
 from lf_multilr.config.keys import KEY_NAMES, KEYS, LR_GROUPS, Key, check_value
 from lf_multilr.errors import ConfigError
+from lf_multilr.webui import fields as webui_fields
+from lf_multilr.webui import view as webui_view
 
 VISION_LR = next(key for key in KEYS if key.name == "vision_tower_lr")
 FIELD_IDS = {key.name: f"train.{key.name}" for key in webui_fields.ui_keys()}

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 import lf_multilr
-from lf_multilr.apps import webui_fields
 from lf_multilr.config.keys import KEY_NAMES
 from lf_multilr.patches import _patching
 from lf_multilr.patches.targets import TARGETS
+from lf_multilr.webui import fields as webui_fields
 from tools.testing import BIN, clean_env, full_suite_only, run
 
 pytestmark = [full_suite_only("LlamaBoard"), pytest.mark.targets]  # patch targets of LlamaBoard

@@ -41,7 +41,7 @@ def full_suite_only(what: str) -> Any:
     """Skip ``what`` where the installed LLaMA-Factory is not one the full suite verifies (0.9.5 and main)."""
     import pytest
 
-    from lf_multilr.support.compat import LLAMAFACTORY_FULL
+    from lf_multilr.compat import LLAMAFACTORY_FULL
 
     return pytest.mark.skipif(
         LLAMAFACTORY not in LLAMAFACTORY_FULL,

@@ -1,1 +1,1 @@
-"""The command-line apps (the sweep) and the web UI's pure parts."""
+"""The command-line apps (the sweep)."""

@@ -11,10 +11,10 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lf_multilr.config.backends import Backend
 from lf_multilr.config.keys import FREEZE_FLAG, MODULES
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
-from lf_multilr.support.engines import Engine
 
 _TRUE = ("1", "true", "yes", "y", "on", "t")
 
@@ -38,7 +38,7 @@ def refuse_own_optimizers(settings: Settings, finetuning_args: Any) -> None:
             )
 
 
-def refuse_engines(settings: Settings, found: Sequence[Engine]) -> None:
+def refuse_backends(settings: Settings, found: Sequence[Backend]) -> None:
     """Refuse the keys on a back end that builds its optimizer without LLaMA-Factory's factory."""
     if found:
         raise refusal(settings, found[0].why(), found[0].fix)

@@ -91,7 +91,8 @@ def refuse_incomplete(checkpoint: str, account: Account, ignored: Collection[str
 
 
 def refuse_other_layout(checkpoint: str, why: str, lora: bool) -> None:
-    """Raise because the checkpoint's optimizer state belongs to other param groups (see :mod:`lf_multilr.grouping.digests`)."""
+    """Raise because the checkpoint's optimizer state belongs to other param groups
+    (see :mod:`lf_multilr.grouping.digests`)."""
     weights = "adapter_name_or_path" if lora else "model_name_or_path"
     raise ConfigError(
         KEY,

@@ -21,7 +21,7 @@ def env_enabled(environ: Mapping[str, str], name: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Engine:
+class Backend:
     """A back end: how it is selected, what builds its optimizer, and what to do instead."""
 
     selected_by: str
@@ -32,42 +32,42 @@ class Engine:
         return f"{self.selected_by} trains with {self.builds}, so the module groups would never be built"
 
 
-MCA = Engine(
+MCA = Backend(
     "`USE_MCA=1` (mcore_adapter is installed)",
     "mcore_adapter's Megatron trainer, whose optimizer is Megatron's and never comes from create_custom_optimizer",
     "unset USE_MCA to train with LLaMA-Factory's own trainers, or remove the lf-multilr keys",
 )
-MEGATRON_BRIDGE = Engine(
+MEGATRON_BRIDGE = Backend(
     "`USE_MEGATRON_BRIDGE=1`",
     "Megatron Bridge, which builds Megatron's own optimizer and never calls create_custom_optimizer",
     "unset USE_MEGATRON_BRIDGE to train with LLaMA-Factory's own trainers, or remove the lf-multilr keys",
 )
-HYPER_PARALLEL_EXTERNAL = Engine(
+HYPER_PARALLEL_EXTERNAL = Backend(
     "`use_hyper_parallel: true`",
     "the hyper_parallel package's own HyperParallelTrainer (this LLaMA-Factory release has none of its own), which "
     "lf-multilr has not seen build its optimizer through create_custom_optimizer",
     "use LLaMA-Factory's main, whose own HyperParallelTrainer takes the keys, or FSDP2 (`fsdp_version: 2`), or "
     "remove `use_hyper_parallel`",
 )
-KTRANSFORMERS = Engine(
+KTRANSFORMERS = Backend(
     "`use_kt: true`",
     "KTransformers' optimized kernels, whose LoRA training lf-multilr has not verified to keep the module groups",
     "remove `use_kt` (plain LoRA on LLaMA-Factory's trainers takes the keys), or remove the lf-multilr keys",
 )
-V1 = Engine(
+V1 = Backend(
     "`USE_V1=1`",
     "LLaMA-Factory's v1 engine, which builds its optimizer from `optim_config` through its own plugin registry",
     "unset USE_V1 to train with LLaMA-Factory's default engine, or remove the lf-multilr keys",
 )
 
 
-def engines_at_parse(
+def backends_at_parse(
     environ: Mapping[str, str],
     use_hyper_parallel: bool,
     own_hyper_parallel: bool,
     mcore_available: bool,
     has_megatron_bridge: bool,
-) -> list[Engine]:
+) -> list[Backend]:
     """The back ends a run selects that are known while its finetuning arguments are parsed.
 
     ``has_megatron_bridge``: the installed LLaMA-Factory reads ``USE_MEGATRON_BRIDGE`` (main does; 0.9.5 ignores

@@ -1,1 +1,0 @@
-"""What lf-multilr supports: the versions its patch targets were verified on, and LLaMA-Factory's back ends."""
