@@ -35,10 +35,10 @@ def describe(groups: Sequence[Mapping[str, Any]]) -> str:
     return _listed(signature(groups))
 
 
-Entry = Sequence[Any]  # (name, count, layout) as :func:`signature` gives it
+SignatureRow = Sequence[Any]  # (name, count, layout) as :func:`signature` gives it
 
 
-def first_difference(old: Sequence[Entry], new: Sequence[Entry]) -> tuple[str, int] | None:
+def first_difference(old: Sequence[SignatureRow], new: Sequence[SignatureRow]) -> tuple[str, int] | None:
     """What first differs between two signatures: ("count", -1), or ("name" | "size" | "layout", group index)."""
     if len(old) != len(new):
         return "count", -1
@@ -54,16 +54,16 @@ def first_difference(old: Sequence[Entry], new: Sequence[Entry]) -> tuple[str, i
     return None
 
 
-def _label(entry: Entry) -> str:
+def _label(entry: SignatureRow) -> str:
     return str(entry[0] or "unnamed")
 
 
-def _listed(entries: Sequence[Entry]) -> str:
+def _listed(entries: Sequence[SignatureRow]) -> str:
     count = f"{len(entries)} group{'' if len(entries) == 1 else 's'}"
     return f"{count}: " + ", ".join(f"{_label(entry)} ({entry[1]})" for entry in entries)
 
 
-def difference(old: Sequence[Entry], new: Sequence[Entry], old_side: str, new_side: str) -> str | None:
+def difference(old: Sequence[SignatureRow], new: Sequence[SignatureRow], old_side: str, new_side: str) -> str | None:
     """What first differs between two signatures, in words; None when they agree.
 
     ``old_side`` / ``new_side`` say where each was seen: ("in the checkpoint", "in this run"), ("on rank 0", "on rank
