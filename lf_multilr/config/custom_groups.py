@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lf_multilr.config.keys import MODULES, OTHER, Key, check_value
+from lf_multilr.config.keys import Key, check_value
 from lf_multilr.errors import ConfigError
+from lf_multilr.modules import OTHER, TABLE, Table
 
 KEY = "lr_groups"
 FIELDS = ("name", "params", "lr", "weight_decay")
@@ -37,8 +38,9 @@ def _refuse(where: str, value: Any, why: str, fix: str = f"give a list like {EXA
     return ConfigError(where, value, why, fix)
 
 
-def parse_lr_groups(value: Any) -> tuple[CustomGroup, ...]:
-    """Check and compile ``lr_groups``; refuse anything malformed with the key, the value, why and the fix."""
+def parse_lr_groups(value: Any, table: Table = TABLE) -> tuple[CustomGroup, ...]:
+    """Check and compile ``lr_groups``; refuse anything malformed with the key, the value, why and the fix. A group
+    cannot take the name of one of ``table``'s modules."""
     if value is None or value == "":
         return ()
     if isinstance(value, str):
@@ -59,7 +61,7 @@ def parse_lr_groups(value: Any) -> tuple[CustomGroup, ...]:
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             raise _refuse(f"{where}.name", name, "a group needs a name of letters, digits, '_', '.', '-'")
-        if name in (*MODULES, OTHER):
+        if name in (*table.names, OTHER):
             raise _refuse(f"{where}.name", name, "it is the name of a built-in group", "choose another name")
         if any(group.name == name for group in groups):
             raise _refuse(f"{where}.name", name, "two groups have this name", "give each group its own name")
