@@ -118,9 +118,7 @@ def _remote_row(model_type: str) -> list[str]:
 
     mapping = module_map(model_type)
     assert mapping is not None, model_type
-    keys = "; ".join(
-        f"{row.short}: {', '.join(f'`{k}`' for k in mapping.keys[row.name])}" for row in TABLE.by_priority
-    )
+    keys = "; ".join(f"{row.short}: {', '.join(f'`{k}`' for k in mapping.keys[row.name])}" for row in TABLE.by_priority)
     return [f"`{model_type}`", "not verifiable offline (remote code)", "", "", "", f"registry keys only: {keys}"]
 
 
