@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from lf_multilr.grouping.supplement import Rule
 from lf_multilr.modules import OTHER, TABLE, RegistryEntry, Table
 
-#: Where keys overlap, the first module listed wins: the projector beats the vision tower.
+#: The shipped table's modules by priority: where keys overlap, the first listed wins (the projector beats the vision
+#: tower).
 PRIORITY: tuple[str, ...] = tuple(row.name for row in TABLE.by_priority)
 
 _LEADING_WRAPPERS: tuple[str, ...] = ("base_model.model.", "pretrained_model.", "module.", "_orig_mod.")
