@@ -43,7 +43,7 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
     if mapping is None and settings.module_keys_set:
         refuse_unknown_model_type(settings, model_type, known_types())
     if mapping is None:  # no module keys (a plan, or lr_groups alone): all `other`
-        mapping = ModuleMap.of(str(model_type), [], [], [])
+        mapping = ModuleMap.none(str(model_type))
     refuse_flat_parameters(settings, model.named_parameters())
     ratio = getattr(finetuning_args, "loraplus_lr_ratio", None)
     loraplus = None if ratio is None else LoraPlus(float(ratio), float(finetuning_args.loraplus_lr_embedding))

@@ -6,6 +6,7 @@ from typing import Any
 
 from lf_multilr.grouping.modules import ModuleMap
 from lf_multilr.grouping.supplement import rules_for
+from lf_multilr.modules import RegistryEntry
 
 
 def _composite_models() -> dict[str, Any]:
@@ -30,9 +31,8 @@ def module_map(model_type: str | None) -> ModuleMap | None:
     projector = getattr(entry, "projector_keys", None)
     if projector is None:  # LLaMA-Factory < 0.9.5 has a single `projector_key`
         projector = [entry.projector_key]
-    return ModuleMap.of(
-        str(model_type), projector, entry.vision_model_keys, entry.language_model_keys, rules_for(str(model_type))
-    )
+    keys = RegistryEntry(tuple(projector), tuple(entry.vision_model_keys), tuple(entry.language_model_keys))
+    return ModuleMap.from_registry(str(model_type), keys, rules_for(str(model_type)))
 
 
 def config_model_type(config: Any) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from lf_multilr.config.keys import KEYS, LR_GROUPS, SWITCHES
+from lf_multilr.modules import TABLE
 from lf_multilr.patches.targets import TARGETS
 from tools.testing import ROOT
 
@@ -27,8 +28,8 @@ def test_every_key_is_in_the_readme_table():
     table = _section(README, "## Keys")
     named = set(re.findall(r"^\| `([^`]+)`", table, flags=re.M))
     for key in (*KEYS, LR_GROUPS, *SWITCHES):
-        pattern = key.name.replace("vision_tower", "<module>").replace("multi_modal_projector", "<module>")
-        pattern = pattern.replace("language_model", "<module>")
+        module = getattr(key, "module", None)  # a switch sets no module
+        pattern = key.name.replace(module, "<module>", 1) if module in TABLE.names else key.name
         assert key.name in named or pattern in named, key.name
 
 

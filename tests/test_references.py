@@ -45,15 +45,26 @@ def resolve(dotted: str, within: str, package: str) -> bool:
                 if start is not None:
                     break
                 continue
-            try:
-                for attribute in rest:
-                    value = getattr(value, attribute)
-            except AttributeError:
-                if start is not None:
-                    break
-                continue
-            return True
-    return False
+            if all_attributes(value, rest):
+                return True
+            if start is not None:
+                break
+    # a bare name in a class's docstring: a member of a class of that module
+    module = importlib.import_module(within)
+    classes = [value for value in vars(module).values() if isinstance(value, type) and value.__module__ == within]
+    return len(parts) == 1 and any(all_attributes(cls, parts) for cls in classes)
+
+
+def all_attributes(value: object, names: list[str]) -> bool:
+    """Whether ``value.a.b...`` exists; a dataclass field or an annotated class attribute counts."""
+    for name in names:
+        if hasattr(value, name):
+            value = getattr(value, name)
+        elif isinstance(value, type) and name in getattr(value, "__annotations__", {}):
+            return name == names[-1]
+        else:
+            return False
+    return True
 
 
 @pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(ROOT)))

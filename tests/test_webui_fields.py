@@ -2,11 +2,13 @@
 and the per-module view of a training log."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from lf_multilr.config.keys import KEY_NAMES, KEYS, LR_GROUPS, Key, check_value
+from lf_multilr.config.keys import KEY_NAMES, KEYS, LR_GROUPS, check_value, keys_of
 from lf_multilr.errors import ConfigError
+from lf_multilr.modules import TABLE
 from lf_multilr.webui import fields as webui_fields
 from lf_multilr.webui import view as webui_view
 
@@ -93,16 +95,15 @@ def test_english_and_chinese_labels():
     assert entries["language_model_weight_decay"]["zh"]["label"] == "语言模型权重衰减"
 
 
-def test_a_key_added_later_gets_a_field_with_its_name_and_cli_help(monkeypatch):
-    from lf_multilr.config import keys
-
-    monkeypatch.setitem(keys._WHAT, "audio_tower", "the audio tower")
-    later = Key("audio_tower_lr", "audio_tower", "lr")
-    monkeypatch.setattr(webui_fields, "KEYS", (*KEYS, later))
-    entries = webui_fields.locales()
+def test_a_module_without_words_in_a_language_gets_fields_with_its_name_and_cli_help():
+    unlabelled = replace(TABLE["vision_tower"], name="audio_tower", what="the audio tower", priority=9, order=9)
+    table = TABLE.with_row(replace(unlabelled, labels={}))
+    later = next(key for key in keys_of(table) if key.name == "audio_tower_lr")
+    entries = webui_fields.locales(table)
     for lang in webui_fields.LANGUAGES:
         assert entries["audio_tower_lr"][lang] == {"label": "audio_tower_lr", "info": later.help}
-    assert later in webui_fields.rows()[0]
+    assert later.help.startswith("Learning rate of the audio tower (lf-multilr).")
+    assert later in webui_fields.rows(table)[0]
 
 
 def test_the_languages_are_llamaboards():

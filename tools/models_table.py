@@ -14,7 +14,6 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -24,6 +23,7 @@ from lf_multilr.config.keys import KEY_NAMES, MODULES  # noqa: E402
 from lf_multilr.config.settings import Settings  # noqa: E402
 from lf_multilr.grouping.plan import GroupPlan, build_plan  # noqa: E402
 from lf_multilr.grouping.supplement import SUPPLEMENT  # noqa: E402
+from lf_multilr.modules import TABLE  # noqa: E402
 from lf_multilr.reports.table import human  # noqa: E402
 from tools import zoo  # noqa: E402
 
@@ -37,7 +37,7 @@ TRAINED: dict[str, str] = {
     "llava_next": "tests/test_models_train.py",
     "gemma3": "tests/test_models_train.py",
 }
-SHORT = {"language_model": "LLM", "vision_tower": "vision", "multi_modal_projector": "projector"}
+SHORT = {row.name: row.short for row in TABLE.rows}
 NOTES = {
     "gemma3n": "vision tower: timm's `mobilenetv5_base`, the smallest MobileNetV5",
     "qwen2_5_omni_thinker": "built from the thinker config (LLaMA-Factory keeps the omni model's `.thinker`)",
@@ -113,15 +113,12 @@ def _row(model_type: str) -> list[str]:
     return [f"`{model_type}`", verified, *_sizes(plan), _notes(plan)]
 
 
-def _remote_row(model_type: str, entry: Any) -> list[str]:
-    keys = "; ".join(
-        f"{name}: {', '.join(f'`{k}`' for k in keys)}"
-        for name, keys in (
-            ("projector", entry.projector_keys),
-            ("vision", entry.vision_model_keys),
-            ("LLM", entry.language_model_keys),
-        )
-    )
+def _remote_row(model_type: str) -> list[str]:
+    from lf_multilr.patches.registry import module_map
+
+    mapping = module_map(model_type)
+    assert mapping is not None, model_type
+    keys = "; ".join(f"{row.short}: {', '.join(f'`{k}`' for k in mapping.keys[row.name])}" for row in TABLE.by_priority)
     return [f"`{model_type}`", "not verifiable offline (remote code)", "", "", "", f"registry keys only: {keys}"]
 
 
@@ -136,7 +133,7 @@ def page() -> str:
     import transformers
     from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
 
-    rows = [_row(t) if t in zoo.CONFIGS else _remote_row(t, COMPOSITE_MODELS[t]) for t in sorted(COMPOSITE_MODELS)]
+    rows = [_row(t) if t in zoo.CONFIGS else _remote_row(t) for t in sorted(COMPOSITE_MODELS)]
     header = ["model type", "verified", *(f"{SHORT[m]} (tensors / params)" for m in MODULES), "notes"]
     lines = [HEADER.format(lf=llamafactory.__version__, tf=transformers.__version__).rstrip(), ""]
     lines += _table(header, rows)

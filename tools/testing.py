@@ -173,19 +173,12 @@ def adapter(output_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def owner(model_type: str, name: str) -> str:
-    """The module LLaMA-Factory's registry gives ``name`` (substring match, projector first)."""
-    from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
+    """The module lf-multilr gives ``name`` in ``model_type``: the product's lookup (LLaMA-Factory's registry keys,
+    the table's priority where they overlap, lf-multilr's supplement), ``other`` for a type the registry lacks."""
+    from lf_multilr.patches.registry import module_map
 
-    entry = COMPOSITE_MODELS[model_type]
-    projector = getattr(entry, "projector_keys", None) or [entry.projector_key]  # one `projector_key` before 0.9.5
-    for module, keys in (
-        ("multi_modal_projector", projector),
-        ("vision_tower", entry.vision_model_keys),
-        ("language_model", entry.language_model_keys),
-    ):
-        if any(key in name for key in keys):
-            return module
-    return "other"
+    mapping = module_map(model_type)
+    return "other" if mapping is None else mapping.owner(name)
 
 
 #: What float32 keeps of one step: a weight of magnitude below 2 (these tiny models' norms start at 1) stores w - lr to

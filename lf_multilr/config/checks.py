@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lf_multilr.config.backends import Backend
-from lf_multilr.config.keys import FREEZE_FLAG, MODULES
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
+from lf_multilr.modules import TABLE, Module
 
 _TRUE = ("1", "true", "yes", "y", "on", "t")
 
@@ -84,8 +84,8 @@ def refuse_unknown_model_type(settings: Settings, model_type: str | None, known:
     """A model type the composite-model registry does not know has no modules to tell apart."""
     raise refusal(
         settings,
-        f"model type `{model_type}` is not in LLaMA-Factory's composite-model registry, so it has no vision tower, "
-        "projector or language model to tell apart (a text-only model is all language model)",
+        f"model type `{model_type}` is not in LLaMA-Factory's composite-model registry, so it has no "
+        f"{settings.table.nouns()} to tell apart (a text-only model is all language model)",
         "for a text-only model set `learning_rate` instead; for a multimodal model the registry does not know, "
         "register it first (llamafactory.model.model_utils.visual._register_composite_model) "
         f"or use a registered type ({', '.join(sorted(known))})",
@@ -147,7 +147,7 @@ def flat_parameters(named_parameters: Iterable[tuple[str, Any]]) -> list[str]:
 #: Why FSDP1 without ``use_orig_params`` is refused, and the fix (before the model loads and at optimizer time).
 FLAT_WHY = (
     "FSDP1 without `use_orig_params` hands the optimizer one flattened tensor per wrapped block, which mixes "
-    "the modules' parameters, so there is no vision tower, projector or language model to give its own LR"
+    f"the modules' parameters, so there is no {TABLE.nouns()} to give its own LR"
 )
 FLAT_FIX = (
     "set `fsdp_use_orig_params: true` in the accelerate config (or `use_orig_params: true` under `fsdp_config`), "
@@ -155,16 +155,15 @@ FLAT_FIX = (
 )
 
 
-def frozen_fix(module: str, finetuning_type: str) -> str:
+def frozen_fix(module: Module, finetuning_type: str) -> str:
     """How to make ``module`` trainable under ``finetuning_type`` (for the error that refuses a frozen module)."""
-    if finetuning_type == "lora" and module == "multi_modal_projector":
+    unfreeze = f"set `{module.freeze_flag}: false`" if module.freeze_flag else f"make the {module.noun} trainable"
+    if finetuning_type == "lora" and module.lora_copy is not None:
         return (
-            "under LoRA the projector trains only as a full copy: add it to `additional_target` "
-            "(e.g. `additional_target: merger` for Qwen-VL, `multi_modal_projector` for LLaVA) "
-            "and set `freeze_multi_modal_projector: false`"
+            f"under LoRA the {module.noun} trains only as a full copy: add it to `additional_target` "
+            f"(e.g. {module.lora_copy}) and {unfreeze}"
         )
-    fix = f"set `{FREEZE_FLAG[module]}: false`"
-    return fix + " so that LoRA adapts it" if finetuning_type == "lora" else fix
+    return unfreeze + " so that LoRA adapts it" if finetuning_type == "lora" else unfreeze
 
 
 def refuse_frozen(settings: Settings, finetuning_args: Any, unreachable: Collection[str] = ()) -> None:
@@ -176,20 +175,28 @@ def refuse_frozen(settings: Settings, finetuning_args: Any, unreachable: Collect
     """
     finetuning_type = finetuning_args.finetuning_type
     copies = finetuning_type == "lora" and bool(finetuning_args.additional_target)
-    for module in MODULES:
-        keys = settings.explicit(module)
-        if keys and not copies and module not in unreachable and getattr(finetuning_args, FREEZE_FLAG[module], False):
+    modules = settings.table.by_order
+    for module in modules:
+        keys = settings.explicit(module.name)
+        flag = module.freeze_flag
+        if keys and not copies and module.name not in unreachable and flag and getattr(finetuning_args, flag, False):
             raise ConfigError(
                 keys[0],
                 settings.values[keys[0]],
-                f"`{FREEZE_FLAG[module]}: true` freezes the {module}, so its value would do nothing",
+                f"`{flag}: true` freezes the {module.name}, so its value would do nothing",
                 f"{frozen_fix(module, finetuning_type)}, or remove the key",
             )
-    projector_keys = settings.explicit("multi_modal_projector")
-    if projector_keys and finetuning_type == "lora" and not finetuning_args.additional_target:
-        raise ConfigError(
-            projector_keys[0],
-            settings.values[projector_keys[0]],
-            "under LoRA the projector has nothing trainable unless it is a full copy in `additional_target`",
-            f"{frozen_fix('multi_modal_projector', 'lora')}, or remove the key",
-        )
+    for module in modules:
+        keys = settings.explicit(module.name)
+        if (
+            keys
+            and module.lora_copy is not None
+            and finetuning_type == "lora"
+            and not finetuning_args.additional_target
+        ):
+            raise ConfigError(
+                keys[0],
+                settings.values[keys[0]],
+                f"under LoRA the {module.noun} has nothing trainable unless it is a full copy in `additional_target`",
+                f"{frozen_fix(module, 'lora')}, or remove the key",
+            )

@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lf_multilr.config.keys import MODULES, OTHER, Key, check_value
+from lf_multilr.config.keys import Key, check_value
 from lf_multilr.errors import ConfigError
+from lf_multilr.modules import OTHER, TABLE, Table
 
 KEY = "lr_groups"
 FIELDS = ("name", "params", "lr", "weight_decay")
@@ -37,11 +38,13 @@ def _refuse(where: str, value: Any, why: str, fix: str = f"give a list like {EXA
     return ConfigError(where, value, why, fix)
 
 
-def parse_lr_groups(value: Any) -> tuple[CustomGroup, ...]:
-    """Check and compile ``lr_groups``; refuse anything malformed with the key, the value, why and the fix."""
+def parse_lr_groups(value: Any, table: Table = TABLE) -> tuple[CustomGroup, ...]:
+    """Check and compile ``lr_groups``; refuse anything malformed with the key, the value, why and the fix. A group
+    cannot take the name of one of ``table``'s modules."""
+    builtin = (*table.names, OTHER)
     groups: list[CustomGroup] = []
     for index, entry in enumerate(_entries(value)):
-        groups.append(_group(f"{KEY}[{index}]", entry, taken=[group.name for group in groups]))
+        groups.append(_group(f"{KEY}[{index}]", entry, builtin, taken=[group.name for group in groups]))
     return tuple(groups)
 
 
@@ -59,24 +62,25 @@ def _entries(value: Any) -> list[Any]:
     return list(value)
 
 
-def _group(where: str, entry: Any, taken: list[str]) -> CustomGroup:
+def _group(where: str, entry: Any, builtin: tuple[str, ...], taken: list[str]) -> CustomGroup:
     """One entry, checked field by field."""
     if not isinstance(entry, dict):
         raise _refuse(where, entry, "a group must be a mapping with `name` and `params`")
     unknown = sorted(set(entry) - set(FIELDS))
     if unknown:
         raise _refuse(where, entry, f"unknown field(s) {unknown}", f"use only {list(FIELDS)}")
-    name = _name(f"{where}.name", entry.get("name"), taken)
+    name = _name(f"{where}.name", entry.get("name"), builtin, taken)
     compiled = _pattern(f"{where}.params", entry.get("params"))
     lr = check_value(Key(f"{where}.lr", OTHER, "lr"), entry.get("lr"))
     weight_decay = check_value(Key(f"{where}.weight_decay", OTHER, "weight_decay"), entry.get("weight_decay"))
     return CustomGroup(name, compiled, lr, weight_decay)
 
 
-def _name(where: str, name: Any, taken: list[str]) -> str:
+def _name(where: str, name: Any, builtin: tuple[str, ...], taken: list[str]) -> str:
+    """``builtin``: the modules' groups and ``other``; ``taken``: the names of the groups before this one."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise _refuse(where, name, "a group needs a name of letters, digits, '_', '.', '-'")
-    if name in (*MODULES, OTHER):
+    if name in builtin:
         raise _refuse(where, name, "it is the name of a built-in group", "choose another name")
     if name in taken:
         raise _refuse(where, name, "two groups have this name", "give each group its own name")

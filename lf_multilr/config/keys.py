@@ -1,8 +1,9 @@
 """The keys lf-multilr adds to a training config, and how their values are checked.
 
-Each module has a learning-rate key and a weight-decay key, a start step and a warm-up; the vision tower also has
-a layer-wise LR decay. ``None`` means "not set": the module then inherits ``learning_rate`` / ``weight_decay`` and
-the run's own schedule, and when no key is set at all (``lr_groups`` included) the run is stock.
+Each module of the table (:mod:`lf_multilr.modules`) brings its keys: a learning rate, a weight decay, a start step
+and a warm-up, and the vision tower a layer-wise LR decay. ``None`` means "not set": the module then inherits
+``learning_rate`` / ``weight_decay`` and the run's own schedule, and when no key is set at all (``lr_groups``
+included) the run is stock.
 """
 
 from __future__ import annotations
@@ -12,36 +13,25 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lf_multilr.errors import ConfigError
+from lf_multilr.modules import KINDS, OTHER, TABLE, ModuleKind, Table
 
 #: The modules, in param-group order: the language model first, because HF logs group 0 as ``learning_rate``.
-MODULES: tuple[str, ...] = ("language_model", "vision_tower", "multi_modal_projector")
-#: Trainable parameters that belong to no module.
-OTHER = "other"
+MODULES: tuple[str, ...] = tuple(row.name for row in TABLE.by_order)
 #: The modules and ``other``, in param-group and table order.
-ORDER: tuple[str, ...] = (*MODULES, OTHER)
+ORDER: tuple[str, ...] = TABLE.group_names
 
-#: LLaMA-Factory's flag that freezes each module.
-FREEZE_FLAG: dict[str, str] = {
-    "vision_tower": "freeze_vision_tower",
-    "multi_modal_projector": "freeze_multi_modal_projector",
-    "language_model": "freeze_language_model",
-}
-
-_WHAT: dict[str, str] = {
-    "vision_tower": "the vision (and audio) tower",
-    "multi_modal_projector": "the multimodal projector (merger, resampler)",
-    "language_model": "the language model, lm_head included",
-}
+#: The flag that freezes each module (LLaMA-Factory's own for the shipped ones).
+FREEZE_FLAG: dict[str, str] = {row.name: row.freeze_flag for row in TABLE.rows if row.freeze_flag is not None}
 
 
-Kind = Literal["lr", "weight_decay", "layer_decay", "start_step", "warmup_steps", "groups"]
+Kind = ModuleKind | Literal["groups"]
 
 #: Per kind: what the help says it sets, and what an unset key means.
 _KIND_HELP: dict[str, tuple[str, str]] = {
     "lr": ("Learning rate of {what}", "`learning_rate`"),
     "weight_decay": ("Weight decay of {what}", "`weight_decay`"),
     "layer_decay": (
-        "Layer-wise LR decay of {what}: block i of N trains at vision_tower_lr * d**(N-1-i), embeddings at d**N "
+        "Layer-wise LR decay of {what}: block i of N trains at {module}_lr * d**(N-1-i), embeddings at d**N "
         "(0 < d <= 1)",
         "no decay",
     ),
@@ -53,15 +43,24 @@ _KIND_HELP: dict[str, tuple[str, str]] = {
         "none",
     ),
 }
+#: Per kind of module key: the end of its name (``<module>_<suffix>``).
+_SUFFIX: dict[str, str] = {"layer_decay": "lr_layer_decay"}
+
+
+def key_name(module: str, kind: ModuleKind) -> str:
+    """The name of ``module``'s key of ``kind``: ``vision_tower_lr``, ``vision_tower_lr_layer_decay``, ..."""
+    return f"{module}_{_SUFFIX.get(kind, kind)}"
 
 
 @dataclass(frozen=True)
 class Key:
-    """One config key: the module it sets and what kind of value it takes."""
+    """One config key: the module it sets, what kind of value it takes, and what the module is (for its help)."""
 
     name: str
     module: str
     kind: Kind
+    #: The module as the help names it (the table's ``what``); empty: the module's name.
+    what: str = ""
 
     @property
     def inherits(self) -> str:
@@ -70,17 +69,22 @@ class Key:
     @property
     def help(self) -> str:
         what, unset = _KIND_HELP[self.kind]
-        return f"{what.format(what=_WHAT.get(self.module, self.module))} (lf-multilr). Unset: {unset}."
+        return f"{what.format(what=self.what or self.module, module=self.module)} (lf-multilr). Unset: {unset}."
+
+
+def keys_of(table: Table) -> tuple[Key, ...]:
+    """The keys of ``table``'s modules: by kind (LRs, weight decays, layer decays, start steps, warm-ups), each kind
+    in the table's order, for the modules that bring it."""
+    return tuple(
+        Key(key_name(row.name, kind), row.name, kind, row.what)
+        for kind in KINDS
+        for row in table.rows
+        if kind in row.kinds
+    )
 
 
 _KINDS: tuple[Kind, ...] = ("lr", "weight_decay")
-_SCHEDULE_KINDS: tuple[Kind, ...] = ("start_step", "warmup_steps")
-_ORDER = ("vision_tower", "multi_modal_projector", "language_model")
-KEYS: tuple[Key, ...] = (
-    *(Key(f"{module}_{kind}", module, kind) for kind in _KINDS for module in _ORDER),
-    Key("vision_tower_lr_layer_decay", "vision_tower", "layer_decay"),
-    *(Key(f"{module}_{kind}", module, kind) for kind in _SCHEDULE_KINDS for module in _ORDER),
-)
+KEYS: tuple[Key, ...] = keys_of(TABLE)
 KEY_NAMES: tuple[str, ...] = tuple(key.name for key in KEYS)
 #: ``lr_groups``: custom groups by regular expression (see :mod:`.custom_groups`); a list, so not one of ``KEYS``.
 LR_GROUPS = Key("lr_groups", OTHER, "groups")

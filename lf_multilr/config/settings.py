@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lf_multilr.config.custom_groups import CustomGroup, parse_lr_groups
-from lf_multilr.config.keys import KEYS, LR_GROUPS, MODULES, OTHER, check_value
+from lf_multilr.config.keys import LR_GROUPS, Key, check_value, key_name, keys_of
+from lf_multilr.modules import OTHER, TABLE, Table
 
 #: The attribute of the parsed arguments that holds their settings.
 ATTRIBUTE = "lf_multilr_settings"
@@ -20,25 +21,31 @@ ATTRIBUTE = "lf_multilr_settings"
 
 @dataclass(frozen=True)
 class Settings:
-    """The values of every key as the user set them (``None``: not set)."""
+    """The values of every key of a table of modules as the user set them (``None``: not set)."""
 
     values: dict[str, float | None]
     #: ``lr_groups``, parsed.
     groups: tuple[CustomGroup, ...] = ()
     #: ``lr_groups`` as given, for messages.
     groups_value: Any = None
+    #: The modules whose keys these are.
+    table: Table = TABLE
 
     @classmethod
-    def read(cls, args: Any) -> Settings:
+    def read(cls, args: Any, table: Table = TABLE) -> Settings:
         """Read (and check) the keys from any object that has them as attributes, e.g. finetuning args."""
         raw = getattr(args, LR_GROUPS.name, None)
-        values = {key.name: check_value(key, getattr(args, key.name, None)) for key in KEYS}
-        return cls(values, parse_lr_groups(raw), raw)
+        values = {key.name: check_value(key, getattr(args, key.name, None)) for key in keys_of(table)}
+        return cls(values, parse_lr_groups(raw, table), raw, table)
 
     @classmethod
-    def none(cls) -> Settings:
+    def none(cls, table: Table = TABLE) -> Settings:
         """No key set."""
-        return cls(dict.fromkeys(key.name for key in KEYS))
+        return cls(dict.fromkeys(key.name for key in keys_of(table)), table=table)
+
+    @property
+    def keys(self) -> tuple[Key, ...]:
+        return keys_of(self.table)
 
     @property
     def any_set(self) -> bool:
@@ -63,19 +70,22 @@ class Settings:
 
     def schedule(self, module: str) -> tuple[int, int | None]:
         """``module``'s (start step, warm-up steps or None)."""
-        start, warmup = self.values.get(f"{module}_start_step"), self.values.get(f"{module}_warmup_steps")
+        start, warmup = (
+            self.values.get(key_name(module, "start_step")),
+            self.values.get(key_name(module, "warmup_steps")),
+        )
         return (0 if start is None else int(start)), None if warmup is None else int(warmup)
 
     def explicit(self, module: str) -> list[str]:
         """The keys set for ``module``."""
-        return [key.name for key in KEYS if key.module == module and self.values[key.name] is not None]
+        return [key.name for key in self.keys if key.module == module and self.values.get(key.name) is not None]
 
     def resolve(self, learning_rate: float, weight_decay: float) -> dict[str, tuple[float, float]]:
         """Each module's (lr, weight decay), unset keys inheriting the base values; ``other`` always inherits."""
         resolved = {OTHER: (learning_rate, weight_decay)}
-        for module in MODULES:
-            lr = self.values[f"{module}_lr"]
-            wd = self.values[f"{module}_weight_decay"]
+        for module in self.table.names:
+            lr = self.values.get(key_name(module, "lr"))
+            wd = self.values.get(key_name(module, "weight_decay"))
             resolved[module] = (learning_rate if lr is None else lr, weight_decay if wd is None else wd)
         return resolved
 

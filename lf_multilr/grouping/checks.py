@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from lf_multilr.config.checks import frozen_fix
-from lf_multilr.config.keys import FREEZE_FLAG, MODULES, OTHER
+from lf_multilr.config.keys import key_name
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.plan import GroupPlan, SupplementUse
+from lf_multilr.modules import OTHER
 
 
 def _registry_part(plan: GroupPlan, module: str) -> tuple[int, int]:
@@ -22,9 +23,9 @@ def _gap_warning(plan: GroupPlan, use: SupplementUse) -> str | None:
     """Trainable tensors of a module that its freeze flag cannot reach, where the rest of the module is frozen."""
     module, keys = use.module, ", ".join(use.keys)
     rest, rest_trainable = _registry_part(plan, module)
-    if module in use.registry or not use.trainable_tensors or rest_trainable:
+    flag = plan.module_map.table[module].freeze_flag
+    if module in use.registry or not use.trainable_tensors or rest_trainable or flag is None:
         return None
-    flag = FREEZE_FLAG[module]
     if rest == 0:
         registry_keys = ", ".join(plan.module_map.keys[module])
         return (
@@ -40,11 +41,12 @@ def _gap_warning(plan: GroupPlan, use: SupplementUse) -> str | None:
 
 def _overlap_warning(plan: GroupPlan, use: SupplementUse) -> str | None:
     """Frozen tensors of a module that another module's freeze flag froze, where the rest of the module trains."""
-    others = [module for module in use.registry if module != use.module]
+    table = plan.module_map.table
+    others = [module for module in use.registry if module != use.module and table[module].freeze_flag]
     frozen = use.tensors - use.trainable_tensors
     if not others or not frozen or not _registry_part(plan, use.module)[1]:
         return None
-    flags = " or ".join(f"`{FREEZE_FLAG[module]}: true`" for module in others)
+    flags = " or ".join(f"`{table[module].freeze_flag}: true`" for module in others)
     return (
         f"{frozen} {use.module} tensors are frozen although the rest of the {use.module} trains: LLaMA-Factory's "
         f"registry also counts them as {' and '.join(others)} ({', '.join(use.keys)}), so {flags} froze them."
@@ -67,24 +69,25 @@ def check_plan(plan: GroupPlan, finetuning_type: str) -> None:
     """Refuse keys (of the settings the plan was built from) that set a module with nothing to train; add warnings
     for legal but costly choices."""
     settings = plan.settings
-    for module in MODULES:
-        row, keys = plan.rows[module], settings.explicit(module)
+    modules = settings.table.by_order
+    for module in modules:
+        row, keys = plan.rows[module.name], settings.explicit(module.name)
         if not keys or row.trainable:
             continue
         key = keys[0]
-        keys_text = ", ".join(plan.module_map.keys_of(module))
+        keys_text = ", ".join(plan.module_map.keys_of(module.name))
         if row.tensors == 0:
             raise ConfigError(
                 key,
                 settings.values[key],
-                f"model type `{plan.model_type}` has no {module}: its keys (LLaMA-Factory's registry, lf-multilr's "
-                f"supplement: {keys_text}) match none of its parameters",
+                f"model type `{plan.model_type}` has no {module.name}: its keys (LLaMA-Factory's registry, "
+                f"lf-multilr's supplement: {keys_text}) match none of its parameters",
                 "remove the key",
             )
         raise ConfigError(
             key,
             settings.values[key],
-            f"the {module} is frozen in this run ({row.tensors} tensors, none trainable), "
+            f"the {module.name} is frozen in this run ({row.tensors} tensors, none trainable), "
             "so its value would do nothing",
             f"{frozen_fix(module, finetuning_type)}, or remove the key",
         )
@@ -99,12 +102,13 @@ def check_plan(plan: GroupPlan, finetuning_type: str) -> None:
                 "check the pattern against `lf-multilr plan` or the model's parameter names (without the PEFT "
                 "prefix `base_model.model.`), and that the parameters it means are not frozen",
             )
-    for module in MODULES:
-        row = plan.rows[module]
-        if row.trainable and row.lr == 0 and settings.values[f"{module}_lr"] is not None:
+    for module in modules:
+        row, name = plan.rows[module.name], key_name(module.name, "lr")
+        if row.trainable and row.lr == 0 and settings.values[name] is not None:
+            cheaper = f"`{module.freeze_flag}: true` is cheaper" if module.freeze_flag else "freezing it is cheaper"
             plan.warnings.append(
-                f"{module}_lr is 0: the {module} is held still but still costs gradients and optimizer state; "
-                f"`{FREEZE_FLAG[module]}: true` is cheaper."
+                f"{name} is 0: the {module.name} is held still but still costs gradients and optimizer state; "
+                f"{cheaper}."
             )
     if plan.rows[OTHER].trainable:
         shown = ", ".join(plan.other_names[:3]) + (", ..." if len(plan.other_names) > 3 else "")

@@ -5,8 +5,10 @@ when it freezes modules: a key owns a parameter when it is a substring of the pa
 Wrapper prefixes (PEFT, value head, DDP/DeepSpeed, FSDP, activation checkpointing, torch.compile) are removed
 first, so that a key such as ``model`` cannot match every name through ``base_model.``.
 
-Where the registry is wrong or ambiguous for a model type, lf-multilr's supplement (:mod:`.supplement`) decides:
-its rules are consulted first, and a placement records the rule that decided it.
+Which registry keys belong to which module is the table of modules' business (:mod:`lf_multilr.modules`: each row's
+:class:`~lf_multilr.modules.Source`, and its priority where keys overlap). Where the registry is wrong or ambiguous
+for a model type, lf-multilr's supplement (:mod:`.supplement`) decides: its rules are consulted first, and a placement
+records the rule that decided it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from lf_multilr.config.keys import OTHER
 from lf_multilr.grouping.supplement import Rule
+from lf_multilr.modules import OTHER, TABLE, RegistryEntry, Table
 
-#: Where keys overlap, the first module listed wins: the projector beats the vision tower.
-PRIORITY: tuple[str, ...] = ("multi_modal_projector", "vision_tower", "language_model")
+#: The shipped table's modules by priority: where keys overlap, the first listed wins (the projector beats the vision
+#: tower).
+PRIORITY: tuple[str, ...] = tuple(row.name for row in TABLE.by_priority)
 
 _LEADING_WRAPPERS: tuple[str, ...] = ("base_model.model.", "pretrained_model.", "module.", "_orig_mod.")
 _INNER_WRAPPERS: tuple[str, ...] = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -42,8 +45,8 @@ class Placement:
     """Where a parameter goes, and why."""
 
     module: str
-    #: The modules whose registry keys match the name, in :data:`PRIORITY` order (what LLaMA-Factory's
-    #: ``freeze_*`` flags act on).
+    #: The modules whose registry keys match the name, in priority order (what LLaMA-Factory's ``freeze_*`` flags
+    #: act on).
     registry: tuple[str, ...]
     #: The supplement's rule that decided, or None when the registry's keys did.
     rule: Rule | None = None
@@ -51,30 +54,38 @@ class Placement:
 
 @dataclass(frozen=True)
 class ModuleMap:
-    """The registry's keys for one model type, and lf-multilr's supplement rules for it."""
+    """Per module of a table, the registry's keys for one model type; and lf-multilr's supplement rules for it."""
 
     model_type: str
     keys: dict[str, tuple[str, ...]]
     supplement: tuple[Rule, ...] = ()
+    table: Table = TABLE
+
+    @classmethod
+    def from_registry(
+        cls, model_type: str, entry: RegistryEntry, supplement: Iterable[Rule] = (), table: Table = TABLE
+    ) -> ModuleMap:
+        """The map of ``model_type`` from its registry entry: each module takes the keys its row's source names."""
+        return cls(model_type, {row.name: row.source.keys(entry) for row in table.rows}, tuple(supplement), table)
 
     @classmethod
     def of(
         cls,
         model_type: str,
-        projector: Iterable[str],
-        vision: Iterable[str],
-        language: Iterable[str],
+        projector_keys: Iterable[str],
+        vision_model_keys: Iterable[str],
+        language_model_keys: Iterable[str],
         supplement: Iterable[Rule] = (),
     ) -> ModuleMap:
-        return cls(
-            model_type,
-            {
-                "multi_modal_projector": tuple(projector),
-                "vision_tower": tuple(vision),
-                "language_model": tuple(language),
-            },
-            tuple(supplement),
-        )
+        """The shipped table's map of a registry entry given as its three lists of keys, in the registry's order
+        (another table: :meth:`from_registry`)."""
+        entry = RegistryEntry(tuple(projector_keys), tuple(vision_model_keys), tuple(language_model_keys))
+        return cls.from_registry(model_type, entry, supplement)
+
+    @classmethod
+    def none(cls, model_type: str) -> ModuleMap:
+        """A map with no keys: every parameter belongs to ``other`` (a model type the registry does not know)."""
+        return cls.from_registry(model_type, RegistryEntry())
 
     def keys_of(self, module: str) -> tuple[str, ...]:
         """The keys that can place a parameter in ``module``: the registry's, then the supplement's."""
@@ -84,7 +95,9 @@ class ModuleMap:
     def registry_modules(self, name: str) -> tuple[str, ...]:
         """The modules whose registry keys match ``name`` (normalized), in priority order."""
         normalized = normalize(name)
-        return tuple(module for module in PRIORITY if any(key in normalized for key in self.keys[module]))
+        return tuple(
+            row.name for row in self.table.by_priority if any(key in normalized for key in self.keys[row.name])
+        )
 
     def placement(self, name: str) -> Placement:
         """The module of ``name``: a supplement rule's where it differs from the registry's answer."""

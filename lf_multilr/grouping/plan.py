@@ -8,8 +8,9 @@ none, and no group is empty. The plan records the parameters lf-multilr's supple
 registry's keys miss or misplace them.
 
 :func:`build_plan` runs the steps in order: :func:`place` each parameter (module, custom group, size),
-:func:`count` them into the rows of the table, give each trainable one its :func:`role` and vision :func:`blocks`
-factor, :func:`bucket` them into groups, :func:`order` the groups, and :func:`check_exactly_once`.
+:func:`count` them into the rows of the table, give each trainable one its :func:`role` and its layer-decay
+:func:`blocks` factor (each module with ``<module>_lr_layer_decay`` is a stack of its own), :func:`bucket` them
+into groups, :func:`order` the groups, and :func:`check_exactly_once`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lf_multilr.config.custom_groups import CustomGroup
-from lf_multilr.config.keys import MODULES, OTHER
+from lf_multilr.config.keys import key_name
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.blocks import EMBEDDINGS, HEAD, decay_scale, depths
@@ -28,6 +29,7 @@ from lf_multilr.grouping.digests import digest
 from lf_multilr.grouping.modules import ModuleMap, Placement, normalize
 from lf_multilr.grouping.schema import ModuleGroup
 from lf_multilr.grouping.supplement import Rule
+from lf_multilr.modules import OTHER, Table
 
 #: Roles inside a module, in group order.
 ROLES: tuple[str, ...] = ("decay", "no_decay", "lora_a", "lora_b", "lora_b_nodecay", "embedding")
@@ -168,10 +170,10 @@ def place(
 def rows_for(
     settings: Settings, learning_rate: float, weight_decay: float, params: Sequence[Param]
 ) -> dict[str, ModuleRow]:
-    """The table's rows: the modules, the custom groups that matched, then ``other``. A custom group's unset LR and
-    weight decay inherit from the module that owns its parameters, which must then be one."""
+    """The table's rows: the modules in table order, the custom groups that matched, then ``other``. A custom
+    group's unset LR and weight decay inherit from the module that owns its parameters, which must then be one."""
     resolved = settings.resolve(learning_rate, weight_decay)
-    rows = {module: ModuleRow(module, *resolved[module]) for module in MODULES}
+    rows = {row.name: ModuleRow(row.name, *resolved[row.name]) for row in settings.table.by_order}
     for custom in settings.groups:
         owners = {param.module for param in params if param.custom is custom}
         inherited = {
@@ -226,26 +228,32 @@ def role(param: Param, decay: Collection[str], loraplus: LoraPlus | None) -> Rol
     return Role("lora_a", 1.0, True)
 
 
-def blocks(params: Sequence[Param], decay: float | None, model_type: str) -> dict[int, tuple[float, str]]:
-    """Per index into ``params`` of a vision-tower parameter: its layer-decay factor and block tag
-    (``vision_tower_lr_layer_decay``); parameters of custom groups keep their group's LR."""
-    if decay is None:
-        return {}
-    positions = [i for i, param in enumerate(params) if param.module == "vision_tower"]
-    found, count_ = depths([normalize(params[i].name) for i in positions])
-    if count_ == 0:
-        raise ConfigError(
-            "vision_tower_lr_layer_decay",
-            decay,
-            f"the vision tower of model type `{model_type}` has no numbered blocks to decay over",
-            "remove the key (or set a single `vision_tower_lr`)",
-        )
-    tags = {EMBEDDINGS: "embeddings", HEAD: "head"}
-    return {
-        position: (decay_scale(depth, count_, decay), tags.get(depth, f"block{depth}"))
-        for position, depth in zip(positions, found, strict=True)
-        if params[position].custom is None
-    }
+def blocks(params: Sequence[Param], settings: Settings, model_type: str) -> dict[str, dict[int, tuple[float, str]]]:
+    """Per module with a layer-wise decay set (``<module>_lr_layer_decay``), per index into ``params`` of one of its
+    parameters: its layer-decay factor and block tag. Each module is its own stack of blocks; parameters of custom
+    groups keep their group's LR."""
+    stacks: dict[str, dict[int, tuple[float, str]]] = {}
+    for module in settings.table.rows:
+        name = key_name(module.name, "layer_decay")
+        decay = settings.values.get(name) if "layer_decay" in module.kinds else None
+        if decay is None:
+            continue
+        positions = [i for i, param in enumerate(params) if param.module == module.name]
+        found, count_ = depths([normalize(params[i].name) for i in positions])
+        if count_ == 0:
+            raise ConfigError(
+                name,
+                decay,
+                f"the {module.noun} of model type `{model_type}` has no numbered blocks to decay over",
+                f"remove the key (or set a single `{key_name(module.name, 'lr')}`)",
+            )
+        tags = {EMBEDDINGS: "embeddings", HEAD: "head"}
+        stacks[module.name] = {
+            position: (decay_scale(depth, count_, decay), tags.get(depth, f"block{depth}"))
+            for position, depth in zip(positions, found, strict=True)
+            if params[position].custom is None
+        }
+    return stacks
 
 
 def bucket(
@@ -256,7 +264,7 @@ def bucket(
     loraplus: LoraPlus | None,
     layers: Mapping[int, tuple[float, str]],
 ) -> list[ModuleGroup]:
-    """The trainable parameters in groups: one per row, role, vision block and schedule."""
+    """The trainable parameters in groups: one per row, role, layer-decay block and schedule."""
     groups: dict[tuple[str, str, str, int, int | None], ModuleGroup] = {}
     names: dict[int, list[str]] = {}
     for position, param in enumerate(params):
@@ -304,6 +312,13 @@ def check_exactly_once(groups: Sequence[ModuleGroup], params: Sequence[Param]) -
         raise RuntimeError("lf-multilr: internal error: a trainable parameter is not in exactly one param group")
 
 
+def _same_table(module_map: ModuleMap, settings: Settings) -> Table:
+    """The table of modules that both the map and the settings were built from."""
+    if module_map.table != settings.table:
+        raise ValueError("lf-multilr: internal error: the module map and the settings come from different tables")
+    return module_map.table
+
+
 def build_plan(
     named_parameters: Iterable[tuple[str, torch.Tensor]],
     module_map: ModuleMap,
@@ -315,32 +330,37 @@ def build_plan(
     sizes: Mapping[int, int] | None = None,
 ) -> GroupPlan:
     """The plan for ``named_parameters`` (see the module docstring)."""
+    _same_table(module_map, settings)
     params = place(list(named_parameters), module_map, settings.groups, sizes)
     rows = rows_for(settings, learning_rate, weight_decay, params)
     supplement = count(params, rows)
-    layers = blocks(params, settings.values.get("vision_tower_lr_layer_decay"), module_map.model_type)
+    stacks = blocks(params, settings, module_map.model_type)
+    layers = {position: factor for stack in stacks.values() for position, factor in stack.items()}
     groups = order(bucket(params, rows, settings, decay_names, loraplus, layers), rows)
     check_exactly_once(groups, params)
     other = [param.name for param in params if param.row == OTHER and param.tensor.requires_grad]
     plan = GroupPlan(module_map, settings, rows, groups, other, supplement=supplement)
-    plan.notes = notes(plan, layers)
+    plan.notes = notes(plan, stacks)
     return plan
 
 
-def notes(plan: GroupPlan, layers: Mapping[int, tuple[float, str]]) -> list[str]:
-    """One line per module that starts late or warms up on its own, and one for layer-wise decay."""
+def notes(plan: GroupPlan, stacks: Mapping[str, Mapping[int, tuple[float, str]]]) -> list[str]:
+    """One line per module that starts late or warms up on its own, and one per module with layer-wise decay."""
     found = []
-    for module in MODULES:
-        start, warmup = plan.settings.schedule(module)
-        if plan.rows[module].trainable and (start or warmup):
+    for row in plan.settings.table.by_order:
+        start, warmup = plan.settings.schedule(row.name)
+        if plan.rows[row.name].trainable and (start or warmup):
             ramp = f", then rises linearly over {warmup} steps" if warmup else ""
-            found.append(f"{module}: LR 0 before optimizer step {start}{ramp} (times the run's schedule)")
-    decay = plan.settings.values.get("vision_tower_lr_layer_decay")
-    if decay is not None and layers:
-        lr = plan.rows["vision_tower"].lr
+            found.append(f"{row.name}: LR 0 before optimizer step {start}{ramp} (times the run's schedule)")
+    for row in plan.settings.table.rows:
+        layers = stacks.get(row.name)
+        if not layers:
+            continue
+        decay = plan.settings.values[key_name(row.name, "layer_decay")]
+        lr = plan.rows[row.name].lr
         by_tag = {tag: scale for scale, tag in layers.values()}
         count_ = sum(tag.startswith("block") for tag in by_tag)
         ends = ("embeddings", "block0", f"block{count_ - 1}")
         shown = ", ".join(f"{tag} {lr * by_tag[tag]:.3e}" for tag in ends if tag in by_tag)
-        found.append(f"vision_tower: layer-wise decay {decay:g} over {count_} blocks: {shown}, head {lr:.3e}")
+        found.append(f"{row.name}: layer-wise decay {decay:g} over {count_} blocks: {shown}, head {lr:.3e}")
     return found

@@ -25,7 +25,7 @@ class ModuleGroup(TypedDict):
     weight_decay: float
     #: ``module/role[/block]``: what logs, tables and messages call it.
     name: str
-    #: The module (vision_tower, multi_modal_projector, language_model, other) or custom group it belongs to.
+    #: The module (a row of :mod:`lf_multilr.modules`' table, or ``other``) or custom group it belongs to.
     module: str
     #: How the module is split: decay, no_decay (HF's rule), or lora_a, lora_b, lora_b_nodecay, embedding (LoRA+).
     role: str

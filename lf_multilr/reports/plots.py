@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lf_multilr.config.keys import ORDER
+from lf_multilr.modules import OTHER, TABLE
 
 #: (key prefix, file name, title, y label, log scale)
 PLOTS: tuple[tuple[str, str, str, str, bool], ...] = (
@@ -17,12 +17,8 @@ PLOTS: tuple[tuple[str, str, str, str, bool], ...] = (
 )
 STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D")
-COLORS = {
-    "language_model": "#1f77b4",
-    "vision_tower": "#d62728",
-    "multi_modal_projector": "#2ca02c",
-    "other": "#7f7f7f",
-}
+#: Each module's colour (the table's), then ``other``'s; custom groups take matplotlib's cycle.
+COLORS = {**{row.name: row.color for row in TABLE.by_order}, OTHER: "#7f7f7f"}
 
 
 def series(history: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -34,7 +30,7 @@ def series(history: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, tuple
                 steps, values = found.setdefault(key[len(prefix) :], ([], []))
                 steps.append(int(record.get("step", len(steps))))
                 values.append(float(value))
-    rank = {name: i for i, name in enumerate(ORDER)}
+    rank = {name: i for i, name in enumerate(TABLE.group_names)}
     return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
 
 

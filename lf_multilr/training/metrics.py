@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from lf_multilr.config.keys import ORDER
 from lf_multilr.grouping.modules import ModuleMap
 from lf_multilr.grouping.schema import module_lr, module_of, ours
 
@@ -76,7 +75,8 @@ class GradNormMonitor:
         for name, param in named_parameters:
             if param.requires_grad:
                 params.setdefault(module_map.owner(name), []).append(param)
-        return cls({module: params[module] for module in ORDER if module in params}, reduce)
+        order = module_map.table.group_names
+        return cls({module: params[module] for module in order if module in params}, reduce)
 
     @classmethod
     def of_groups(cls, param_groups: Iterable[Mapping[str, Any]], reduce: Reduce | None = None) -> GradNormMonitor:

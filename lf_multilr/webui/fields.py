@@ -1,7 +1,8 @@
 """The module-LR fields of LlamaBoard (LLaMA-Factory's web UI): their labels, their values, their saved form.
 
-One text field per key of :data:`lf_multilr.config.keys.KEYS`, named after the key; blank means "not set" (the module
-inherits). Everything here is plain Python: ``patches.webui`` puts it into the UI.
+One text field per key of the table of modules (:mod:`lf_multilr.modules`), named after the key; blank means "not
+set" (the module inherits). A field's label is its kind's template (below) around the module's name in that
+language (the table's ``labels``). Everything here is plain Python: ``patches.webui`` puts it into the UI.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from lf_multilr.config.custom_groups import parse_lr_groups
-from lf_multilr.config.keys import KEYS, LR_GROUPS, Key, check_value
+from lf_multilr.config.keys import LR_GROUPS, Key, check_value, keys_of
+from lf_multilr.modules import TABLE, Table
 
 
-def ui_keys() -> tuple[Key, ...]:
-    """The accordion's fields: every key, then ``lr_groups`` as JSON text."""
-    return (*KEYS, LR_GROUPS)
+def ui_keys(table: Table = TABLE) -> tuple[Key, ...]:
+    """The accordion's fields: every key of ``table``'s modules, then ``lr_groups`` as JSON text."""
+    return (*keys_of(table), LR_GROUPS)
 
 
 #: The languages LlamaBoard offers (``webui/locales.py``).
@@ -40,26 +42,7 @@ _VIEWER_LABEL = {  # one short line: the label sits over the top of the plot
     "ko": "모듈별: 학습률, 그래디언트 노름",
     "ja": "モジュール別：学習率、勾配ノルム",
 }
-# Each module's name as it reads inside that language's label: Russian takes the genitive ("rate OF the ...").
-_MODULE = {
-    "en": {
-        "vision_tower": "Vision tower",
-        "multi_modal_projector": "Multimodal projector",
-        "language_model": "Language model",
-    },
-    "ru": {
-        "vision_tower": "визуального энкодера",
-        "multi_modal_projector": "мультимодального проектора",
-        "language_model": "языковой модели",
-    },
-    "zh": {"vision_tower": "视觉编码器", "multi_modal_projector": "多模态投影器", "language_model": "语言模型"},
-    "ko": {"vision_tower": "비전 타워", "multi_modal_projector": "멀티모달 프로젝터", "language_model": "언어 모델"},
-    "ja": {
-        "vision_tower": "ビジョンタワー",
-        "multi_modal_projector": "マルチモーダルプロジェクター",
-        "language_model": "言語モデル",
-    },
-}
+#: Per language and kind of key, the label around the module's name (the table's ``labels``).
 _LABEL = {
     "en": {
         "lr": "{module} learning rate",
@@ -165,11 +148,12 @@ _GROUPS = {
 }
 
 
-def label(key: Key, lang: str) -> dict[str, str]:
-    """The field's label and help in ``lang``; a key this table does not know yet gets its name and CLI help."""
+def label(key: Key, lang: str, table: Table = TABLE) -> dict[str, str]:
+    """The field's label and help in ``lang``; a key whose module or kind has no words in ``lang`` gets its name and
+    CLI help."""
     if key.kind == "groups":
         return dict(_GROUPS.get(lang) or {"label": key.name, "info": key.help})
-    module = _MODULE.get(lang, {}).get(key.module)
+    module = table[key.module].labels.get(lang) if key.module in table.names else None
     template = _LABEL.get(lang, {}).get(key.kind)
     info = _INFO.get(lang, {}).get(key.kind)
     if module is None or template is None or info is None:
@@ -177,18 +161,18 @@ def label(key: Key, lang: str) -> dict[str, str]:
     return {"label": template.format(module=module), "info": info}
 
 
-def locales() -> dict[str, dict[str, dict[str, str]]]:
+def locales(table: Table = TABLE) -> dict[str, dict[str, dict[str, str]]]:
     """The entries lf-multilr adds to LlamaBoard's ``LOCALES`` (element name -> language -> properties)."""
-    entries = {key.name: {lang: label(key, lang) for lang in LANGUAGES} for key in ui_keys()}
+    entries = {key.name: {lang: label(key, lang, table) for lang in LANGUAGES} for key in ui_keys(table)}
     entries[TAB] = {lang: {"label": _TAB_LABEL[lang]} for lang in LANGUAGES}
     entries[VIEWER] = {lang: {"label": _VIEWER_LABEL[lang]} for lang in LANGUAGES}
     return entries
 
 
-def rows() -> list[list[Key]]:
-    """The fields' layout: one row per kind of key (learning rates, weight decays), in ``KEYS`` order."""
+def rows(table: Table = TABLE) -> list[list[Key]]:
+    """The fields' layout: one row per kind of key (learning rates, weight decays, ...), in key order."""
     by_kind: dict[str, list[Key]] = {}
-    for key in ui_keys():
+    for key in ui_keys(table):
         by_kind.setdefault(key.kind, []).append(key)
     return list(by_kind.values())
 
