@@ -97,7 +97,7 @@ if_main = if [ -f $(call STAMP,.venv-main) ]; then $(1); fi
 # which builds .venv and copies it, and 0.9.4's, whose environment is built on its own. A leg's last shard is every
 # test file its other shards leave, so that a new test file runs without being listed here.
 DISTRIBUTED := tests/test_distributed.py
-SWEEP := tests/test_sweep.py tests/test_evidence.py
+SWEEP := tests/sweep tests/test_evidence.py
 RESUME := tests/test_resume.py tests/test_backends.py
 STAGES := tests/test_models_train.py tests/test_stages.py
 SHARDS := shard-main shard-compat shard-full shard-distributed shard-t57 shard-sweep shard-resume shard-stages shard-lint

@@ -1,8 +1,9 @@
 """One trial of ``lf-multilr sweep``: its ``llamafactory-cli train`` subprocess and what became of it.
 
 The run trains into its own folder under the sweep's ``--out``, with its output in ``sweep_run.log`` there. Its
-environment names the trial (:mod:`lf_multilr.training.trial`), so that lf-multilr's log patch inside the run reports
-each eval loss to the study and, under ``--prune``, pauses the run with a checkpoint at its rung; a later run resumes
+environment names the trial (:mod:`.trial`) and adds the sweep's callback to lf-multilr's ``LF_MULTILR_CALLBACKS``,
+so that inside the run :class:`~lf_multilr_sweep.callback.TrialCallback` reports each eval loss to the study and,
+under ``--prune``, pauses the run with a checkpoint at its rung; a later run resumes
 from that checkpoint into the same folder (one segment after another, each appending to ``sweep_run.log``). While a
 run trains, its process holds a lock on ``.sweep_run.lock`` in the folder, so that no other run resumes there (not
 even after the sweep process that started it died). The result is read from the run's own logs: LLaMA-Factory's
