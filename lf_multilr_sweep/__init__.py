@@ -47,6 +47,8 @@ from .run import (
     INTERRUPTED,
     LOG,
     Curves,
+    Ended,
+    Launch,
     Outcome,
     checkpoint,
     interrupted,
@@ -147,15 +149,9 @@ class Runner:
         command = [self.sweep.cli, "train", str(self.sweep.config), *args, f"output_dir={folder}", *extra]
         offset = (folder / LOG).stat().st_size if job.resume_from is not None and (folder / LOG).is_file() else 0
         start = time.monotonic()
-        returncode, stopped = train(
-            command,
-            self.environment(job, devices),
-            folder,
-            self.stop,
-            lambda: self.study.heartbeat(trial),
-            HEARTBEAT_S,
-            resumed=None if job.resume_from is None else f"{doing} ({' '.join(extra)})",
-        )
+        resumed = None if job.resume_from is None else f"{doing} ({' '.join(extra)})"
+        launch = Launch(command, self.environment(job, devices), folder, resumed)
+        returncode, stopped = train(launch, self.stop, lambda: self.study.heartbeat(trial), HEARTBEAT_S)
         if interrupted(returncode):
             self.stop.set()
         reported = self.study.frozen(trial.number)
@@ -172,7 +168,7 @@ class Runner:
             )
         seconds = time.monotonic() - start + float(before.get(SECONDS) or 0)
         pause = None if job.stop_at is None else (folder, job.stop_at)
-        result = outcome(curves, returncode, log, seconds, stopped or self.stop.is_set(), pause)
+        result = outcome(curves, Ended(returncode, log, seconds, stopped or self.stop.is_set()), pause)
         self.say(f"trial {trial.number} {label}: {_describe(result, job.stop_at)} ({time.monotonic() - start:.1f} s)")
         return result
 
