@@ -893,3 +893,16 @@ def test_two_sweep_processes_of_two_workers_sharing_a_postgresql_study_train_eac
         assert t.value == [r for r in log_records(Path(t.user_attrs["run_dir"])) if "loss" in r][-1]["loss"]
     assert _overlap(_trial_spans(trials)) >= 3  # the two processes, and a process's two workers, trained at once
     assert all(f"{len(SETTINGS)} settings of" in result.stdout for result in results)
+
+
+def test_without_optuna_the_command_says_which_extra_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from lf_multilr.cli import main as cli_main
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else found(name, *a))
+    assert cli_main(["sweep", "train.yaml", "--set", "vision_tower_lr=1e-6"]) == 2
+    assert capsys.readouterr().err == (
+        "lf-multilr sweep needs optuna, which this environment lacks. Fix: pip install 'lf-multilr[sweep]'\n"
+    )
