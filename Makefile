@@ -91,8 +91,8 @@ setup:
 	$(MAKE) --no-print-directory -j2 venv venv-compat system-packages venv-main venv-t57
 
 lint: venv
-	.venv/bin/ruff check lf_multilr patches tests tools bench examples
-	.venv/bin/mypy lf_multilr patches
+	.venv/bin/ruff check lf_multilr lf_multilr_sweep patches tests tools bench examples
+	.venv/bin/mypy lf_multilr lf_multilr_sweep patches
 	@dist=$$(mktemp -d) && .venv/bin/python -m build -q --no-isolation --outdir $$dist . >/dev/null \
 		&& .venv/bin/twine check --strict $$dist/*; status=$$?; rm -rf $$dist; exit $$status
 
@@ -107,7 +107,7 @@ if_main = if [ -f $(call STAMP,.venv-main) ]; then $(1); fi
 # The shards, in the order they start (minutes on the 2-core machine: docs/compatibility.md#how-make-test-runs). A
 # leg's last shard is every test file its other shards leave, so that a new test file runs without being listed here.
 DISTRIBUTED := tests/test_distributed.py
-SWEEP := tests/test_sweep.py tests/test_evidence.py
+SWEEP := tests/sweep tests/test_evidence.py
 RESUME := tests/test_resume.py tests/test_backends.py
 STAGES := tests/test_models_train.py tests/test_stages.py
 SHARDS := shard-main shard-compat shard-full shard-distributed shard-t57 shard-sweep shard-resume shard-stages shard-lint

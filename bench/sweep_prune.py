@@ -1,5 +1,5 @@
-"""`lf-multilr sweep --prune` against the full grid: training steps spent, and whether the pruned search picks the
-grid's best setting.
+"""`lf-multilr sweep --prune` against the full grid: training steps and wall time spent, and whether the pruned search
+picks the grid's best setting, at one or more lengths of the runs.
 
 One 9-setting grid (3 language-model LRs x 3 vision-tower LRs) of the tiny Qwen2-VL from ``tools/tiny.py``, full
 fine-tuning with an eval set of two samples, is swept through the real CLI, each trial a real ``llamafactory-cli
@@ -11,7 +11,13 @@ reached (a resumed run does not repeat steps). The goal: the same best setting f
 steps. Each pruned trial's eval losses are also compared with the full grid's run of the same setting at the same
 steps: resumed runs that go on exactly as uninterrupted ones give the same numbers.
 
-Usage: OMP_NUM_THREADS=1 python bench/sweep_prune.py [--max-steps 30] [--eval-steps 5] [--work DIR]
+Pruning pays where training outweighs a run's start-up (each resumed segment starts a run again): each length in
+``--max-steps`` (rungs at a ninth and a third of it) is measured in the same command, and reported with its
+multiple, a full run's training time (``train_runtime``) over its start-up (the rest of the run's wall time), read
+from the full grid's runs. The goal, at a multiple of about 5 (a GPU fine-tune of a few hundred steps): the same best
+setting for at most 40% of the grid's steps and at most 60% of its wall time.
+
+Usage: OMP_NUM_THREADS=1 python bench/sweep_prune.py [--max-steps 990 45] [--orders ascending descending] [--work DIR]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,7 @@ from tools.testing import clean_env, write_config  # noqa: E402
 FAMILY = "qwen2_vl"
 LLM_LRS, VISION_LRS = ("1e-4", "1e-3", "1e-2"), ("1e-5", "1e-4", "1e-3")
 KEYS = ("language_model_lr", "vision_tower_lr")
-GOAL = 0.40
+GOAL, WALL_GOAL = 0.40, 0.60
 
 
 def grid(descending: bool) -> list[str]:
@@ -81,6 +88,15 @@ def summary(trials: list[optuna.trial.FrozenTrial], seconds: float) -> dict[str,
     }
 
 
+def multiple(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """A full run's training time over its start-up, over the grid's runs: ``train_runtime`` (training with its
+    evaluations) from LLaMA-Factory's ``all_results.json`` against the run's wall time the sweep recorded."""
+    training = [json.loads((Path(t.user_attrs["run_dir"]) / "all_results.json").read_text())["train_runtime"]
+                for t in trials]  # fmt: skip
+    total = sum(float(t.user_attrs["seconds"]) for t in trials)
+    return round(sum(training) / (total - sum(training)), 2)
+
+
 def largest_difference(pruned: list[optuna.trial.FrozenTrial], full: list[optuna.trial.FrozenTrial]) -> float:
     """The largest difference between a pruned trial's eval loss and the full grid's run of its setting, over every
     step both reported."""
@@ -92,47 +108,74 @@ def load(out: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'sweep.db'}").trials
 
 
+@dataclass(frozen=True)
+class Setup:
+    """Where the sweeps run: their folder, the tiny model and data, the runs' environment."""
+
+    work: Path
+    model: Path
+    data: Path
+    env: dict[str, str]
+
+
+def measure(setup: Setup, max_steps: int, orders: list[str]) -> dict[str, Any]:
+    """The full grid and the pruned sweeps of runs of ``max_steps`` steps, an evaluation every ninth of them."""
+    work, model, data, env = setup.work, setup.model, setup.data, setup.env
+    eval_steps = max(1, max_steps // 9)
+    evals = {"val_size": 0.2, "eval_strategy": "steps", "eval_steps": eval_steps, "per_device_eval_batch_size": 2}
+    here = work / f"steps_{max_steps}"
+    config, _ = write_config(here / "config", model, data, FAMILY, max_steps=max_steps, **evals)
+    full_trials, full_seconds = sweep(config, here / "full", env)
+    full = summary(full_trials, full_seconds)
+    full["multiple"] = multiple(full_trials)
+    ranking = [setting(t) for t in sorted(full_trials, key=lambda t: t.value or float("inf"))]
+    searches = {"full grid": full}
+    for order in orders:
+        trials, seconds = sweep(config, here / f"pruned_{order}", env, "--prune", descending=order == "descending")
+        pruned = summary(trials, seconds)
+        pruned["steps_ratio"] = round(pruned["steps"] / full["steps"], 3)
+        pruned["wall_ratio"] = round(pruned["seconds"] / full["seconds"], 3)
+        pruned["same_best"] = pruned["best"] == full["best"]
+        pruned["best_rank_in_full_grid"] = ranking.index(pruned["best"]) + 1
+        pruned["goal_met"] = pruned["same_best"] and pruned["steps_ratio"] <= GOAL and pruned["wall_ratio"] <= WALL_GOAL
+        pruned["largest_eval_loss_difference_from_the_full_grid"] = largest_difference(trials, full_trials)
+        searches[f"--prune, values {order}"] = pruned
+    return {"max_steps": max_steps, "eval_steps": eval_steps, **searches}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--max-steps", type=int, default=30)
-    parser.add_argument("--eval-steps", type=int, default=5)
+    parser.add_argument("--max-steps", type=int, nargs="+", default=[990, 45], help="the runs' lengths to measure")
+    parser.add_argument("--orders", nargs="+", default=["ascending", "descending"], choices=["ascending", "descending"])
     parser.add_argument("--work", type=Path, help="a folder for the model, data and sweeps (default: a temporary one)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="lf-multilr-sweep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    model, data = tiny.build_model(FAMILY, work / "model"), tiny.build_dataset(work / "data")
-    evals = {"val_size": 0.2, "eval_strategy": "steps", "eval_steps": args.eval_steps, "per_device_eval_batch_size": 2}
-    config, _ = write_config(work / "config", model, data, FAMILY, max_steps=args.max_steps, **evals)
     (work / "hf_home").mkdir(exist_ok=True)
-    env = clean_env(work / "hf_home")
-
-    full_trials, full_seconds = sweep(config, work / "full", env)
-    full = summary(full_trials, full_seconds)
-    ranking = [setting(t) for t in sorted(full_trials, key=lambda t: t.value or float("inf"))]
-    searches = {"full grid": full}
-    for order, descending in (("ascending", False), ("descending", True)):
-        trials, seconds = sweep(config, work / f"pruned_{order}", env, "--prune", descending=descending)
-        pruned = summary(trials, seconds)
-        pruned["steps_ratio"] = round(pruned["steps"] / full["steps"], 3)
-        pruned["same_best"] = pruned["best"] == full["best"]
-        pruned["best_rank_in_full_grid"] = ranking.index(pruned["best"]) + 1
-        pruned["goal_met"] = pruned["same_best"] and pruned["steps_ratio"] <= GOAL
-        pruned["largest_eval_loss_difference_from_the_full_grid"] = largest_difference(trials, full_trials)
-        searches[f"--prune, values {order}"] = pruned
-    print(json.dumps({"max_steps": args.max_steps, "eval_steps": args.eval_steps, **searches}, indent=2))
+    setup = Setup(
+        work, tiny.build_model(FAMILY, work / "model"), tiny.build_dataset(work / "data"), clean_env(work / "hf_home")
+    )
+    results = []
+    for max_steps in args.max_steps:
+        results.append(measure(setup, max_steps, args.orders))
+        print(json.dumps(results[-1], indent=2), flush=True)
     print()
     print(
-        "| search | trials complete / pruned | training steps | of the grid's | wall time | best setting "
-        "(rank in the full grid) |"
+        "| max steps (multiple) | search | trials complete / pruned | training steps | of the grid's | wall time | "
+        "of the grid's | best setting (rank in the full grid) |"
     )
-    print("|---|---:|---:|---:|---:|---|")
-    for name, row in searches.items():
-        share = f"{row['steps'] / full['steps']:.1%}"
-        rank = row.get("best_rank_in_full_grid", 1)
-        print(
-            f"| {name} | {row['complete']} / {row['pruned']} | {row['steps']} | {share} | {row['seconds']:.0f} s | "
-            f"{row['best']}, {row['best_value']:.4f} ({rank}) |"
-        )
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for result in results:
+        full = result["full grid"]
+        for name, row in result.items():
+            if not isinstance(row, dict):
+                continue
+            print(
+                f"| {result['max_steps']} ({full['multiple']}) | {name} | {row['complete']} / {row['pruned']} | "
+                f"{row['steps']} | {row['steps'] / full['steps']:.1%} | {row['seconds']:.0f} s | "
+                f"{row['seconds'] / full['seconds']:.1%} | {row['best']}, {row['best_value']:.4f} "
+                f"({row.get('best_rank_in_full_grid', 1)}) |"
+            )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ WATCHED = frozenset(
         "llamafactory.hparams.parser",
         "llamafactory.train.trainer_utils",
         "llamafactory.train.callbacks",
+        "llamafactory.train.tuner",
         "llamafactory.extras.ploting",
         "llamafactory.webui.locales",
         "llamafactory.webui.manager",

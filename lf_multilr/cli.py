@@ -58,6 +58,24 @@ def plan(argv: list[str]) -> int:
     return 0
 
 
+def sweep(argv: list[str]) -> int:
+    """``lf-multilr sweep``: the ``lf_multilr_sweep`` package, shipped in the same wheel; it needs Optuna (the
+    ``sweep`` extra), which the plugin itself never imports."""
+    import importlib.util
+
+    missing = [name for name in ("optuna", "tqdm") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"lf-multilr sweep needs {' and '.join(missing)}, which this environment lacks. "
+            "Fix: pip install 'lf-multilr[sweep]'",
+            file=sys.stderr,
+        )
+        return 2
+    from lf_multilr_sweep import main as sweep_main
+
+    return sweep_main(argv)
+
+
 def doctor() -> int:
     from .patches.doctor import report
 
@@ -77,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "plan":
         return plan(rest)
     if command == "sweep":
-        from .apps.sweep import main as sweep_main
-
-        return sweep_main(rest)
+        return sweep(rest)
     if command == "doctor" and not rest:
         return doctor()
     print(f"lf-multilr: unknown command {' '.join(argv)!r}\n{USAGE}", end="", file=sys.stderr)

@@ -16,6 +16,7 @@ from functools import wraps
 from typing import Any
 
 from lf_multilr.config import backends
+from lf_multilr.config.callbacks import callback_classes, names_of
 from lf_multilr.config.checks import (
     fsdp_of,
     refusal,
@@ -26,7 +27,7 @@ from lf_multilr.config.checks import (
     refuse_own_optimizers,
     refuse_unknown_model_type,
 )
-from lf_multilr.config.keys import KEYS, LR_GROUPS, SWITCHES
+from lf_multilr.config.keys import CALLBACKS, KEYS, LR_GROUPS, SWITCHES
 from lf_multilr.config.settings import Settings, keep, settings_of
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.supplement import rules_for
@@ -46,6 +47,9 @@ def keyed_class(base: type) -> type:
         settings = keep(self, Settings.read(self))
         for key, value in settings.values.items():
             setattr(self, key, value)
+        callbacks = getattr(self, CALLBACKS.name)
+        callback_classes(callbacks, os.environ)  # refused here, before any weight loads, if a name cannot serve
+        setattr(self, CALLBACKS.name, list(names_of(callbacks)) or None)
         if settings.any_set:  # before LLaMA-Factory's own checks, which may fail on a missing package first
             refuse_lost_targets(settings)
             refuse_backends(settings, backends_at_parse(self))
@@ -64,6 +68,7 @@ def key_fields() -> list[tuple[str, Any, Any]]:
         (switch.name, bool, field(default=switch.default, metadata={"help": switch.help})) for switch in SWITCHES
     ]
     fields.append((LR_GROUPS.name, str | None, field(default=None, metadata={"help": LR_GROUPS.help})))
+    fields.append((CALLBACKS.name, list[str] | None, field(default=None, metadata={"help": CALLBACKS.help})))
     return fields
 
 
@@ -174,6 +179,13 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
     # check on the prepared model decides.
     unreachable = {rule.module for rule in rules_for(model_type or "") if not rule.registry}
     refuse_frozen(settings, finetuning_args, unreachable)
+
+
+def parser_keys() -> list[str]:
+    """The keys LLaMA-Factory's training parser accepts (the fields of its argument classes, lf-multilr's aside when
+    it is not applied), sorted. ``python -m lf_multilr.patches.parser_keys`` prints them."""
+    parser = importlib.import_module("llamafactory.hparams.parser")
+    return sorted({field.name for cls in parser._TRAIN_ARGS for field in dataclasses.fields(cls)})
 
 
 def read_args(args: Any = None) -> Any:

@@ -10,7 +10,6 @@ from typing import Any
 from lf_multilr.grouping.schema import ours
 from lf_multilr.reports.plots import plot_module_metrics
 from lf_multilr.training.metrics import GradNormMonitor, Reduce, module_entries, module_lrs, will_log
-from lf_multilr.training.trial import after_log as after_trial_log
 
 from ._state import STATE, warn_once
 from .distributed import sharded_norms
@@ -95,9 +94,7 @@ def wrap_get_learning_rate(original: Any) -> Any:
 
 
 def wrap_trainer_log(original: Any) -> Any:
-    """Add ``lr/<module>`` and ``grad_norm/<module>`` to every training log record, before HF stores and reports it;
-    in a run of ``lf-multilr sweep``, hand each eval loss to its trial, and at the step where the sweep pauses the run
-    save a checkpoint and stop (HF saves after the evaluation of the same step, then ends the training loop)."""
+    """Add ``lr/<module>`` and ``grad_norm/<module>`` to every training log record, before HF stores and reports it."""
 
     @wraps(original)
     def log(self: Any, logs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
@@ -108,11 +105,7 @@ def wrap_trainer_log(original: Any) -> Any:
         monitor = STATE.monitors.get(self)
         if monitor is not None:
             logs.update(monitor.entries(self.state.global_step))
-        result = original(self, logs, *args, **kwargs)
-        if after_trial_log(self.state, logs):
-            self.control.should_save = True
-            self.control.should_training_stop = True
-        return result
+        return original(self, logs, *args, **kwargs)
 
     return log
 

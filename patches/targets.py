@@ -12,7 +12,7 @@ from lf_multilr.compat import (
     TRANSFORMERS_CORE,
 )
 
-from . import guard, hparams, metrics, optimizer, resume, schedule, transformers4, webui
+from . import callbacks, guard, hparams, metrics, optimizer, resume, schedule, transformers4, webui
 from ._patching import Target
 
 _STAGE_TRAINERS = tuple(f"llamafactory.train.{stage}.trainer" for stage in ("sft", "pt", "rm", "dpo", "kto", "ppo"))
@@ -68,6 +68,14 @@ TARGETS: tuple[Target, ...] = (
         signature=("args",),
         essential=True,
         stock_safe=True,
+        verified=LLAMAFACTORY_CORE,
+    ),
+    Target(
+        "llamafactory.train.tuner",
+        "_training_function",
+        callbacks.wrap_training_function,
+        role="the run's extra callbacks (trainer_callbacks, LF_MULTILR_CALLBACKS)",
+        signature=("config",),
         verified=LLAMAFACTORY_CORE,
     ),
     Target(

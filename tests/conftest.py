@@ -10,7 +10,7 @@ from tools.testing import clean_env
 
 #: Fixtures that start subprocesses (a training, an interpreter, a server, tests/test_distributed.py's sharded runs):
 #: their tests are left out of `make test-fast`.
-SUBPROCESS_FIXTURES = frozenset({"env", "boards", "sharded"})
+SUBPROCESS_FIXTURES = frozenset({"env", "boards", "sharded", "pg"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -15,7 +15,10 @@ from tools.testing import ROOT
 
 PACKAGE = ROOT / "lf_multilr"
 PATCHES = ROOT / "patches"
+SWEEP = ROOT / "lf_multilr_sweep"
 DOORS = {"lf_multilr", "lf_multilr._boot", "lf_multilr.cli"}
+#: The sweep's stack (the `sweep` extra and PostgreSQL's driver), which the plugin never imports.
+SWEEP_STACK = ("optuna", "sqlalchemy", "psycopg", "psycopg2", "tqdm", "lf_multilr_sweep")
 
 
 def module_name(path: Path) -> str:
@@ -57,6 +60,32 @@ def test_nothing_outside_the_doors_imports_llamafactory_or_the_patches():
         if not name.startswith("lf_multilr.patches") and name not in DOORS
     }
     assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_the_plugin_never_imports_the_sweep_s_stack_but_its_command_line_door_runs_the_sweep():
+    found = {
+        name: sorted(m for m in imports(name, path) if m.split(".")[0] in SWEEP_STACK)
+        for name, path in sources().items()
+    }
+    assert {name: modules for name, modules in found.items() if modules} == {
+        "lf_multilr.cli": ["lf_multilr_sweep", "lf_multilr_sweep.main"]
+    }
+
+
+def test_the_sweep_reaches_llamafactory_only_through_the_runs_it_starts():
+    """The sweep package imports neither LLaMA-Factory nor the patches: it lists LLaMA-Factory's keys through a
+    subprocess of the patches (``python -m lf_multilr.patches.parser_keys``) and talks to a run through the callbacks
+    hook."""
+    sweep = {".".join(("lf_multilr_sweep", *p.relative_to(SWEEP).with_suffix("").parts)): p for p in SWEEP.glob("*.py")}
+    found = {
+        name.removesuffix(".__init__"): sorted(
+            m
+            for m in imports(name.removesuffix(".__init__"), path)
+            if m.split(".")[0] == "llamafactory" or m.startswith("lf_multilr.patches")
+        )
+        for name, path in sweep.items()
+    }
+    assert len(found) > 8 and {name: modules for name, modules in found.items() if modules} == {}
 
 
 def test_the_boot_hook_watches_exactly_the_trigger_modules_of_the_target_table():

@@ -35,6 +35,7 @@ OPTIONAL = ("train.mca.workflow", "train.hyper_parallel.workflow")
 CORE = (
     "llamafactory.hparams.parser._TRAIN_ARGS",
     "llamafactory.hparams.parser.get_train_args",
+    "llamafactory.train.tuner._training_function",
     "llamafactory.train.trainer_utils.create_custom_optimizer",
     "llamafactory.train.callbacks.LogCallback.on_log",
     "llamafactory.extras.ploting.plot_loss",

@@ -99,6 +99,24 @@ class Switch:
     help: str
 
 
+@dataclass(frozen=True)
+class Option:
+    """A key of lf-multilr's that sets no learning rate and takes a value of its own kind."""
+
+    name: str
+    help: str
+
+
+#: ``trainer_callbacks``: ``transformers.TrainerCallback`` classes lf-multilr adds to the run
+#: (:mod:`lf_multilr.config.callbacks`); a list of ``module:Class`` or ``module.Class`` names.
+CALLBACKS = Option(
+    "trainer_callbacks",
+    "transformers.TrainerCallback classes to add to the run, as a list of `module:Class` or `module.Class` names "
+    "(also read from the environment variable LF_MULTILR_CALLBACKS, comma-separated) (lf-multilr). Unset: none.",
+)
+#: The environment variable that names callbacks for every run, comma-separated, like ``trainer_callbacks``.
+CALLBACKS_ENV = "LF_MULTILR_CALLBACKS"
+
 SWITCHES: tuple[Switch, ...] = (
     Switch(
         "log_module_metrics",

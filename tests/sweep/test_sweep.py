@@ -21,11 +21,12 @@ from typing import Any
 import optuna
 import pytest
 from PIL import Image
+from transformers import TrainerControl, TrainingArguments
 
-from lf_multilr.apps.sweep import Runner, main
-from lf_multilr.apps.sweep import keys as sweep_keys
-from lf_multilr.apps.sweep import study as sweep_study
-from lf_multilr.apps.sweep.args import (
+from lf_multilr_sweep import Runner, main, trial
+from lf_multilr_sweep import keys as sweep_keys
+from lf_multilr_sweep import study as sweep_study
+from lf_multilr_sweep.args import (
     GridAxis,
     RangeAxis,
     device_shares,
@@ -34,12 +35,11 @@ from lf_multilr.apps.sweep.args import (
     parse_set,
     value_text,
 )
-from lf_multilr.apps.sweep.halving import Decision, Entry, Moves, decide, moves, targets
-from lf_multilr.apps.sweep.report import Row, markdown, rank
-from lf_multilr.apps.sweep.run import INTERRUPTED, Curves, Outcome, error_line, folder_lock, folder_name, read_curves
-from lf_multilr.apps.sweep.study import Attempt, DefinitionMismatch, Job, Slot, Study, next_slot, slots
-from lf_multilr.training import trial
-from tools import postgres
+from lf_multilr_sweep.callback import TrialCallback
+from lf_multilr_sweep.halving import Decision, Entry, Moves, decide, moves, targets
+from lf_multilr_sweep.report import Row, markdown, rank
+from lf_multilr_sweep.run import INTERRUPTED, Curves, Outcome, error_line, folder_lock, folder_name, read_curves
+from lf_multilr_sweep.study import Attempt, DefinitionMismatch, Job, Slot, Study, next_slot, slots
 from tools.testing import BIN, log_records, run, write_config
 
 FAMILY = "qwen2_vl"
@@ -74,15 +74,6 @@ def cached(monkeypatch: pytest.MonkeyPatch, train_keys: frozenset[str]) -> None:
     monkeypatch.setattr(sweep_keys, "llamafactory_keys", lambda: train_keys)
 
 
-@pytest.fixture(scope="module")
-def pg() -> Any:
-    why = postgres.missing()
-    if why:
-        pytest.skip(why)
-    with postgres.server() as url:
-        yield url
-
-
 def _config(tmp_path: Path, **overrides: Any) -> Path:
     """A config for parsing only: the model and data folders need not exist."""
     config, _ = write_config(tmp_path, tmp_path / "no_model", tmp_path / "no_data", FAMILY, **overrides)
@@ -94,7 +85,7 @@ def _study(out: Path, storage: str | None = None) -> optuna.Study:
 
 
 def _sweep_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lf_multilr.apps.sweep", *args]
+    return [sys.executable, "-m", "lf_multilr_sweep", *args]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -427,11 +418,11 @@ def test_grid_and_range_axes_combine_each_grid_value_fixed_the_range_sampled(tmp
 
 def test_importing_the_sweep_loads_neither_optuna_nor_llamafactory(env):
     loaded = ("optuna", "sqlalchemy", "torch", "transformers", "llamafactory", "matplotlib", "tqdm")
-    code = f"import sys, lf_multilr, lf_multilr.apps.sweep; print([m for m in {loaded!r} if m in sys.modules])"
+    code = f"import sys, lf_multilr, lf_multilr_sweep; print([m for m in {loaded!r} if m in sys.modules])"
     assert run([sys.executable, "-c", code], env).stdout == "[]\n"
 
 
-# The in-run reporter
+# The in-run callback
 
 
 @dataclass
@@ -448,43 +439,48 @@ def _running_trials(url: str, name: str, count: int) -> optuna.Study:
     return study
 
 
-def _reporting(monkeypatch: pytest.MonkeyPatch, ref: trial.TrialRef | None) -> None:
-    for name in (trial.STORAGE, trial.STUDY, trial.NUMBER, trial.STOP_AT):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in (ref.environ() if ref else {}).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(trial, "_reporter", [])
+def _evaluated(callback: TrialCallback, state: _State, metrics: dict[str, float]) -> tuple[bool, bool]:
+    """What the callback asks of the trainer after an evaluation: (save, stop)."""
+    control = TrainerControl()
+    returned = callback.on_evaluate(TrainingArguments("unused"), state, control, metrics=metrics)
+    return returned.should_save, returned.should_training_stop
 
 
-def test_without_a_trial_in_the_environment_the_reporter_does_nothing(monkeypatch):
-    _reporting(monkeypatch, None)
-    assert trial.after_log(_State(1), {"eval_loss": 1.0}) is False
-    assert trial._reporter == [None]  # read once
-    monkeypatch.setenv(trial.NUMBER, "0")
-    assert trial.after_log(_State(2), {"eval_loss": 1.0}) is False and trial._reporter == [None]
+def test_without_a_trial_in_the_environment_the_callback_does_nothing():
+    callback = TrialCallback({})
+    assert callback.reporter is None
+    assert _evaluated(callback, _State(1), {"eval_loss": 1.0}) == (False, False)
 
 
-def test_the_reporter_reports_eval_losses_and_stops_the_run_at_the_evaluation_of_its_stop_step(tmp_path, monkeypatch):
+def test_the_callback_reports_eval_losses_and_stops_the_run_at_the_evaluation_of_its_stop_step(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = _running_trials(url, "s", 2)
-    _reporting(monkeypatch, trial.TrialRef(url, "s", 0))  # no stop step: the run trains to its end
-    assert [trial.after_log(_State(step), {"eval_loss": 5.0 - step / 10}) for step in (1, 2, 3)] == [False] * 3
-    assert trial.after_log(_State(3), {"loss": 1.0}) is False  # a training record: nothing to report
-    assert trial.after_log(_State(4), {"eval_loss": 4.5}) is False
+    to_the_end = TrialCallback(trial.TrialRef(url, "s", 0).environ())  # no stop step: the run trains to its end
+    results = [_evaluated(to_the_end, _State(step), {"eval_loss": 5.0 - step / 10}) for step in (1, 2, 3)]
+    assert results == [(False, False)] * 3
+    assert _evaluated(to_the_end, _State(3), {"eval_accuracy": 1.0}) == (False, False)  # no loss: nothing to report
+    assert _evaluated(to_the_end, _State(4), {"eval_loss": 4.5}) == (False, False)
 
-    _reporting(monkeypatch, trial.TrialRef(url, "s", 1, stop_at=2))
-    assert trial.after_log(_State(1), {"eval_loss": 6.0}) is False
-    assert trial.after_log(_State(2), {"loss": 5.9}) is False  # the step's training record: its evaluation follows
-    assert trial.after_log(_State(2), {"eval_loss": 5.5}) is True
-    assert trial.after_log(_State(2, is_world_process_zero=False), {"eval_loss": 5.5}) is True  # every rank stops
+    pausing = TrialCallback(trial.TrialRef(url, "s", 1, stop_at=2).environ())
+    assert _evaluated(pausing, _State(1), {"eval_loss": 6.0}) == (False, False)
+    assert _evaluated(pausing, _State(2), {"eval_loss": 5.5}) == (True, True)
+    other_rank = TrialCallback(trial.TrialRef(url, "s", 1, stop_at=2).environ())
+    assert _evaluated(other_rank, _State(2, is_world_process_zero=False), {"eval_loss": 5.4}) == (True, True)
+    assert other_rank.reporter is not None and other_rank.reporter.trial is None  # only rank 0 talks to the study
     first, second = study.trials
     assert first.intermediate_values == {1: 4.9, 2: 4.8, 3: 4.7, 4: 4.5}
     assert second.intermediate_values == {1: 6.0, 2: 5.5} and second.state.name == "RUNNING"  # the sweep ends it
 
-    _reporting(monkeypatch, trial.TrialRef(url, "s", 1, stop_at=4))
-    assert trial.after_log(_State(4), {"eval_loss": 4.0}) is False  # the last step is the run's end anyway
-    _reporting(monkeypatch, trial.TrialRef(url, "no such study", 0, stop_at=1))
-    assert trial.after_log(_State(1), {"eval_loss": 1.0}) is True  # an unreachable study: the run still stops
+    at_the_end = TrialCallback(trial.TrialRef(url, "s", 1, stop_at=4).environ())
+    assert _evaluated(at_the_end, _State(4), {"eval_loss": 4.0}) == (False, False)  # the run's end anyway
+    lost = TrialCallback(trial.TrialRef(url, "no such study", 0, stop_at=1).environ())
+    assert _evaluated(lost, _State(1), {"eval_loss": 1.0}) == (True, True)  # an unreachable study: the run still stops
+
+
+def test_the_sweep_names_its_callback_after_the_users_own():
+    assert trial.with_callback({"A": "1"}) == {"A": "1", "LF_MULTILR_CALLBACKS": trial.NAME}
+    mine = {"LF_MULTILR_CALLBACKS": f"my.module:Mine, {trial.NAME}"}
+    assert trial.with_callback(mine)["LF_MULTILR_CALLBACKS"] == f"my.module:Mine,{trial.NAME}"
 
 
 # Successive halving (--prune), decided from the study
@@ -881,7 +877,7 @@ def test_two_sweep_processes_of_two_workers_sharing_a_postgresql_study_train_eac
 ):
     """Two processes (as two machines would run them) with two workers each: four claims race for four settings.
     (One process with two workers on the default SQLite study: the ranges and failure tests.)"""
-    storage = postgres.create_database(pg, "shared_sweep")
+    storage = pg("shared_sweep")
     config, _ = write_config(tmp_path, tiny(FAMILY), data, FAMILY, max_steps=2)
     machines = [tmp_path / "machine_a" / "shared", tmp_path / "machine_b" / "shared"]  # one study: `shared`
     sweep = [str(config), *GRID, "--storage", storage, "--workers", "2"]
@@ -897,3 +893,16 @@ def test_two_sweep_processes_of_two_workers_sharing_a_postgresql_study_train_eac
         assert t.value == [r for r in log_records(Path(t.user_attrs["run_dir"])) if "loss" in r][-1]["loss"]
     assert _overlap(_trial_spans(trials)) >= 3  # the two processes, and a process's two workers, trained at once
     assert all(f"{len(SETTINGS)} settings of" in result.stdout for result in results)
+
+
+def test_without_optuna_the_command_says_which_extra_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from lf_multilr.cli import main as cli_main
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else found(name, *a))
+    assert cli_main(["sweep", "train.yaml", "--set", "vision_tower_lr=1e-6"]) == 2
+    assert capsys.readouterr().err == (
+        "lf-multilr sweep needs optuna, which this environment lacks. Fix: pip install 'lf-multilr[sweep]'\n"
+    )

@@ -7,9 +7,11 @@ failed is tried again only by a command that started after that failure (so one 
 setting that fails every time), unless that trial was abandoned (interrupted, or its sweep process died): then
 any worker takes it up. Workers claim slots under a lock that every process sharing the storage honours
 (a file lock next to an SQLite file, a PostgreSQL advisory lock), so two machines never train the same slot.
-A trial whose sweep process died stays RUNNING: the next claim fails it, at once when that process ran on this
-host, else when its heartbeat is older than :data:`GRACE_S`. The same lock guards creating the study, so that
-processes starting together on an empty database do not race to create Optuna's tables.
+A trial whose sweep process died stays RUNNING: the next claim fails it, at once when that process ran on this host,
+else when its heartbeat (the user attribute :data:`BEAT`, which its sweep process rewrites every :data:`HEARTBEAT_S`
+while the run trains) is older than :data:`GRACE_S`. The heartbeat is the sweep's own rather than Optuna's: Optuna's
+would fail a paused trial too (see :func:`open_storage`). The same lock guards creating the study, so that processes
+starting together on an empty database do not race to create Optuna's tables.
 
 Under ``--prune`` (:mod:`.halving`) a claim is also where rounds end: under the lock it writes the decisions
 the trials call for, applies them (PRUNED trials, next targets), and hands out a paused trial to resume before any
@@ -28,7 +30,7 @@ import json
 import os
 import socket
 import threading
-import warnings
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,8 @@ INTERRUPTION = "interruption"
 #: Set on a FAIL trial that did not fail by itself: interrupted, or given up with its dead sweep process.
 ABANDONED = "abandoned"
 DEFINITION = "lf_multilr_sweep"
+#: The last time (seconds since the epoch, on its host's clock) a trial's sweep process said it is alive.
+BEAT = "heartbeat"
 #: Seconds between a running trial's heartbeats, and how old the last one may be before the trial counts as dead.
 HEARTBEAT_S = 20
 GRACE_S = 120
@@ -129,6 +133,14 @@ def seed_for(seed: int | None, slot: Slot) -> int | None:
     return int.from_bytes(hashlib.sha256(f"{seed}\n{slot.key}".encode()).digest()[:4], "big")
 
 
+def _last_beat(trial: optuna.trial.FrozenTrial) -> float:
+    """When ``trial``'s sweep process last said it is alive (its start, before the first beat)."""
+    beat = trial.user_attrs.get(BEAT)
+    if isinstance(beat, (int, float)):
+        return float(beat)
+    return trial.datetime_start.timestamp() if trial.datetime_start is not None else 0.0
+
+
 # Storage and lock
 
 
@@ -139,14 +151,12 @@ def engine_kwargs(url: str) -> dict[str, Any]:
 
 
 def open_storage(url: str) -> RDBStorage:
+    """The study's storage. Liveness is the sweep's own (:data:`BEAT`), not Optuna's heartbeat: Optuna fails every
+    RUNNING trial whose heartbeat went stale, a paused trial among them (no process trains it, so none beats for
+    it), and a failed trial can no longer carry why it failed."""
     import optuna
 
-    kwargs = engine_kwargs(url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-        )
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -272,6 +282,7 @@ class Study:
             self.study = optuna.create_study(
                 study_name=sweep.study, storage=self.storage, direction="minimize", load_if_exists=True
             )
+            self.study_id = self.storage.get_study_id_from_name(sweep.study)
             started = self.study.user_attrs.get(DEFINITION)
             if started is None:
                 self.study.set_user_attr(DEFINITION, definition(sweep))
@@ -280,6 +291,14 @@ class Study:
             self.fail_dead()
             #: The failed trials known when this command started: their slots run again.
             self.retry = frozenset(t.number for t in self.trials() if t.state.name == "FAIL")
+
+    def trial_id(self, number: int) -> int:
+        """The storage's id of trial ``number`` (Optuna's public storage API)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        """Trial ``number`` as the storage has it now."""
+        return self.storage.get_trial(self.trial_id(number))
 
     def trials(self) -> list[optuna.trial.FrozenTrial]:
         """This sweep's trials (those that carry a slot), in order."""
@@ -348,28 +367,29 @@ class Study:
         import optuna
 
         for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-            self._fail(trial._trial_id, "queued by a sweep process that ended before it started the run")
-        trials = self.trials()
-        held = {t._trial_id: t for t in trials if t.state.name == "RUNNING" and not t.user_attrs.get(PAUSED)}
-        for trial in held.values():
+            self._fail(trial.number, "queued by a sweep process that ended before it started the run")
+        now = time.time()
+        for trial in self.trials():
+            if trial.state.name != "RUNNING" or trial.user_attrs.get(PAUSED):
+                continue
             if self._dead_here(trial):
                 pid = trial.user_attrs[OWNER]["pid"]
                 self._give_up(trial, f"its sweep process (pid {pid} on {self.host}) ended before the run did")
-        for trial_id in self.storage._get_stale_trial_ids(self.study._study_id):  # Optuna's heartbeat check
-            if trial_id in held:
-                self._give_up(held[trial_id], f"no heartbeat from its sweep process for {GRACE_S} s")
+            elif now - _last_beat(trial) > GRACE_S:
+                self._give_up(trial, f"no heartbeat from its sweep process for {GRACE_S} s")
 
     def _give_up(self, trial: optuna.trial.FrozenTrial, error: str) -> None:
         reached = trial.user_attrs.get(REACHED)
         if isinstance(reached, int):
-            self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTION, f"{error}; resumes from step {reached}")
-            self.storage.set_trial_user_attr(trial._trial_id, PAUSED, True)
+            self._set(trial.number, INTERRUPTION, f"{error}; resumes from step {reached}")
+            self._set(trial.number, PAUSED, True)
         else:
-            self._fail(trial._trial_id, error)
+            self._fail(trial.number, error)
 
-    def _fail(self, trial_id: int, error: str) -> None:
+    def _fail(self, number: int, error: str) -> None:
         import optuna
 
+        trial_id = self.trial_id(number)
         try:
             self.storage.set_trial_user_attr(trial_id, ERROR, error)
             self.storage.set_trial_user_attr(trial_id, ABANDONED, True)
@@ -380,7 +400,7 @@ class Study:
     def claim(self) -> Job | None:
         """The next run to train, its trial RUNNING and held by this process: under ``--prune`` first a paused
         trial the rounds promoted, then (while round 0 is open) a new trial for the next free slot; None when
-        neither is there. Under ``--prune`` it first ends the rounds the trials are through (:attr:`notes` says how)."""
+        neither is there. Under ``--prune`` it first ends the rounds the trials are through (``self.notes`` says how)."""
         with self.lock():
             self.fail_dead()
             decisions = self._advance() if self.sweep.prune else []
@@ -393,7 +413,7 @@ class Study:
             if slot is None:
                 return None
             trial = self._ask(slot)
-            self.storage.record_heartbeat(trial._trial_id)
+            self.heartbeat(trial)
             stop_at = None
             if self.sweep.prune:
                 stop_at = self.sweep.ends[0]
@@ -439,8 +459,8 @@ class Study:
             folder, reached = Path(attrs.get(RUN_DIR, "")), int(attrs[REACHED])
             if attrs[SLOT] not in by_slot or not checkpoint(folder, reached).is_dir() or not folder_free(folder):
                 continue
-            self.storage.record_heartbeat(frozen._trial_id)
-            trial = optuna.Trial(self.study, frozen._trial_id)
+            trial = optuna.trial.Trial(self.study, self.trial_id(frozen.number))
+            self.heartbeat(trial)
             trial.set_user_attr(OWNER, {"host": self.host, "pid": self.pid})
             trial.set_user_attr(PAUSED, False)
             target = int(attrs[TARGET])
@@ -448,8 +468,7 @@ class Study:
         return None
 
     def _set(self, number: int, name: str, value: Any) -> None:
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        self.storage.set_trial_user_attr(trial_id, name, value)
+        self.storage.set_trial_user_attr(self.trial_id(number), name, value)
 
     @staticmethod
     def _state(name: str) -> optuna.trial.TrialState:
@@ -462,9 +481,7 @@ class Study:
 
         self.study.sampler = optuna.samplers.TPESampler(seed=seed_for(self.sweep.seed, slot))
         self.study.enqueue_trial(dict(slot.setting), user_attrs={SLOT: slot.key})
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-            trial = self.study.ask()
+        trial = self.study.ask()
         for axis in self.sweep.grid:
             trial.suggest_categorical(axis.key, list(axis.values))
         for spec in self.sweep.ranges:
@@ -481,6 +498,6 @@ class Study:
         import optuna
 
         try:
-            self.storage.record_heartbeat(trial._trial_id)
-        except optuna.exceptions.StorageInternalError:
+            trial.set_user_attr(BEAT, time.time())
+        except (optuna.exceptions.StorageInternalError, optuna.exceptions.UpdateFinishedTrialError):
             pass

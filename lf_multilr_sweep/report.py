@@ -20,7 +20,7 @@ from .study import ERROR, RUN_DIR
 if TYPE_CHECKING:
     import optuna
 
-#: The trial user attributes the sweep records (see :mod:`lf_multilr.apps.sweep`).
+#: The trial user attributes the sweep records (see :mod:`lf_multilr_sweep`).
 ARGS, HOST, DEVICES = "args", "host", "devices"
 TRAIN_CURVE, EVAL_CURVE, STEPS, SECONDS = "train_curve", "eval_curve", "steps", "seconds"
 TRAIN_LOSS, EVAL_LOSS = "final_train_loss", "final_eval_loss"

@@ -1,9 +1,11 @@
 """The config keys a training run accepts: those of LLaMA-Factory's parser and lf-multilr's own.
 
-LLaMA-Factory's parser takes the fields of the dataclasses in ``llamafactory.hparams.parser._TRAIN_ARGS`` and
-refuses any other key. Importing it costs seconds (torch, transformers), so the names are listed once by a
-subprocess of this interpreter and kept in the user's cache, under a name that changes with the installed
-LLaMA-Factory and transformers (their versions and the contents of LLaMA-Factory's ``hparams`` sources).
+LLaMA-Factory's parser refuses any key its argument classes do not have. lf-multilr's patches list them
+(``lf_multilr.patches.hparams.parser_keys``: only the patches touch LLaMA-Factory). Importing LLaMA-Factory costs
+seconds (torch, transformers), so the names are listed once, by ``python -m lf_multilr.patches.parser_keys`` in a
+subprocess of this interpreter with lf-multilr switched off, and kept in the user's cache, under a name that changes
+with the installed LLaMA-Factory and transformers (their versions and the contents of LLaMA-Factory's ``hparams``
+sources).
 """
 
 from __future__ import annotations
@@ -17,16 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lf_multilr.config.keys import KEY_NAMES, LR_GROUPS, SWITCHES
+from lf_multilr.config.keys import CALLBACKS, KEY_NAMES, LR_GROUPS, SWITCHES
 
-#: Run by ``python -c`` to print the parser's field names as a JSON list.
-_LIST = """
-import dataclasses, json
-from llamafactory.hparams.parser import _TRAIN_ARGS
-print(json.dumps(sorted({f.name for cls in _TRAIN_ARGS for f in dataclasses.fields(cls)})))
-"""
+#: The module of lf-multilr's patches that prints the parser's keys as a JSON list.
+LISTING = "lf_multilr.patches.parser_keys"
 
-LF_MULTILR_KEYS = frozenset((*KEY_NAMES, LR_GROUPS.name, *(switch.name for switch in SWITCHES)))
+LF_MULTILR_KEYS = frozenset((*KEY_NAMES, LR_GROUPS.name, CALLBACKS.name, *(switch.name for switch in SWITCHES)))
 
 
 class KeysUnavailable(RuntimeError):
@@ -54,7 +52,7 @@ def _fingerprint() -> str:
 def _list_in_subprocess() -> list[str]:
     env = {**os.environ, "LF_MULTILR_DISABLE": "1", "LLAMAFACTORY_VERBOSITY": "ERROR"}
     done = subprocess.run(
-        [sys.executable, "-c", _LIST], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        [sys.executable, "-m", LISTING], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         last = [line for line in done.stderr.splitlines() if line.strip()]

@@ -1,8 +1,9 @@
 """One trial of ``lf-multilr sweep``: its ``llamafactory-cli train`` subprocess and what became of it.
 
 The run trains into its own folder under the sweep's ``--out``, with its output in ``sweep_run.log`` there. Its
-environment names the trial (:mod:`lf_multilr.training.trial`), so that lf-multilr's log patch inside the run reports
-each eval loss to the study and, under ``--prune``, pauses the run with a checkpoint at its rung; a later run resumes
+environment names the trial (:mod:`.trial`) and adds the sweep's callback to lf-multilr's ``LF_MULTILR_CALLBACKS``,
+so that inside the run :class:`~lf_multilr_sweep.callback.TrialCallback` reports each eval loss to the study and,
+under ``--prune``, pauses the run with a checkpoint at its rung; a later run resumes
 from that checkpoint into the same folder (one segment after another, each appending to ``sweep_run.log``). While a
 run trains, its process holds a lock on ``.sweep_run.lock`` in the folder, so that no other run resumes there (not
 even after the sweep process that started it died). The result is read from the run's own logs: LLaMA-Factory's
@@ -166,13 +167,22 @@ def checkpoint(folder: Path, step: int) -> Path:
     return folder / f"checkpoint-{step}"
 
 
-def outcome(
-    curves: Curves, returncode: int, log: str, seconds: float, stopped: bool, pause: tuple[Path, int] | None = None
-) -> Outcome:
+@dataclass(frozen=True)
+class Ended:
+    """How a run's process ended: its exit code, its output, its wall seconds, and whether the sweep stopped it."""
+
+    returncode: int
+    log: str
+    seconds: float
+    stopped: bool
+
+
+def outcome(curves: Curves, ended: Ended, pause: tuple[Path, int] | None = None) -> Outcome:
     """A trial's state and value from its run: the final eval loss, or the final train loss without evaluations;
     for a run that was to ``pause`` in its folder at a step, whether it stopped there with a checkpoint."""
+    returncode, log, seconds = ended.returncode, ended.log, ended.seconds
     if returncode != 0:
-        error = INTERRUPTED if stopped or interrupted(returncode) else error_line(log, returncode)
+        error = INTERRUPTED if ended.stopped or interrupted(returncode) else error_line(log, returncode)
         return Outcome("FAIL", None, curves, seconds, error)
     if pause is not None:
         folder, step = pause
@@ -227,19 +237,22 @@ def folder_free(folder: Path) -> bool:
         return False
 
 
-def train(
-    command: Sequence[str],
-    env: Mapping[str, str],
-    folder: Path,
-    stop: threading.Event,
-    heartbeat: Callable[[], None],
-    every: float,
-    resumed: str | None = None,
-) -> tuple[int, bool]:
-    """Run ``command`` with its output in ``folder/sweep_run.log``, calling ``heartbeat`` every ``every`` seconds;
-    a ``resumed`` run appends to the log, after that line. The run inherits the folder's lock (see the module).
+@dataclass(frozen=True)
+class Launch:
+    """A run to start: its command and environment, its folder, and for a resumed run the line its log gets first."""
+
+    command: Sequence[str]
+    env: Mapping[str, str]
+    folder: Path
+    resumed: str | None = None
+
+
+def train(launch: Launch, stop: threading.Event, heartbeat: Callable[[], None], every: float) -> tuple[int, bool]:
+    """Run the command with its output in ``folder/sweep_run.log``, calling ``heartbeat`` every ``every`` seconds;
+    a resumed run appends to the log, after its line. The run inherits the folder's lock (see the module).
     When ``stop`` is set, the run gets SIGINT (as from Ctrl-C), then SIGKILL after :data:`STOP_GRACE_S`.
     Returns the exit code and whether it was stopped."""
+    command, env, folder, resumed = launch.command, launch.env, launch.folder, launch.resumed
     with folder_lock(folder) as lock, (folder / LOG).open("a" if resumed else "w", encoding="utf-8") as log:
         if resumed:
             log.write(f"\n===== lf-multilr sweep: {resumed} =====\n\n")

@@ -10,8 +10,8 @@ final eval loss (final train loss without evaluations). Run the same command aga
 sharing the storage, and it trains only what no trial has finished. Under ``--prune`` the runs go in rounds of
 successive halving: every setting trains to the first rung and pauses there, the best resume from their checkpoints
 (:mod:`.halving`). The pieces: :mod:`.args` (the command line), :mod:`.study` (the study and its
-claims), :mod:`.halving` (the rounds), :mod:`.run` (one run), :mod:`.report` (the summary),
-:mod:`lf_multilr.training.trial` (inside each run).
+claims), :mod:`.halving` (the rounds), :mod:`.run` (one run), :mod:`.report` (the summary), :mod:`.trial` (how a run
+is told its trial) and :mod:`.callback` (inside each run, through lf-multilr's ``LF_MULTILR_CALLBACKS``).
 
 This module imports neither LLaMA-Factory nor Optuna at import time.
 """
@@ -27,8 +27,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
-
-from lf_multilr.training.trial import TrialRef
 
 from .args import Sweep, parse_args
 from .halving import PAUSED, REACHED
@@ -49,6 +47,8 @@ from .run import (
     INTERRUPTED,
     LOG,
     Curves,
+    Ended,
+    Launch,
     Outcome,
     checkpoint,
     interrupted,
@@ -60,6 +60,7 @@ from .run import (
     train,
 )
 from .study import ABANDONED, ERROR, HEARTBEAT_S, INTERRUPTION, DefinitionMismatch, Job, Study
+from .trial import TrialRef, with_callback
 
 #: Seconds between a waiting worker's looks at the study (under ``--prune``, while the round's last runs train).
 POLL_S = 2.0
@@ -117,7 +118,7 @@ class Runner:
 
     def environment(self, job: Job, devices: str | None) -> dict[str, str]:
         ref = TrialRef(self.sweep.storage, self.sweep.study, job.trial.number, job.stop_at)
-        env = {**os.environ, **ref.environ()}
+        env = with_callback({**os.environ, **ref.environ()})
         if self.sweep.workers > 1:  # runs at once must not share one torchrun port: each picks a free one
             env.pop("MASTER_PORT", None)
         return env | ({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {})
@@ -132,7 +133,7 @@ class Runner:
                 if value is not None:
                     trial.set_user_attr(name, value)
             return folder, [], f"training{goal}"
-        folder = Path(self.study.storage.get_trial(trial._trial_id).user_attrs[RUN_DIR])
+        folder = Path(self.study.frozen(trial.number).user_attrs[RUN_DIR])
         keep_log_until(folder, job.resume_from)
         extra = [f"resume_from_checkpoint={checkpoint(folder, job.resume_from)}"]
         return folder, extra, f"resuming from step {job.resume_from}{goal or ' to the end'}"
@@ -140,7 +141,7 @@ class Runner:
     def run_job(self, job: Job, devices: str | None) -> Outcome:
         """Train ``job``'s run (to its end, or to its stop step), with heartbeats for the study; what came of it."""
         trial = job.trial
-        before = self.study.storage.get_trial(trial._trial_id).user_attrs
+        before = self.study.frozen(trial.number).user_attrs
         folder, extra, doing = self._start(job, devices)
         args = run_args(self.sweep, {key: trial.params[key] for key in self.sweep.keys})
         label = " ".join(args[len(self.sweep.overrides) :])
@@ -148,18 +149,12 @@ class Runner:
         command = [self.sweep.cli, "train", str(self.sweep.config), *args, f"output_dir={folder}", *extra]
         offset = (folder / LOG).stat().st_size if job.resume_from is not None and (folder / LOG).is_file() else 0
         start = time.monotonic()
-        returncode, stopped = train(
-            command,
-            self.environment(job, devices),
-            folder,
-            self.stop,
-            lambda: self.study.heartbeat(trial),
-            HEARTBEAT_S,
-            resumed=None if job.resume_from is None else f"{doing} ({' '.join(extra)})",
-        )
+        resumed = None if job.resume_from is None else f"{doing} ({' '.join(extra)})"
+        launch = Launch(command, self.environment(job, devices), folder, resumed)
+        returncode, stopped = train(launch, self.stop, lambda: self.study.heartbeat(trial), HEARTBEAT_S)
         if interrupted(returncode):
             self.stop.set()
-        reported = self.study.storage.get_trial(trial._trial_id)
+        reported = self.study.frozen(trial.number)
         with (folder / LOG).open(encoding="utf-8", errors="replace") as handle:
             handle.seek(offset)
             log = handle.read()
@@ -173,7 +168,7 @@ class Runner:
             )
         seconds = time.monotonic() - start + float(before.get(SECONDS) or 0)
         pause = None if job.stop_at is None else (folder, job.stop_at)
-        result = outcome(curves, returncode, log, seconds, stopped or self.stop.is_set(), pause)
+        result = outcome(curves, Ended(returncode, log, seconds, stopped or self.stop.is_set()), pause)
         self.say(f"trial {trial.number} {label}: {_describe(result, job.stop_at)} ({time.monotonic() - start:.1f} s)")
         return result
 
@@ -217,9 +212,8 @@ class Runner:
     def _paused_at(self, job: Job, result: Outcome) -> None:
         """The run stopped at its rung with a checkpoint: its eval loss there is the trial's for the round."""
         assert job.stop_at is not None
-        trial_id = job.trial._trial_id
-        if job.stop_at not in self.study.storage.get_trial(trial_id).intermediate_values and result.value is not None:
-            self.study.storage.set_trial_intermediate_value(trial_id, job.stop_at, result.value)
+        if job.stop_at not in self.study.frozen(job.trial.number).intermediate_values and result.value is not None:
+            job.trial.report(result.value, job.stop_at)
         job.trial.set_user_attr(REACHED, job.stop_at)
         job.trial.set_user_attr(PAUSED, True)
 

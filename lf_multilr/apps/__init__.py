@@ -1,1 +1,0 @@
-"""The command-line apps (the sweep)."""

@@ -1,7 +1,0 @@
-"""``python -m lf_multilr.apps.sweep``: the same as ``lf-multilr sweep``."""
-
-import sys
-
-from . import main
-
-sys.exit(main(sys.argv[1:]))
