@@ -38,7 +38,7 @@ def targets(eval_steps: int, max_steps: int, factor: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class Entry:
+class Contender:
     """A trial of the study, as the rounds see it."""
 
     number: int
@@ -63,7 +63,7 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Decision:
+class Promotion:
     """Which trials go on into round ``round`` (>= 1), decided at the rung ``rung``."""
 
     round: int
@@ -74,27 +74,27 @@ class Decision:
         return f"{ROUND}{self.round}", {"rung": self.rung, "promoted": list(self.promoted)}
 
 
-def recorded(attrs: Mapping[str, object]) -> list[Decision]:
+def recorded(attrs: Mapping[str, object]) -> list[Promotion]:
     """The decisions in the study's attributes, round 1 first."""
     found = []
     for name, value in attrs.items():
         if name.startswith(ROUND) and isinstance(value, dict):
             promoted = tuple(int(number) for number in value["promoted"])
-            found.append(Decision(int(name[len(ROUND) :]), int(value["rung"]), promoted))
+            found.append(Promotion(int(name[len(ROUND) :]), int(value["rung"]), promoted))
     found.sort(key=lambda d: d.round)
     assert [d.round for d in found] == list(range(1, len(found) + 1)), f"the study's rounds have a gap: {found}"
     return found
 
 
-def latest(entries: Sequence[Entry]) -> dict[str, Entry]:
+def latest(entries: Sequence[Contender]) -> dict[str, Contender]:
     """Each slot's last trial."""
-    last: dict[str, Entry] = {}
+    last: dict[str, Contender] = {}
     for entry in sorted(entries, key=lambda e: e.number):
         last[entry.slot] = entry
     return last
 
 
-def _done(entry: Entry, rung: int, first: bool) -> bool:
+def _done(entry: Contender, rung: int, first: bool) -> bool:
     """Whether ``entry`` is through the round ending at ``rung``: it reached the rung, or failed. In the ``first``
     round the setting of an interrupted or abandoned trial trains again from scratch, and the round waits for it
     (later rounds resume a trial stopped that way from its checkpoint, so it never fails)."""
@@ -103,12 +103,14 @@ def _done(entry: Entry, rung: int, first: bool) -> bool:
     return entry.state in ("COMPLETE", "PRUNED") or (entry.reached is not None and entry.reached >= rung)
 
 
-def loss_at(entry: Entry, rung: int) -> float:
+def loss_at(entry: Contender, rung: int) -> float:
     value = entry.losses.get(rung)
     return value if value is not None and math.isfinite(value) else math.inf
 
 
-def participants(entries: Sequence[Entry], slots: Sequence[str], decisions: Sequence[Decision]) -> list[Entry] | None:
+def participants(
+    entries: Sequence[Contender], slots: Sequence[str], decisions: Sequence[Promotion]
+) -> list[Contender] | None:
     """The trials of the round the last decision opened (round 0: each slot's last trial); None while a slot of
     round 0 has no trial."""
     if decisions:
@@ -120,12 +122,12 @@ def participants(entries: Sequence[Entry], slots: Sequence[str], decisions: Sequ
     return [last[slot] for slot in slots]
 
 
-def decide(
-    entries: Sequence[Entry], slots: Sequence[str], decisions: Sequence[Decision], ends: Sequence[int], factor: int
-) -> list[Decision]:
+def promotions(
+    entries: Sequence[Contender], slots: Sequence[str], decisions: Sequence[Promotion], ends: Sequence[int], factor: int
+) -> list[Promotion]:
     """The decisions the study's state calls for beyond ``decisions``: for every round whose trials are all through
     it, the best ``max(1, n // factor)`` of its ``n`` by eval loss at its rung (ties: the earlier trial)."""
-    made: list[Decision] = []
+    made: list[Promotion] = []
     current = participants(entries, slots, decisions)
     while current is not None and len(decisions) + len(made) < len(ends) - 1:
         number = len(decisions) + len(made)
@@ -134,7 +136,7 @@ def decide(
             break
         reached = [e for e in current if e.state == "RUNNING" and e.reached is not None and e.reached >= rung]
         best = sorted(reached, key=lambda e: (loss_at(e, rung), e.number))[: max(1, len(current) // factor)]
-        made.append(Decision(number + 1, rung, tuple(e.number for e in best)))
+        made.append(Promotion(number + 1, rung, tuple(e.number for e in best)))
         current = best
     return made
 
@@ -147,7 +149,7 @@ class Moves:
     prune: tuple[tuple[int, int], ...]  # (trial, the rung it is pruned at)
 
 
-def moves(entries: Sequence[Entry], decisions: Sequence[Decision], ends: Sequence[int]) -> Moves:
+def moves(entries: Sequence[Contender], decisions: Sequence[Promotion], ends: Sequence[int]) -> Moves:
     """The moves of the decisions that the trials do not show yet (none once applied: applying them is idempotent,
     and a process that stopped halfway leaves the rest to the next claim)."""
     promote, prune = [], []

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .args import GridValue, RangeAxis, Sweep, value_text
-from .halving import PAUSED, PRUNED_AT, REACHED, TARGET, Decision, Entry, decide, moves, participants, recorded
+from .halving import PAUSED, PRUNED_AT, REACHED, TARGET, Contender, Promotion, moves, participants, promotions, recorded
 from .run import checkpoint, folder_free
 
 if TYPE_CHECKING:
@@ -315,14 +315,14 @@ class Study:
         done = {a.slot for a in self.attempts() if a.state in SETTLED}
         return sum(slot.key in done for slot in self.slots)
 
-    def entries(self, trials: Sequence[optuna.trial.FrozenTrial] | None = None) -> list[Entry]:
+    def entries(self, trials: Sequence[optuna.trial.FrozenTrial] | None = None) -> list[Contender]:
         """The trials as the rounds of ``--prune`` see them."""
         found = []
         for t in self.trials() if trials is None else trials:
             attrs = t.user_attrs
             target, reached = attrs.get(TARGET), attrs.get(REACHED)
             found.append(
-                Entry(
+                Contender(
                     t.number,
                     attrs[SLOT],
                     t.state.name,
@@ -335,7 +335,7 @@ class Study:
             )
         return found
 
-    def decisions(self) -> list[Decision]:
+    def decisions(self) -> list[Promotion]:
         return recorded(self.study.user_attrs)
 
     def in_progress(self) -> bool:
@@ -400,7 +400,8 @@ class Study:
     def claim(self) -> Job | None:
         """The next run to train, its trial RUNNING and held by this process: under ``--prune`` first a paused
         trial the rounds promoted, then (while round 0 is open) a new trial for the next free slot; None when
-        neither is there. Under ``--prune`` it first ends the rounds the trials are through (``self.notes`` says how)."""
+        neither is there. Under ``--prune`` it first ends the rounds the trials are through (``self.notes`` says
+        how)."""
         with self.lock():
             self.fail_dead()
             decisions = self._advance() if self.sweep.prune else []
@@ -420,12 +421,12 @@ class Study:
                 trial.set_user_attr(TARGET, stop_at)
             return Job(trial, slot, None, stop_at)
 
-    def _advance(self) -> list[Decision]:
+    def _advance(self) -> list[Promotion]:
         """Write the decisions the trials call for, apply every decision not applied yet; all decisions."""
         ends, keys = self.sweep.ends, [slot.key for slot in self.slots]
         decisions, entries = self.decisions(), self.entries()
         self.held_at_claim = any(entry.held for entry in entries)
-        for made in decide(entries, keys, decisions, ends, self.sweep.reduction_factor):
+        for made in promotions(entries, keys, decisions, ends, self.sweep.reduction_factor):
             self.study.set_user_attr(*made.attr())  # one write: the decision is made, whoever applies it
             decisions.append(made)
             self.notes.append(self._describe(made, entries, decisions))
@@ -437,7 +438,7 @@ class Study:
             self.study.tell(number, state=self._state("PRUNED"))
         return decisions
 
-    def _describe(self, made: Decision, entries: Sequence[Entry], decisions: Sequence[Decision]) -> str:
+    def _describe(self, made: Promotion, entries: Sequence[Contender], decisions: Sequence[Promotion]) -> str:
         previous = participants(entries, [slot.key for slot in self.slots], decisions[:-1]) or []
         to = self.sweep.ends[made.round]
         goes = ", ".join(map(str, made.promoted)) or "none"

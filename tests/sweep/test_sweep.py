@@ -36,7 +36,7 @@ from lf_multilr_sweep.args import (
     value_text,
 )
 from lf_multilr_sweep.callback import TrialCallback
-from lf_multilr_sweep.halving import Decision, Entry, Moves, decide, moves, targets
+from lf_multilr_sweep.halving import Contender, Moves, Promotion, moves, promotions, targets
 from lf_multilr_sweep.report import Row, markdown, rank
 from lf_multilr_sweep.run import INTERRUPTED, Curves, Outcome, error_line, folder_lock, folder_name, read_curves
 from lf_multilr_sweep.study import Attempt, DefinitionMismatch, Job, Slot, Study, next_slot, slots
@@ -486,30 +486,30 @@ def test_the_sweep_names_its_callback_after_the_users_own():
 # Successive halving (--prune), decided from the study
 
 
-def _paused(number: int, loss: float, at: int = 5) -> Entry:
-    return Entry(number, str(number), "RUNNING", target=at, reached=at, paused=True, losses={at: loss})
+def _paused(number: int, loss: float, at: int = 5) -> Contender:
+    return Contender(number, str(number), "RUNNING", target=at, reached=at, paused=True, losses={at: loss})
 
 
 def test_a_round_ends_when_all_its_trials_reached_its_rung_or_failed_and_the_best_third_go_on():
     assert targets(5, 30, 3) == (5, 15, 30) and targets(1, 4, 2) == (1, 2, 4) and targets(10, 90, 3) == (10, 30, 90)
     slots, ends = [str(i) for i in range(9)], (5, 15, 30)
     paused = [_paused(i, loss) for i, loss in enumerate([3.0, 1.0, 2.0, 5.0, 1.0, 4.0, 6.0, 7.0, 8.0])]
-    training, interrupted = Entry(8, "8", "RUNNING", target=5), Entry(8, "8", "FAIL", abandoned=True, target=5)
+    training, interrupted = Contender(8, "8", "RUNNING", target=5), Contender(8, "8", "FAIL", abandoned=True, target=5)
     for unfinished in ([], [training], [interrupted]):  # no trial yet, one training, one to train again
-        assert decide([*paused[:8], *unfinished], slots, [], ends, 3) == []
-    failed = Entry(8, "8", "FAIL", target=5)
+        assert promotions([*paused[:8], *unfinished], slots, [], ends, 3) == []
+    failed = Contender(8, "8", "FAIL", target=5)
     entries = [*paused[:8], failed]
-    first = decide(entries, slots, [], ends, 3)
-    assert first == [Decision(1, 5, (1, 4, 2))]  # 9 // 3; of the two at 1.0 the earlier trial first
+    first = promotions(entries, slots, [], ends, 3)
+    assert first == [Promotion(1, 5, (1, 4, 2))]  # 9 // 3; of the two at 1.0 the earlier trial first
     assert moves(entries, first, ends) == Moves(((1, 15), (2, 15), (4, 15)), tuple((n, 5) for n in (0, 3, 5, 6, 7)))
 
     promoted = {1: 2.5, 2: 2.0, 4: None}  # trial 4 failed while resuming to 15
-    after = [Entry(n, str(n), "FAIL") if loss is None else _paused(n, loss, 15) for n, loss in promoted.items()] + [
-        Entry(n, str(n), "PRUNED", reached=5) for n in (0, 3, 5, 6, 7)
+    after = [Contender(n, str(n), "FAIL") if loss is None else _paused(n, loss, 15) for n, loss in promoted.items()] + [
+        Contender(n, str(n), "PRUNED", reached=5) for n in (0, 3, 5, 6, 7)
     ]
-    assert decide(after, slots, first, ends, 3) == [Decision(2, 15, (2,))]  # max(1, 3 // 3) of the two left
+    assert promotions(after, slots, first, ends, 3) == [Promotion(2, 15, (2,))]  # max(1, 3 // 3) of the two left
     assert moves(after, first, ends) == Moves((), ())  # round 1's moves are done: nothing twice
-    assert decide(after, slots, [*first, Decision(2, 15, (2,))], ends, 3) == []  # the last round: no more
+    assert promotions(after, slots, [*first, Promotion(2, 15, (2,))], ends, 3) == []  # the last round: no more
 
 
 def _pause_like_a_run(runner: Runner, job: Job, folder: Path, loss: float) -> None:
