@@ -59,6 +59,7 @@ def _imported(name: str, just_run: str | None) -> bool:
 
 
 def _apply_ready(just_run: str | None = None) -> None:
+    lost: list[compat.Decision] = []
     for target in TARGETS:
         if _patching.is_applied(target):
             continue
@@ -67,7 +68,11 @@ def _apply_ready(just_run: str | None = None) -> None:
         decision = STATE.decided[target.dotted] = compat.decide(facts_of(target))
         if decision.applies:
             _patching.apply(target)
-            continue
+        else:
+            lost.append(decision)
+    # The essential ones first: where targets share a line (a release older than verified), it says the keys are
+    # refused, whichever target the table lists first.
+    for decision in sorted(lost, key=lambda decision: not decision.essential):
         warning = decision.warning()
         if warning is not None:
             warn_once(*warning)

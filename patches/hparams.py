@@ -15,6 +15,7 @@ from dataclasses import field, make_dataclass
 from functools import wraps
 from typing import Any
 
+from lf_multilr.compat import RECOMMENDED
 from lf_multilr.config import backends
 from lf_multilr.config.callbacks import callback_classes, names_of
 from lf_multilr.config.checks import (
@@ -27,7 +28,7 @@ from lf_multilr.config.checks import (
     refuse_own_optimizers,
     refuse_unknown_model_type,
 )
-from lf_multilr.config.keys import CALLBACKS, KEYS, LR_GROUPS, SWITCHES
+from lf_multilr.config.keys import CALLBACKS, CALLBACKS_ENV, KEYS, LR_GROUPS, SWITCHES
 from lf_multilr.config.settings import Settings, keep, settings_of
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.supplement import rules_for
@@ -48,7 +49,9 @@ def keyed_class(base: type) -> type:
         for key, value in settings.values.items():
             setattr(self, key, value)
         callbacks = getattr(self, CALLBACKS.name)
-        callback_classes(callbacks, os.environ)  # refused here, before any weight loads, if a name cannot serve
+        # refused here, before any weight loads, if a name cannot serve or nothing would add the classes to the run
+        if callback_classes(callbacks, os.environ):
+            refuse_lost_callbacks(callbacks)
         setattr(self, CALLBACKS.name, list(names_of(callbacks)) or None)
         if settings.any_set:  # before LLaMA-Factory's own checks, which may fail on a missing package first
             refuse_lost_targets(settings)
@@ -57,6 +60,25 @@ def keyed_class(base: type) -> type:
 
     STATE.keyed_classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
     return cls
+
+
+#: The patch target that adds the named callbacks to a run (``patches/callbacks.py``).
+CALLBACKS_TARGET = "llamafactory.train.tuner._training_function"
+
+
+def refuse_lost_callbacks(callbacks: Any) -> None:
+    """Callbacks are named, but the target that adds them to the run is left stock here (a release older than
+    verified, or changed): they would silently never run."""
+    decision = STATE.decided.get(CALLBACKS_TARGET)
+    if decision is None or decision.applies:
+        return
+    key, value = (CALLBACKS.name, callbacks) if callbacks else (CALLBACKS_ENV, os.environ.get(CALLBACKS_ENV))
+    raise ConfigError(
+        key,
+        value,
+        f"`{CALLBACKS_TARGET}` ({decision.role}) is not patched: {decision.why()}, so the callbacks would never run",
+        f"use a verified pair ({RECOMMENDED}), or remove `{CALLBACKS.name}` and unset {CALLBACKS_ENV}",
+    )
 
 
 def key_fields() -> list[tuple[str, Any, Any]]:

@@ -107,6 +107,7 @@ import lf_multilr
 from lf_multilr import patches
 stock = lf_env.VERSION, getattr(parser, "_TRAIN_MCA_ARGS", None), trainer_utils.create_custom_optimizer
 args = {"model_name_or_path": "x", "output_dir": "o", "stage": "sft", "freeze_vision_tower": False}
+CB = ["transformers:PrinterCallback"]
 for version, layout in json.loads(sys.argv[1]):
     lf_multilr.revert()  # stock LLaMA-Factory again, and nothing said yet: as in a fresh interpreter
     lf_env.VERSION = version
@@ -119,13 +120,13 @@ for version, layout in json.loads(sys.argv[1]):
     assert lf_multilr.apply()
     ours = sorted(t.rsplit(".", 1)[-1] for t in patches.applied() if t.startswith("llamafactory"))
     print("APPLIED", len(patches.applied()), "LLaMA-Factory:", ",".join(ours))
-    for keys in ({}, {"vision_tower_lr": 1e-5}):
+    for name, keys in (("STOCK ", {}), ("", {"vision_tower_lr": 1e-5}), ("CALLBACKS ", {"trainer_callbacks": CB})):
         try:
             parser.get_train_args({**args, **keys})
         except ValueError as error:
-            print("REFUSED" if keys else "STOCK REFUSED", error)
+            print(f"{name}REFUSED", error)
         else:
-            print("ACCEPTED" if keys else "STOCK ACCEPTED")
+            print(f"{name}ACCEPTED")
     lf_multilr.revert()
     lf_env.VERSION, trainer_utils.create_custom_optimizer = stock[0], stock[2]
     if stock[1] is not None:
@@ -211,6 +212,12 @@ def test_an_older_llamafactory_is_named_and_its_keys_refused(version, layout, en
     )
     assert "Fix: use a verified pair (LLaMA-Factory main with transformers 5.8.0, LLaMA-Factory 0.9.5 with" in refused
     assert "STOCK ACCEPTED" in stdout  # without a key the run is stock
+    # named callbacks would never be added to the run: refused, naming the target
+    callbacks = next(line for line in stdout.splitlines() if line.startswith("CALLBACKS "))
+    assert callbacks.startswith(
+        "CALLBACKS REFUSED lf-multilr: `trainer_callbacks: ['transformers:PrinterCallback']` is refused: "
+        "`llamafactory.train.tuner._training_function` (the run's extra callbacks"
+    ), callbacks
     assert [line for line in lines if "older than" in line] == [
         f"lf-multilr: LLaMA-Factory {version} is older than the oldest release lf-multilr's patches were verified "
         "on LLaMA-Factory 0.9.4, 0.9.5, 0.9.6.dev0: they stay stock and lf-multilr keys are refused (`lf-multilr "
