@@ -1,14 +1,18 @@
 """Training step time: lf-multilr (three module groups, per-module metrics) against stock LLaMA-Factory.
 
-One process, the same config, interleaved runs: stock (lf-multilr reverted), lf-multilr logging every step, and
-lf-multilr logging every 10 steps, repeated. A callback times each optimizer step; the first steps of each run
-are warm-up and dropped. Reported: per variant the median step time, and per pair of neighbouring runs the
-ratio of medians (median and range over the repeats).
+One process, the same config, interleaved runs of four variants: stock (lf-multilr reverted) and lf-multilr, each
+logging every step and every 10 steps. First one untimed warm-up run of each variant; then the timed repeats, each
+running every variant once in the balanced order of `bench/order.py` (each variant in each position equally
+often), so that a run's place in a repeat does not decide its time. A callback times each optimizer step; the first
+steps of each run are dropped as well. Reported: per variant the median step time, and its ratio to the stock run
+with the same logging in the same repeat (median and range over the repeats); and the runs' times by position in
+their repeat, which shows how large the order effect the rotation cancels is.
 
 The model is a Qwen2-VL scaled up from the project's tiny one (same tokenizer and processor) until a step on
 one CPU thread takes well over 0.5 s.
-Usage: OMP_NUM_THREADS=1 python bench/step_time.py [--repeats 5] [--steps 14]
-GPU (see bench/gpu_step_time.sh): python bench/step_time.py --sizes bench/configs/qwen2_vl_2b --bf16
+Usage: OMP_NUM_THREADS=1 python bench/step_time.py [--repeats 8] [--steps 14] [--every 1 10]
+(--repeats: a multiple of the number of variants, two per --every value)
+GPU (see bench/gpu_step_time.sh): python bench/step_time.py --sizes bench/configs/qwen2_vl_2b --bf16 --every 10
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, Qwen2VLForConditionalGeneration, TrainerCallback  # noqa: E402
 
 import lf_multilr  # noqa: E402
+from bench.order import check_repeats, orders, warm_up  # noqa: E402
 from tools.tiny import build_dataset, build_model  # noqa: E402
 
 WARMUP = 3
@@ -92,14 +97,25 @@ def run(config: dict, steps: int) -> float:
     return statistics.median(timer.times[WARMUP:])
 
 
+STOCK = {1: "stock, log every step", 10: "stock, log every 10 steps"}
+OURS = {1: "lf-multilr, log every step", 10: "lf-multilr, log every 10 steps"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8, help="timed repeats, a multiple of the number of variants")
+    parser.add_argument(
+        "--every", type=int, nargs="+", choices=sorted(STOCK), default=sorted(STOCK), help="logging_steps to time"
+    )
     parser.add_argument("--steps", type=int, default=14)
     parser.add_argument("--sizes", type=Path, help="a Qwen2-VL config.json folder to take the sizes from (GPU runs)")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--batch", type=int, default=4)
     options = parser.parse_args()
+    if problem := check_repeats(options.repeats, 2 * len(set(options.every))):
+        parser.error(f"--repeats: {problem}")
+    if options.steps <= WARMUP:
+        parser.error(f"--steps must be more than the {WARMUP} warm-up steps each run drops")
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)
@@ -128,26 +144,41 @@ def main() -> None:
             "seed": 0,
             "disable_tqdm": True,
         }
-        variants = {
-            "stock": ({**config, "logging_steps": 1}, False),
-            "lf-multilr, log every step": ({**config, **MODULE_LRS, "logging_steps": 1}, True),
-            "lf-multilr, log every 10 steps": ({**config, **MODULE_LRS, "logging_steps": 10}, True),
-        }
+        every = sorted(set(options.every))
+        variants = {STOCK[n]: ({**config, "logging_steps": n}, False) for n in every}
+        variants |= {OURS[n]: ({**config, **MODULE_LRS, "logging_steps": n}, True) for n in every}
+
+        def timed(name: str, steps: int) -> float:
+            variant, active = variants[name]
+            lf_multilr.apply() if active else lf_multilr.revert()
+            return run(variant, steps)
+
+        warm_up(list(variants), lambda name: timed(name, WARMUP + 2))
         medians: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(options.repeats):
-            for name, (variant, active) in variants.items():
-                lf_multilr.apply() if active else lf_multilr.revert()
-                medians[name].append(run(variant, options.steps))
+        by_position: list[list[float]] = [[] for _ in variants]  # a run's median over its repeat's mean
+        for repeat, order in enumerate(orders(list(variants), options.repeats)):
+            times = {name: timed(name, options.steps) for name in order}
+            mean = statistics.fmean(times.values())
+            for position, name in enumerate(order):
+                medians[name].append(times[name])
+                by_position[position].append(times[name] / mean)
+            print(f"repeat {repeat}: " + ", ".join(f"{name} {times[name]:.3f} s" for name in order), flush=True)
         lf_multilr.apply()
-    stock = medians["stock"]
-    print(f"| variant | median step time (s) | ratio to stock: median (min-max over {options.repeats} repeats) |")
+    print(
+        f"\n| variant | median step time (s) | ratio to stock with the same logging: median (min-max over "
+        f"{options.repeats} repeats) |"
+    )
     print("|---|---|---|")
-    for name, values in medians.items():
-        ratios = [value / reference for value, reference in zip(values, stock, strict=True)]
-        print(
-            f"| {name} | {statistics.median(values):.3f} | {statistics.median(ratios):.3f} "
-            f"({min(ratios):.3f}-{max(ratios):.3f}) |"
-        )
+    for n in every:
+        stock = medians[STOCK[n]]
+        for name in (STOCK[n], OURS[n]):
+            ratios = [value / reference for value, reference in zip(medians[name], stock, strict=True)]
+            print(
+                f"| {name} | {statistics.median(medians[name]):.3f} | {statistics.median(ratios):.3f} "
+                f"({min(ratios):.3f}-{max(ratios):.3f}) |"
+            )
+    positions = ", ".join(f"{i + 1}: {statistics.median(values):.3f}" for i, values in enumerate(by_position))
+    print(f"\nby position in a repeat, a run's median step time over its repeat's mean (median): {positions}")
 
 
 if __name__ == "__main__":
