@@ -71,6 +71,9 @@ def main() -> None:
     runs = parser.parse_args().runs
     if problem := check_repeats(runs, 2):
         parser.error(f"--runs: {problem}")
+    # The fresh environment's packages only: with a PYTHONPATH to a checkout pip finds lf-multilr there and
+    # installs nothing, and the checkout would shadow the wheel.
+    os.environ.pop("PYTHONPATH", None)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "LF_MULTILR_DISABLE")}
     with tempfile.TemporaryDirectory() as folder:
         python, site = install(Path(folder))
