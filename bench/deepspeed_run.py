@@ -11,6 +11,7 @@ config with an ``optimizer`` block is refused before any weight loads.
 
 ``--check`` builds the model and data and writes the configs, then prints the commands it would run and stops (no
 GPU, no DeepSpeed needed). Exit status 0 when every check passed, 1 when one failed, 2 when nothing could run.
+Not order-sensitive (bench/order.py): it checks each run's groups and steps; each run's seconds are shown, not compared.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ Usage: python bench/evidence.py --out DIR [--quick | --profile gpu] [--jobs 2] [
 ``--check`` runs every stage of the profile for two steps on a few samples (set-up path only; no results).
 ``lf-multilr sweep`` is used through the command line and the ``sweep.csv`` columns (``rank``, the swept keys,
 ``final_eval_loss``) that both its grid version and its Optuna version have.
+Not order-sensitive (bench/order.py), nor are its evidence_*.py parts: accuracies and retention (seeded), not times.
 """
 
 from __future__ import annotations

@@ -14,14 +14,14 @@ mkdir -p "$OUT"
 status=0
 if [ "${1:-}" = "--check" ]; then
   "$PY" bench/deepspeed_run.py --out "$OUT" --check || status=1
-  OMP_NUM_THREADS=1 "$PY" bench/qlora_run.py --out "$OUT" --cpu --steps 3 --repeats 1 || status=1
+  OMP_NUM_THREADS=1 "$PY" bench/qlora_run.py --out "$OUT" --cpu --steps 3 --repeats 2 || status=1
   exit $status
 fi
 "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || { echo "no CUDA GPU here" >&2; exit 2; }
 bash bench/gpu_setup.sh > "$OUT/setup.txt" 2>&1 || { tail -20 "$OUT/setup.txt" >&2; exit 2; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" || true
 OMP_NUM_THREADS=4 timeout 200 "$PY" bench/step_time.py --sizes bench/configs/qwen2_vl_2b --bf16 --batch 2 \
-  --repeats 3 --steps 30 > "$OUT/gpu_step_time.md" 2>"$OUT/step_time.log" || status=1
+  --every 10 --repeats 4 --steps 30 > "$OUT/gpu_step_time.md" 2>"$OUT/step_time.log" || status=1
 timeout 150 "$PY" bench/deepspeed_run.py --out "$OUT" || status=1
 timeout 220 "$PY" bench/qlora_run.py --out "$OUT" --steps 30 --repeats 2 || status=1
 exit $status

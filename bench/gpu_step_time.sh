@@ -9,4 +9,4 @@ OUT=${OUT:-.}
 bash bench/gpu_setup.sh 2>&1 | tee "$OUT/setup.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 OMP_NUM_THREADS=4 "${GPU_PYTHON:-python3}" bench/step_time.py --sizes bench/configs/qwen2_vl_2b --bf16 --batch 2 \
-  --repeats 3 --steps 30 | tee "$OUT/gpu_step_time.md"
+  --every 10 --repeats 4 --steps 30 | tee "$OUT/gpu_step_time.md"

@@ -3,11 +3,13 @@
 Each test that trains starts `llamafactory-cli` (or `lf-multilr`, or `python -c`), which first imports LLaMA-Factory's
 training modules: 10 to 15 s of one core on the 2-core machine, most of a tiny training's time. The interpreter the
 environments are made from changes that cost: a distribution's CPython is built with profile-guided and link-time
-optimisation, a default pyenv build is not. This times, interleaved, `import llamafactory.train.tuner` under each
-interpreter given, all reading one environment's site-packages (the same files and bytecode: CPython 3.11 of any
-patch release shares them), and reports the median wall and CPU seconds and their ratios to the first interpreter.
+optimisation, a default pyenv build is not. This times `import llamafactory.train.tuner` under each interpreter
+given, all reading one environment's site-packages (the same files and bytecode: CPython 3.11 of any patch release
+shares them), after one untimed start-up of each, in repeats whose order rotates (`bench/order.py`: each interpreter
+first equally often), and reports the median wall and CPU seconds and their ratios to the first interpreter.
 
-Usage: python bench/interpreter_startup.py PYTHON PYTHON [...] [--site .venv] [--runs 5]
+Usage: python bench/interpreter_startup.py PYTHON PYTHON [...] [--site .venv] [--runs 6]
+(--runs: a multiple of the number of interpreters)
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import os
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.order import check_repeats, orders, warm_up  # noqa: E402
+
 CODE = "import site, sys; site.addsitedir(sys.argv[1]); import llamafactory.train.tuner"
 
 
@@ -44,21 +51,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pythons", nargs="+", help="interpreters to compare (the first is the reference)")
     parser.add_argument("--site", type=Path, default=ROOT / ".venv", help="the environment whose packages load")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=6)
     args = parser.parse_args()
+    if problem := check_repeats(args.runs, len(args.pythons)):
+        parser.error(f"--runs: {problem}")
     site = site_packages(args.site)
-    for python in args.pythons:  # warm the page cache and check that each one runs
-        once(python, site)
+    warm_up(args.pythons, lambda python: once(python, site))  # the page cache, and a check that each one runs
     times: dict[str, list[tuple[float, float]]] = {python: [] for python in args.pythons}
-    for _ in range(args.runs):
-        for python in args.pythons:
+    for order in orders(args.pythons, args.runs):
+        for python in order:
             times[python].append(once(python, site))
     reference = args.pythons[0]
     wall0 = statistics.median(w for w, _ in times[reference])
     cpu0 = statistics.median(c for _, c in times[reference])
     print(
         f"import llamafactory.train.tuner from {site.relative_to(ROOT) if site.is_relative_to(ROOT) else site}, "
-        f"median of {args.runs} interleaved runs"
+        f"median of {args.runs} runs, order rotated"
     )
     for python in args.pythons:
         version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True)

@@ -4,6 +4,7 @@ Builds the optimizer both ways for the tiny Qwen2-VL (full fine-tuning, AdamW) t
 argument parser and `create_custom_optimizer` (stock: HF's two groups, as `Trainer.create_optimizer` builds
 them), runs one step with the same gradients and sums the bytes of every state tensor.
 Usage: python bench/optimizer_memory.py
+Not order-sensitive (bench/order.py): it counts bytes of state tensors, which no run order or warm-up changes.
 """
 
 from __future__ import annotations

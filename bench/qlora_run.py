@@ -7,7 +7,9 @@ Three things, each through the real ``llamafactory-cli train``:
    largest |B| of each module's adapters is that module's LR (to the 8-bit optimizer's quantization).
 2. The logged ``lr/<module>`` and ``grad_norm/<module>`` of that step, and that the norms add up to ``grad_norm``.
 3. The step-time ratio against stock LLaMA-Factory (the same config without the keys, lf-multilr switched off):
-   ``--steps`` steps each, ``--repeats`` interleaved pairs, the ratio of ``train_runtime`` per pair.
+   ``--steps`` steps each, ``--repeats`` pairs (an even number) whose order alternates (``bench/order.py``), the
+   ratio of ``train_runtime`` per pair. Each run is a fresh process, so every variant pays the same start-up; the
+   one-step check, run first, warms the files (model, data) both read.
 
     python bench/qlora_run.py --out DIR [--sizes bench/configs/qwen2_vl_2b] [--steps 30] [--repeats 2]
     python bench/qlora_run.py --out DIR --cpu     # the CPU stand-in: tiny model, fp32, adamw_torch, no 4-bit
@@ -32,6 +34,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from bench.order import check_repeats, orders  # noqa: E402
 
 FAMILY = "qwen2_vl"
 LRS = {"vision_tower_lr": 1.0e-4, "language_model_lr": 1.0e-3}
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cpu", action="store_true", help="the CPU stand-in (see above)")
     args = parser.parse_args(argv)
+    if problem := check_repeats(args.repeats, 2):
+        parser.error(f"--repeats: {problem}")
     import torch
 
     if not args.cpu and not torch.cuda.is_available():
@@ -168,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         rows, ok = one_step(out)
         lines += rows
     ratios = []
-    for repeat in range(args.repeats):
+    for repeat, order in enumerate(orders([("stock", True), ("lf-multilr", False)], args.repeats)):
         times = {}
-        for variant, stock in (("stock", True), ("lf-multilr", False)):
+        for variant, stock in order:
             path, out = config(work, model, f"{variant}_{repeat}", args.cpu, args.steps, keys=not stock)
             code, _ = train(path, args.out / f"{variant}_{repeat}.log", stock=stock)
             if code != 0:
@@ -181,13 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         if len(times) == 2:
             ratios.append(times["lf-multilr"] / times["stock"])
             lines.append(
-                f"\nrepeat {repeat}: {args.steps} steps, train_runtime stock {times['stock']:.2f} s, "
-                f"lf-multilr {times['lf-multilr']:.2f} s, ratio {ratios[-1]:.3f}"
+                f"\nrepeat {repeat} ({order[0][0]} first): {args.steps} steps, train_runtime stock "
+                f"{times['stock']:.2f} s, lf-multilr {times['lf-multilr']:.2f} s, ratio {ratios[-1]:.3f}"
             )
     if ratios:
         lines.append(
             f"\nStep-time ratio lf-multilr / stock: median {statistics.median(ratios):.3f} "
-            f"(range {min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} interleaved pairs)"
+            f"(range {min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} pairs, order alternating)"
         )
     (args.out / "qlora.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

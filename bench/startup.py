@@ -2,10 +2,11 @@
 
 Builds the wheel, installs it into a fresh virtual environment (bytecode compiled, as pip does), then:
 - reads `python -X importtime -c pass` for lf-multilr's modules (median of N runs);
-- times `python -c pass` with the `.pth` present and removed, interleaved, and reports the median ratio;
+- times `python -c pass` with the `.pth` present and removed, in pairs whose order alternates (`bench/order.py`)
+  after one untimed start-up of each, and reports the median ratio;
 - lists the modules the hook imports beyond a bare interpreter (no torch, transformers or LLaMA-Factory).
 
-Usage: python bench/startup.py [--runs 40]
+Usage: python bench/startup.py [--runs 40]   (an even number: each pair runs both orders equally often)
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.order import check_repeats, orders, warm_up  # noqa: E402
+
 HEAVY = ("torch", "transformers", "llamafactory", "typing", "importlib.abc", "lf_multilr.patches")
 
 
@@ -64,6 +69,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=40)
     runs = parser.parse_args().runs
+    if problem := check_repeats(runs, 2):
+        parser.error(f"--runs: {problem}")
+    # The fresh environment's packages only: with a PYTHONPATH to a checkout pip finds lf-multilr there and
+    # installs nothing, and the checkout would shadow the wheel.
+    os.environ.pop("PYTHONPATH", None)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "LF_MULTILR_DISABLE")}
     with tempfile.TemporaryDirectory() as folder:
         python, site = install(Path(folder))
@@ -71,20 +81,26 @@ def main() -> None:
         hook = [importtime_us(python, env) for _ in range(runs)]
         probe = f"import sys; print(sorted(m for m in sys.modules if m.startswith({HEAVY!r})))"
         heavy = sh(str(python), "-c", probe, env=env).strip()
-        with_hook, without = [], []
         text = pth.read_text()
-        for _ in range(runs):
-            with_hook.append(wall_s(python, env))
-            pth.unlink()
-            without.append(wall_s(python, env))
-            pth.write_text(text)
+
+        def start_up(hooked: bool) -> float:
+            pth.write_text(text) if hooked else pth.unlink(missing_ok=True)
+            return wall_s(python, env)
+
+        warm_up([True, False], start_up)
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for order in orders([True, False], runs):
+            for hooked in order:
+                times[hooked].append(start_up(hooked))
+        pth.write_text(text)
+    with_hook, without = times[True], times[False]
     ratios = [a / b for a, b in zip(with_hook, without, strict=True)]
     print(
         f"| hook import time (-X importtime, median of {runs}) | {statistics.median(hook)} us "
         f"(min {min(hook)}, max {max(hook)}) |"
     )
     print(
-        f"| `python -c pass` wall time, with / without the .pth (median of {runs} interleaved pairs) | "
+        f"| `python -c pass` wall time, with / without the .pth (median of {runs} pairs, alternating order) | "
         f"{statistics.median(ratios):.3f} ({statistics.median(with_hook) * 1e3:.1f} ms vs "
         f"{statistics.median(without) * 1e3:.1f} ms) |"
     )

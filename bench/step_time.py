@@ -1,14 +1,20 @@
 """Training step time: lf-multilr (three module groups, per-module metrics) against stock LLaMA-Factory.
 
-One process, the same config, interleaved runs: stock (lf-multilr reverted), lf-multilr logging every step, and
-lf-multilr logging every 10 steps, repeated. A callback times each optimizer step; the first steps of each run
-are warm-up and dropped. Reported: per variant the median step time, and per pair of neighbouring runs the
-ratio of medians (median and range over the repeats).
+One process, the same config, interleaved runs of four variants: stock (lf-multilr reverted) and lf-multilr, each
+logging every step and every 10 steps. First one untimed warm-up run of each variant; then the timed repeats, each
+running every variant once in the balanced order of `bench/order.py` (each variant in each position equally
+often), so that a run's place in a repeat does not decide its time. A callback times each step from its start to
+the next step's start (so the log, which HF writes after `on_step_end`, is inside), in wall and in CPU seconds; each
+run drops its first steps and its last. Reported: per variant the median step time, and its ratio to the stock run
+with the same logging in the same repeat (median and range over the repeats); and the runs' wall times by position
+in their repeat, which shows how large the order effect the rotation cancels is. On a shared machine the CPU
+seconds are the steadier measure (they leave out waiting for a core); on a GPU the wall seconds are the one.
 
 The model is a Qwen2-VL scaled up from the project's tiny one (same tokenizer and processor) until a step on
 one CPU thread takes well over 0.5 s.
-Usage: OMP_NUM_THREADS=1 python bench/step_time.py [--repeats 5] [--steps 14]
-GPU (see bench/gpu_step_time.sh): python bench/step_time.py --sizes bench/configs/qwen2_vl_2b --bf16
+Usage: OMP_NUM_THREADS=1 python bench/step_time.py [--repeats 8] [--steps 14] [--every 1 10]
+(--repeats: a multiple of the number of variants, two per --every value)
+GPU (see bench/gpu_step_time.sh): python bench/step_time.py --sizes bench/configs/qwen2_vl_2b --bf16 --every 10
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, Qwen2VLForConditionalGeneration, TrainerCallback  # noqa: E402
 
 import lf_multilr  # noqa: E402
+from bench.order import check_repeats, orders, warm_up  # noqa: E402
 from tools.tiny import build_dataset, build_model  # noqa: E402
 
 WARMUP = 3
@@ -66,17 +73,19 @@ def build_mid_model(folder: Path, sizes: Path | None) -> Path:
 
 
 class StepTimer(TrainerCallback):
+    """A step's wall and CPU seconds, from one step's start to the next one's: the whole step, its log included (HF
+    logs after ``on_step_end``, and the log is where lf-multilr adds its entries). The last step is not timed. CPU
+    seconds (the process's, every thread) leave out the time spent waiting for a core on a shared machine."""
+
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+        self.starts: list[tuple[float, float]] = []
 
     def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-        _sync()
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
         _sync()  # on a GPU a step is only done when its kernels are
-        self.times.append(time.perf_counter() - self._start)
+        self.starts.append((time.perf_counter(), time.process_time()))
+
+    def steps(self) -> list[tuple[float, float]]:
+        return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(self.starts, self.starts[1:], strict=False)]
 
 
 def _sync() -> None:
@@ -84,22 +93,35 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run(config: dict, steps: int) -> float:
+def run(config: dict, steps: int) -> tuple[float, float]:
+    """The median wall and CPU seconds of a run's steps after the first ``WARMUP``."""
     from llamafactory.train.tuner import run_exp
 
     timer = StepTimer()
     run_exp({**config, "max_steps": steps}, callbacks=[timer])
-    return statistics.median(timer.times[WARMUP:])
+    timed = timer.steps()[WARMUP:]
+    return statistics.median(w for w, _ in timed), statistics.median(c for _, c in timed)
+
+
+STOCK = {1: "stock, log every step", 10: "stock, log every 10 steps"}
+OURS = {1: "lf-multilr, log every step", 10: "lf-multilr, log every 10 steps"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8, help="timed repeats, a multiple of the number of variants")
+    parser.add_argument(
+        "--every", type=int, nargs="+", choices=sorted(STOCK), default=sorted(STOCK), help="logging_steps to time"
+    )
     parser.add_argument("--steps", type=int, default=14)
     parser.add_argument("--sizes", type=Path, help="a Qwen2-VL config.json folder to take the sizes from (GPU runs)")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--batch", type=int, default=4)
     options = parser.parse_args()
+    if problem := check_repeats(options.repeats, 2 * len(set(options.every))):
+        parser.error(f"--repeats: {problem}")
+    if options.steps < WARMUP + 2:
+        parser.error(f"--steps must be at least {WARMUP + 2}: each run drops its first {WARMUP} steps, and its last")
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)
@@ -128,26 +150,50 @@ def main() -> None:
             "seed": 0,
             "disable_tqdm": True,
         }
-        variants = {
-            "stock": ({**config, "logging_steps": 1}, False),
-            "lf-multilr, log every step": ({**config, **MODULE_LRS, "logging_steps": 1}, True),
-            "lf-multilr, log every 10 steps": ({**config, **MODULE_LRS, "logging_steps": 10}, True),
-        }
-        medians: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(options.repeats):
-            for name, (variant, active) in variants.items():
-                lf_multilr.apply() if active else lf_multilr.revert()
-                medians[name].append(run(variant, options.steps))
+        every = sorted(set(options.every))
+        variants = {STOCK[n]: ({**config, "logging_steps": n}, False) for n in every}
+        variants |= {OURS[n]: ({**config, **MODULE_LRS, "logging_steps": n}, True) for n in every}
+
+        def timed(name: str, steps: int) -> tuple[float, float]:
+            variant, active = variants[name]
+            lf_multilr.apply() if active else lf_multilr.revert()
+            return run(variant, steps)
+
+        warm_up(list(variants), lambda name: timed(name, WARMUP + 2))
+        medians: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+        by_position: list[list[float]] = [[] for _ in variants]  # a run's wall median over its repeat's mean
+        for repeat, order in enumerate(orders(list(variants), options.repeats)):
+            times = {name: timed(name, options.steps) for name in order}
+            mean = statistics.fmean(wall for wall, _ in times.values())
+            for position, name in enumerate(order):
+                medians[name].append(times[name])
+                by_position[position].append(times[name][0] / mean)
+            shown = ", ".join(f"{name} {times[name][0]:.3f} s ({times[name][1]:.3f} s CPU)" for name in order)
+            print(f"repeat {repeat}: {shown}", flush=True)
         lf_multilr.apply()
-    stock = medians["stock"]
-    print(f"| variant | median step time (s) | ratio to stock: median (min-max over {options.repeats} repeats) |")
-    print("|---|---|---|")
-    for name, values in medians.items():
-        ratios = [value / reference for value, reference in zip(values, stock, strict=True)]
-        print(
-            f"| {name} | {statistics.median(values):.3f} | {statistics.median(ratios):.3f} "
-            f"({min(ratios):.3f}-{max(ratios):.3f}) |"
-        )
+    print(
+        "\n| variant | median step time, wall (s) | ratio to stock, wall | median step time, CPU (s) | "
+        "ratio to stock, CPU |\n|---|---|---|---|---|"
+    )
+    for n in every:
+        for name in (STOCK[n], OURS[n]):
+            cells = []
+            for kind in (0, 1):  # wall, CPU
+                values = [times[kind] for times in medians[name]]
+                stock = [times[kind] for times in medians[STOCK[n]]]
+                ratios = [value / reference for value, reference in zip(values, stock, strict=True)]
+                cells += [f"{statistics.median(values):.3f}", _spread(ratios)]
+            print(f"| {name} | {' | '.join(cells)} |")
+    print(
+        f"\nratios: to the stock run with the same logging_steps in the same repeat, median (min-max) over "
+        f"{options.repeats} repeats"
+    )
+    positions = ", ".join(f"{i + 1}: {statistics.median(values):.3f}" for i, values in enumerate(by_position))
+    print(f"by position in a repeat, a run's median wall step time over its repeat's mean (median): {positions}")
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
 
 
 if __name__ == "__main__":
