@@ -26,6 +26,8 @@ from lf_multilr.config.checks import (
     refuse_flat,
     refuse_frozen,
     refuse_own_optimizers,
+    refuse_ppo_schedule,
+    refuse_structure_optim,
     refuse_unknown_model_type,
 )
 from lf_multilr.config.keys import CALLBACKS, CALLBACKS_ENV, KEYS, LR_GROUPS, SWITCHES
@@ -57,6 +59,7 @@ def keyed_class(base: type) -> type:
             refuse_lost_targets(settings)
             refuse_backends(settings, backends_at_parse(self))
             refuse_own_optimizers(settings, self)
+            refuse_ppo_schedule(settings, self)
 
     STATE.keyed_classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
     return cls
@@ -192,6 +195,7 @@ def read_model_type(model_args: Any) -> str | None:
 
 def preflight(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
     """Everything that can be refused before the model loads (the run and ``lf-multilr plan`` alike)."""
+    refuse_structure_optim(settings, getattr(training_args, "optim", ""))
     refuse_deepspeed_blocks(settings, getattr(training_args, "deepspeed", None))
     refuse_flat(settings, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))
     model_type = read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules

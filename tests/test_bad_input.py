@@ -59,6 +59,26 @@ CASES = {
     "badam": ({"vision_tower_lr": 1e-5, "use_badam": True}, r"`use_badam: true`"),
     "adam-mini": ({"vision_tower_lr": 1e-5, "use_adam_mini": True}, r"`use_adam_mini: true`"),
     "muon": ({"vision_tower_lr": 1e-5, "use_muon": True}, r"`use_muon: true`"),
+    # HF optimizers that build their own parameter structure: refused before the model loads, not at optimizer time
+    "optim lomo": ({"vision_tower_lr": 1e-5, "optim": "lomo"}, r"`optim: lomo` builds its own parameter structure"),
+    "optim adalomo": ({"language_model_lr": 1e-5, "optim": "adalomo"}, r"`optim: adalomo` builds its own"),
+    "optim galore": (
+        {"vision_tower_lr": 1e-5, "optim": "galore_adamw_layerwise", "optim_target_modules": ["q_proj"]},
+        r"`optim: galore_adamw_layerwise` builds its own parameter structure",
+    ),
+    "optim apollo": (
+        {"vision_tower_lr": 1e-5, "optim": "apollo_adamw", "optim_target_modules": ["q_proj"]},
+        r"`optim: apollo_adamw` builds its own parameter structure",
+    ),
+    # PPO builds its scheduler itself: a module's start step or warm-up would never apply
+    "ppo start step": (
+        {"vision_tower_lr": 1e-5, "vision_tower_start_step": 2, "stage": "ppo", "reward_model": "rm", "reward_model_type": "full"},
+        r"`vision_tower_start_step: 2` is refused: `stage: ppo` builds its LR scheduler itself",
+    ),
+    "ppo warm-up": (
+        {"language_model_warmup_steps": 5, "stage": "ppo", "reward_model": "rm", "reward_model_type": "full"},
+        r"`language_model_warmup_steps: 5` is refused: `stage: ppo` builds its LR scheduler itself",
+    ),
 }
 
 

@@ -53,6 +53,37 @@ def refuse_optimizer_structure(settings: Settings, optim: str) -> None:
     )
 
 
+#: HF ``optim`` values whose optimizer builds its own parameter structure instead of taking param groups (HF hands
+#: them ``model``, ``params`` or ``optimizer_dict``): LOMO, AdaLOMO, and every GaLore and APOLLO form.
+STRUCTURE_OPTIMS = frozenset({"lomo", "adalomo"})
+STRUCTURE_OPTIM_PREFIXES = ("galore_", "apollo_")
+
+
+def refuse_structure_optim(settings: Settings, optim: Any) -> None:
+    """Refuse, before any weight loads, an ``optim`` known to build its own structure (the optimizer factory refuses
+    the rest, such as an optimizer factory class, when it builds the optimizer)."""
+    name = str(getattr(optim, "value", optim))
+    if name in STRUCTURE_OPTIMS or name.startswith(STRUCTURE_OPTIM_PREFIXES):
+        refuse_optimizer_structure(settings, name)
+
+
+def refuse_ppo_schedule(settings: Settings, finetuning_args: Any) -> None:
+    """PPO builds its scheduler with ``transformers.get_scheduler`` itself, where lf-multilr's per-module start and
+    warm-up are never gated in: those keys would silently do nothing there."""
+    if getattr(finetuning_args, "stage", None) != "ppo":
+        return
+    gated = [key for key in settings.set_keys() if key.endswith(("_start_step", "_warmup_steps"))]
+    if gated:
+        value = settings.value_of(gated[0])  # a step count, kept as a float like every key's value
+        raise ConfigError(
+            gated[0],
+            int(value) if float(value).is_integer() else value,
+            "`stage: ppo` builds its LR scheduler itself (transformers' get_scheduler), so a module's start step and "
+            "warm-up would never be applied",
+            "remove the module start-step and warm-up keys under PPO (module LRs and weight decays work there)",
+        )
+
+
 def deepspeed_config(value: Any) -> dict[str, Any]:
     """A DeepSpeed config as given: a dict, inline JSON, or a path to a JSON file."""
     if isinstance(value, dict):
