@@ -10,13 +10,28 @@ import sys
 from ._boot import disabled
 
 # `patches/` installs as `lf_multilr.patches` (pyproject.toml's package-dir). In a source tree (a clone, the editable
-# install, the tests) it sits beside this package instead: the package's search path reaches it there
+# install, the tests) it sits beside this package instead: a finder for that one name finds it there
 # (docs/design.md#packaging). Two `stat` calls; an installed wheel has the folder and skips this.
-_HERE = os.path.dirname(__file__)
-if not os.path.isdir(os.path.join(_HERE, "patches")) and os.path.isfile(
-    os.path.join(_HERE, os.pardir, "patches", "__init__.py")
+_PATCHES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "patches")
+if not os.path.isdir(os.path.join(os.path.dirname(__file__), "patches")) and os.path.isfile(
+    os.path.join(_PATCHES, "__init__.py")
 ):
-    __path__.append(os.path.dirname(_HERE))
+
+    class _SourceTreePatches:
+        """Finds ``lf_multilr.patches`` in ``patches/`` beside the package, and nothing else (its submodules are
+        found in its folder as usual)."""
+
+        @staticmethod
+        def find_spec(name: str, path: object = None, target: object = None) -> object:
+            if name != "lf_multilr.patches":
+                return None
+            from importlib.util import spec_from_file_location
+
+            init = os.path.join(_PATCHES, "__init__.py")
+            return spec_from_file_location(name, init, submodule_search_locations=[_PATCHES])
+
+    sys.meta_path.append(_SourceTreePatches)  # type: ignore[arg-type]
+
 
 __all__ = ["apply", "disabled", "revert"]
 __version__ = "0.1.0"

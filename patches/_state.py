@@ -46,7 +46,7 @@ class GuardState:
     #: The trainer whose scheduler was created last (handed over by the patched ``Trainer.create_scheduler``).
     trainer: weakref.ReferenceType[Any] | None = None
 
-    def trainer_seen(self) -> Any:
+    def current_trainer(self) -> Any:
         return self.trainer() if self.trainer is not None else None
 
 
@@ -71,6 +71,8 @@ class PatchState:
     step_lrs: weakref.WeakKeyDictionary[Any, dict[str, float]] = field(default_factory=weakref.WeakKeyDictionary)
     #: transformers 4.x: the trainers whose training loop is running, innermost last.
     running: list[Any] = field(default_factory=list)
+    #: The callbacks list of the run being set up (``patches/callbacks.py``), until its parsed arguments fill it.
+    run_callbacks: list[Any] | None = None
 
     def reset(self) -> None:
         """Back to a fresh interpreter's state (the caller has reverted the patches and disarmed the guard)."""

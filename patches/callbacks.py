@@ -2,10 +2,12 @@
 ``LF_MULTILR_CALLBACKS`` (:mod:`lf_multilr.config.callbacks`) join the callbacks LLaMA-Factory hands its trainer.
 
 LLaMA-Factory builds that list in ``llamafactory.train.tuner._training_function(config)``: it takes
-``config["callbacks"]`` (``run_exp``'s ``callbacks``), appends its own, and passes the list to the stage's workflow,
-which gives it to the trainer. The wrapper reads the run's arguments once, as LLaMA-Factory reads them, adds one
-instance of each named class to that list, and hands the arguments it read on (LLaMA-Factory's ``read_args`` returns
-arguments already read as they are), so the config is read once. With no name given, the list is LLaMA-Factory's own.
+``config["callbacks"]`` (``run_exp``'s ``callbacks``), parses the run's arguments, appends its own callbacks, and passes
+the list to the stage's workflow, which gives it to the trainer. The wrapper hands that list over (``STATE``) for the
+call; the run's arguments, parsed once by LLaMA-Factory's own parser, add one instance of each named class to it
+(:func:`add_to_run`, called from the keyed ``FinetuningArguments``), so whatever the config's form (a YAML file,
+``key=value`` overrides, ``--key value ...`` on the command line), the names are the parsed ones. Where the target is
+left stock here, naming a callback is refused: it would never run.
 """
 
 from __future__ import annotations
@@ -14,18 +16,42 @@ import os
 from functools import wraps
 from typing import Any
 
-from lf_multilr.config.callbacks import callback_classes
-from lf_multilr.config.keys import CALLBACKS
+from lf_multilr.compat import RECOMMENDED
+from lf_multilr.config.keys import CALLBACKS, CALLBACKS_ENV
+from lf_multilr.errors import ConfigError
 
-from .hparams import raw_values, read_args
+from ._state import STATE
+
+#: The patch target: where LLaMA-Factory builds a run's callbacks.
+OWNER, NAME = "llamafactory.train.tuner", "_training_function"
+TARGET = f"{OWNER}.{NAME}"
 
 
 def wrap_training_function(original: Any) -> Any:
     @wraps(original)
     def _training_function(config: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        callbacks, raw = config.get("callbacks"), read_args(config.get("args"))
-        if isinstance(callbacks, list):
-            callbacks.extend(cls() for cls in callback_classes(raw_values(raw).get(CALLBACKS.name), os.environ))
-        return original({**config, "args": raw}, *args, **kwargs)
+        callbacks = config.get("callbacks")
+        STATE.run_callbacks = callbacks if isinstance(callbacks, list) else None
+        try:
+            return original(config, *args, **kwargs)
+        finally:
+            STATE.run_callbacks = None
 
     return _training_function
+
+
+def add_to_run(classes: tuple[type, ...], key_value: Any) -> None:
+    """The parsed arguments name ``classes``: refuse them where nothing would add them to the run; add one instance
+    of each to the run being set up (once: the list is consumed)."""
+    decision = STATE.decided.get(TARGET)
+    if decision is not None and not decision.applies:
+        key, value = (CALLBACKS.name, key_value) if key_value else (CALLBACKS_ENV, os.environ.get(CALLBACKS_ENV))
+        raise ConfigError(
+            key,
+            value,
+            f"`{TARGET}` ({decision.role}) is not patched: {decision.why()}, so the callbacks would never run",
+            f"use a verified pair ({RECOMMENDED}), or remove `{CALLBACKS.name}` and unset {CALLBACKS_ENV}",
+        )
+    if STATE.run_callbacks is not None:
+        STATE.run_callbacks.extend(cls() for cls in classes)
+        STATE.run_callbacks = None

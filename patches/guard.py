@@ -25,6 +25,7 @@ from ._state import STATE
 def arm() -> None:
     """Check the first step of this run (the parser calls it for a run that sets a key)."""
     STATE.guard.expected = None
+    STATE.guard.trainer = None  # an earlier run's, which never reached its check
     if STATE.guard.handle is None:
         STATE.guard.handle = register_optimizer_step_pre_hook(_check)
 
@@ -48,7 +49,7 @@ def armed() -> bool:
     return STATE.guard.handle is not None
 
 
-def trainer_seen(trainer: Any) -> None:
+def hand_over(trainer: Any) -> None:
     """Hand over the trainer that is about to train (the patched ``Trainer.create_scheduler`` calls this): the one
     whose optimizer the check looks at, and whose class the message names."""
     if STATE.guard.handle is not None:
@@ -88,7 +89,7 @@ def _verify(trainer: Any, optimizer: Any) -> None:
 def _check(optimizer: Any, args: Any, kwargs: Any) -> None:
     """The fallback, at a step: for loops that never announce that training begins. The step is the run's when the
     optimizer is the one inside the handed-over trainer's."""
-    trainer = STATE.guard.trainer_seen()
+    trainer = STATE.guard.current_trainer()
     held = getattr(trainer, "optimizer", None)
     if held is not None and innermost(held) is optimizer:
         _verify(trainer, optimizer)
@@ -102,7 +103,7 @@ def wrap_on_train_begin(original: Any) -> Any:
     def on_train_begin(self: Any, args: Any, state: Any, control: Any, *rest: Any, **kwargs: Any) -> Any:
         optimizer = getattr(self, "optimizer", None)
         if STATE.guard.handle is not None and optimizer is not None:
-            _verify(STATE.guard.trainer_seen(), innermost(optimizer))
+            _verify(STATE.guard.current_trainer(), innermost(optimizer))
         return original(self, args, state, control, *rest, **kwargs)
 
     return on_train_begin

@@ -15,7 +15,6 @@ from dataclasses import field, make_dataclass
 from functools import wraps
 from typing import Any
 
-from lf_multilr.compat import RECOMMENDED
 from lf_multilr.config import backends
 from lf_multilr.config.callbacks import callback_classes, names_of
 from lf_multilr.config.checks import (
@@ -37,6 +36,7 @@ from lf_multilr.grouping.supplement import rules_for
 
 from . import _state, guard
 from ._state import STATE
+from .callbacks import add_to_run
 from .registry import config_model_type, known_types, module_map
 
 
@@ -51,9 +51,10 @@ def keyed_class(base: type) -> type:
         for key, value in settings.values.items():
             setattr(self, key, value)
         callbacks = getattr(self, CALLBACKS.name)
-        # refused here, before any weight loads, if a name cannot serve or nothing would add the classes to the run
-        if callback_classes(callbacks, os.environ):
-            refuse_lost_callbacks(callbacks)
+        # imported and checked here, before any weight loads; added to the run being set up, if any
+        classes = callback_classes(callbacks, os.environ)
+        if classes:
+            add_to_run(classes, callbacks)
         setattr(self, CALLBACKS.name, list(names_of(callbacks)) or None)
         if settings.any_set:  # before LLaMA-Factory's own checks, which may fail on a missing package first
             refuse_lost_targets(settings)
@@ -63,25 +64,6 @@ def keyed_class(base: type) -> type:
 
     STATE.keyed_classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
     return cls
-
-
-#: The patch target that adds the named callbacks to a run (``patches/callbacks.py``).
-CALLBACKS_TARGET = "llamafactory.train.tuner._training_function"
-
-
-def refuse_lost_callbacks(callbacks: Any) -> None:
-    """Callbacks are named, but the target that adds them to the run is left stock here (a release older than
-    verified, or changed): they would silently never run."""
-    decision = STATE.decided.get(CALLBACKS_TARGET)
-    if decision is None or decision.applies:
-        return
-    key, value = (CALLBACKS.name, callbacks) if callbacks else (CALLBACKS_ENV, os.environ.get(CALLBACKS_ENV))
-    raise ConfigError(
-        key,
-        value,
-        f"`{CALLBACKS_TARGET}` ({decision.role}) is not patched: {decision.why()}, so the callbacks would never run",
-        f"use a verified pair ({RECOMMENDED}), or remove `{CALLBACKS.name}` and unset {CALLBACKS_ENV}",
-    )
 
 
 def key_fields() -> list[tuple[str, Any, Any]]:
@@ -120,6 +102,16 @@ def with_v1_refusal(base: type) -> type:
         settings = keep(self, Settings.read(self))
         if settings.any_set:
             refuse_backends(settings, [backends.V1])
+        callbacks = getattr(self, CALLBACKS.name)
+        if callback_classes(callbacks, os.environ):  # v1 never runs `_training_function`, where they join a run
+            key, value = (CALLBACKS.name, callbacks) if callbacks else (CALLBACKS_ENV, os.environ.get(CALLBACKS_ENV))
+            raise ConfigError(
+                key,
+                value,
+                "`USE_V1=1` trains with LLaMA-Factory's v1 engine, which never runs the callbacks lf-multilr adds",
+                f"unset USE_V1 to train with LLaMA-Factory's default engine, or remove `{CALLBACKS.name}` and unset "
+                f"{CALLBACKS_ENV}",
+            )
 
     STATE.keyed_classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
     return cls

@@ -16,7 +16,7 @@ from . import guard
 def wrap_create_scheduler(original: Any) -> Any:
     @wraps(original)
     def create_scheduler(self: Any, num_training_steps: int, optimizer: Any = None, *args: Any, **kwargs: Any) -> Any:
-        guard.trainer_seen(self)
+        guard.hand_over(self)
         groups = (optimizer if optimizer is not None else self.optimizer).param_groups
         if not ours(groups):  # only optimizers lf-multilr built
             return original(self, num_training_steps, optimizer, *args, **kwargs)

@@ -71,8 +71,8 @@ TARGETS: tuple[Target, ...] = (
         verified=LLAMAFACTORY_CORE,
     ),
     Target(
-        "llamafactory.train.tuner",
-        "_training_function",
+        callbacks.OWNER,
+        callbacks.NAME,
         callbacks.wrap_training_function,
         role="the run's extra callbacks (trainer_callbacks, LF_MULTILR_CALLBACKS)",
         signature=("config",),

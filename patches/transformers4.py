@@ -42,11 +42,12 @@ def wrap_inner_training_loop(original: Any) -> Any:
     @wraps(original)
     def _inner_training_loop(self: Any, *args: Any, **kwargs: Any) -> Any:
         _warn_if_unmeasured(self)
-        STATE.running.append(self)
+        running = STATE.running  # the list this loop joined (a revert meanwhile starts a new one)
+        running.append(self)
         try:
             return original(self, *args, **kwargs)
         finally:
-            STATE.running.pop()
+            running.remove(self)
 
     return _inner_training_loop
 

@@ -106,7 +106,10 @@ if sys.argv[2] == "v1":
 
     v1 = {"model": ARGS["model_name_or_path"], "output_dir": ARGS["output_dir"], "vision_tower_lr": 1e-4}
     attempt("v1", parse=arg_parser.get_args, args=v1)
-    attempt("v1 without keys", parse=arg_parser.get_args, args={k: v for k, v in v1.items() if not k.endswith("_lr")})
+    without = {k: v for k, v in v1.items() if not k.endswith("_lr")}
+    attempt("v1 without keys", parse=arg_parser.get_args, args=without)
+    callbacks = ["transformers:PrinterCallback"]
+    attempt("v1 callbacks", parse=arg_parser.get_args, args={**without, "trainer_callbacks": callbacks})
 attempt("default engine")
 """
 
@@ -151,6 +154,10 @@ def test_other_back_ends_are_refused_before_the_model_loads_naming_the_back_end(
         assert found["v1"].startswith(refused + "`USE_V1=1` trains with LLaMA-Factory's v1 engine")
         assert "Fix: unset USE_V1 to train with LLaMA-Factory's default engine" in found["v1"]
         assert found["v1 without keys"] == "ACCEPTED"  # the control
+        assert found["v1 callbacks"].startswith(  # v1 never runs the callbacks lf-multilr adds: refused, not dropped
+            "lf-multilr: `trainer_callbacks: ['transformers:PrinterCallback']` is refused: `USE_V1=1` trains with "
+            "LLaMA-Factory's v1 engine, which never runs the callbacks lf-multilr adds"
+        )
     assert found["default engine"] == "ACCEPTED"  # the control
 
 

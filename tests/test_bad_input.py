@@ -30,6 +30,8 @@ def config_only_model(tmp_path, model_type):
     return folder
 
 
+#: What LLaMA-Factory's own parser asks of a PPO run before lf-multilr's checks (the reward model is never loaded).
+PPO = {"stage": "ppo", "reward_model": "rm", "reward_model_type": "full"}
 CASES = {
     "negative": (
         {"vision_tower_lr": -1e-5},
@@ -72,11 +74,11 @@ CASES = {
     ),
     # PPO builds its scheduler itself: a module's start step or warm-up would never apply
     "ppo start step": (
-        {"vision_tower_lr": 1e-5, "vision_tower_start_step": 2, "stage": "ppo", "reward_model": "rm", "reward_model_type": "full"},
+        {"vision_tower_lr": 1e-5, "vision_tower_start_step": 2, **PPO},
         r"`vision_tower_start_step: 2` is refused: `stage: ppo` builds its LR scheduler itself",
     ),
     "ppo warm-up": (
-        {"language_model_warmup_steps": 5, "stage": "ppo", "reward_model": "rm", "reward_model_type": "full"},
+        {"language_model_warmup_steps": 5, **PPO},
         r"`language_model_warmup_steps: 5` is refused: `stage: ppo` builds its LR scheduler itself",
     ),
 }

@@ -77,6 +77,28 @@ def test_a_name_that_cannot_serve_is_refused_with_key_value_why_and_fix(value, w
         callback_classes(None, {"LF_MULTILR_CALLBACKS": "json.JSONDecoder"})
 
 
+def test_the_parsed_names_join_the_run_being_set_up_whatever_the_configs_form(tiny, data, tmp_path, user_module):
+    """The names LLaMA-Factory's parser read (here `--key v1 v2` on a command line, a list the raw arguments do not
+    show as one) go to the callbacks list of the run being set up, one instance each, once."""
+    from llamafactory.hparams import get_train_args
+
+    from lf_multilr.patches._state import STATE
+
+    config = {**base_config(tiny("qwen2_vl"), data, "qwen2_vl", tmp_path / "o"), "max_steps": 1}
+    argv = [f"--{key}={value}" if not isinstance(value, list) else f"--{key}={','.join(value)}"
+            for key, value in config.items()]  # fmt: skip
+    argv += ["--trainer_callbacks", f"{user_module}:Steps", f"{user_module}.StopAfterOne"]
+    run: list = []
+    STATE.run_callbacks = run
+    try:
+        get_train_args(argv)
+    finally:
+        STATE.run_callbacks = None
+    assert [type(callback).__name__ for callback in run] == ["Steps", "StopAfterOne"]
+    get_train_args(argv)  # no run being set up: nothing to fill, nothing filled twice
+    assert len(run) == 2
+
+
 @pytest.mark.core
 def test_the_key_is_refused_by_the_parser_before_the_model_loads(tiny, data, tmp_path, user_module):
     from llamafactory.hparams import get_train_args
