@@ -59,18 +59,8 @@ def plan(argv: list[str]) -> int:
 
 
 def sweep(argv: list[str]) -> int:
-    """``lf-multilr sweep``: the ``lf_multilr_sweep`` package, shipped in the same wheel; it needs Optuna (the
-    ``sweep`` extra), which the plugin itself never imports."""
-    import importlib.util
-
-    missing = [name for name in ("optuna", "tqdm") if importlib.util.find_spec(name) is None]
-    if missing:
-        print(
-            f"lf-multilr sweep needs {' and '.join(missing)}, which this environment lacks. "
-            "Fix: pip install 'lf-multilr[sweep]'",
-            file=sys.stderr,
-        )
-        return 2
+    """``lf-multilr sweep``: the ``lf_multilr_sweep`` package, shipped in the same wheel, which checks for its own
+    dependencies (the ``sweep`` extra); the plugin itself never imports them."""
     from lf_multilr_sweep import main as sweep_main
 
     return sweep_main(argv)

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .args import Sweep, parse_args
+from .args import Sweep, parse_args, shown_url
 from .halving import PAUSED, REACHED
 from .report import (
     ARGS,
@@ -285,13 +285,6 @@ class Runner:
         return self.stop.is_set() and not self.crashed
 
 
-def shown_url(url: str) -> str:
-    """A storage URL to print: its password masked."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -338,7 +331,25 @@ def _finish(sweep: Sweep, study: Study) -> int:
     return 1 if failed else 0
 
 
+#: What the sweep needs beyond the plugin (the ``sweep`` extra).
+DEPENDENCIES = ("optuna", "tqdm")
+
+
+def missing_dependencies() -> list[str]:
+    import importlib.util
+
+    return [name for name in DEPENDENCIES if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str]) -> int:
+    missing = missing_dependencies()
+    if missing:
+        print(
+            f"lf-multilr sweep needs {' and '.join(missing)}, which this environment lacks. "
+            "Fix: pip install 'lf-multilr[sweep]'",
+            file=sys.stderr,
+        )
+        return 2
     try:
         sweep = parse_args(argv)
     except SystemExit as done:  # --help, or an argument refused (argparse printed why)

@@ -487,18 +487,26 @@ def device_shares(workers: int, devices: Sequence[str]) -> tuple[str | None, ...
     return tuple(",".join(devices[i * size : (i + 1) * size]) for i in range(workers))
 
 
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def shown_url(url: str) -> str:
+    """A storage URL to print or record: its password masked (``user:***@``), also in a URL that does not parse."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
 def storage_url(parser: argparse.ArgumentParser, given: str | None, out: Path) -> str:
     if given is None:
         return f"sqlite:///{out / 'sweep.db'}"
     scheme = given.split(":", 1)[0].split("+", 1)[0]
     if scheme not in ("sqlite", "postgresql") or "://" not in given:
         parser.error(
-            f"argument --storage: `{given}` is not an sqlite:/// or postgresql:// URL; the sweep's workers claim "
-            "their trials under a lock these two databases give. Fix: e.g. `--storage postgresql://user:pw@host/db`"
+            f"argument --storage: `{shown_url(given)}` is not an sqlite:/// or postgresql:// URL; the sweep's "
+            "workers claim their trials under a lock these two databases give. Fix: e.g. `--storage postgresql://user:pw@host/db`"
         )
     if (scheme == "sqlite" and given.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://")) or ":memory:" in given:
         parser.error(
-            f"argument --storage: `{given}` is an in-memory database, which the runs cannot reach. "
+            f"argument --storage: `{shown_url(given)}` is an in-memory database, which the runs cannot reach. "
             "Fix: give a file, e.g. `sqlite:///sweep.db`, or leave --storage out for DIR/sweep.db"
         )
     return given

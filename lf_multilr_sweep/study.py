@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .args import GridValue, RangeAxis, Sweep, value_text
+from .args import GridValue, RangeAxis, Sweep, shown_url, value_text
 from .halving import PAUSED, PRUNED_AT, REACHED, TARGET, Contender, Promotion, moves, participants, promotions, recorded
 from .run import checkpoint, folder_free
 
@@ -253,7 +253,7 @@ def _mismatch(sweep: Sweep, recorded: Mapping[str, Any]) -> str:
     else:
         then, now = (" ".join(overrides) or "none" for overrides in (recorded.get("overrides", []), sweep.overrides))
         what = f"other key=value arguments ({then}; now {now})"
-    where = sweep.storage if "sweep.db" not in sweep.storage else str(sweep.out / "sweep.db")
+    where = shown_url(sweep.storage) if "sweep.db" not in sweep.storage else str(sweep.out / "sweep.db")
     return (
         f"the study `{sweep.study}` in {where} was started with {what}, so its trials are not comparable with these "
         f"runs. Fix: {fix}, or give another --out for a new study"

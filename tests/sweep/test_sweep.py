@@ -229,6 +229,10 @@ def test_each_worker_gets_its_share_of_the_gpus():
             "argument --storage: `mysql://db/x` is not an sqlite:/// or postgresql:// URL",
         ),
         (["--set", "vision_tower_lr=1e-6", "--storage", "sqlite://"], "is an in-memory database, which the runs"),
+        (  # a mistyped scheme: the URL is refused with its password masked
+            ["--set", "vision_tower_lr=1e-6", "--storage", "postgres://sweeper:s3cret@db/x"],
+            "argument --storage: `postgres://sweeper:***@db/x` is not an sqlite:/// or postgresql:// URL",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_before_any_trial(args, message, tmp_path, capsys, cached):
@@ -236,6 +240,7 @@ def test_bad_arguments_are_refused_before_any_trial(args, message, tmp_path, cap
     assert main([str(config), *args, "--out", str(tmp_path / "sweep")]) == 2
     err = capsys.readouterr().err
     assert message in err and "usage: lf-multilr sweep" in err, err
+    assert "s3cret" not in err
     assert not (tmp_path / "sweep").exists()
 
 
@@ -902,7 +907,8 @@ def test_without_optuna_the_command_says_which_extra_to_install(monkeypatch, cap
 
     found = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else found(name, *a))
+    message = "lf-multilr sweep needs optuna, which this environment lacks. Fix: pip install 'lf-multilr[sweep]'\n"
     assert cli_main(["sweep", "train.yaml", "--set", "vision_tower_lr=1e-6"]) == 2
-    assert capsys.readouterr().err == (
-        "lf-multilr sweep needs optuna, which this environment lacks. Fix: pip install 'lf-multilr[sweep]'\n"
-    )
+    assert capsys.readouterr().err == message
+    assert main(["train.yaml", "--set", "vision_tower_lr=1e-6"]) == 2  # `python -m lf_multilr_sweep` says the same
+    assert capsys.readouterr().err == message
