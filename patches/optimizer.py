@@ -16,7 +16,7 @@ from lf_multilr.config.checks import (
 )
 from lf_multilr.config.settings import Settings, settings_of
 from lf_multilr.grouping.checks import check_plan
-from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.placement import ModuleMap
 from lf_multilr.grouping.plan import GroupPlan, LoraPlus, build_plan
 from lf_multilr.reports.table import format_table
 

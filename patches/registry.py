@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.placement import ModuleMap
 from lf_multilr.grouping.supplement import rules_for
 from lf_multilr.modules import RegistryEntry
 

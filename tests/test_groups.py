@@ -5,7 +5,7 @@ from lf_multilr.config.keys import KEY_NAMES, OTHER
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.checks import check_plan
-from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.placement import ModuleMap
 from lf_multilr.grouping.plan import LoraPlus, build_plan
 from lf_multilr.grouping.supplement import Rule
 from lf_multilr.reports.table import format_table

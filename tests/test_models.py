@@ -19,7 +19,7 @@ import torch
 from lf_multilr.config.keys import FREEZE_FLAG, KEY_NAMES, MODULES, OTHER
 from lf_multilr.config.settings import Settings
 from lf_multilr.grouping.checks import check_plan
-from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.placement import ModuleMap
 from lf_multilr.grouping.plan import GroupPlan, build_plan
 from lf_multilr.grouping.supplement import SUPPLEMENT
 from lf_multilr.reports.table import format_table

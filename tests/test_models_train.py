@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.placement import ModuleMap
 from tools.testing import log_records, one_step, train, weights, write_config
 
 BASE = 5.0e-3

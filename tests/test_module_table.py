@@ -20,7 +20,7 @@ from lf_multilr.config.keys import FREEZE_FLAG, MODULES, ORDER, check_value, key
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.checks import check_plan
-from lf_multilr.grouping.modules import PRIORITY, ModuleMap
+from lf_multilr.grouping.placement import PRIORITY, ModuleMap
 from lf_multilr.grouping.plan import build_plan
 from lf_multilr.grouping.supplement import Rule
 from lf_multilr.modules import TABLE, Module, RegistryEntry, Source, Table

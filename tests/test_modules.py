@@ -1,6 +1,6 @@
 import pytest
 
-from lf_multilr.grouping.modules import PRIORITY, ModuleMap, normalize
+from lf_multilr.grouping.placement import PRIORITY, ModuleMap, normalize
 from lf_multilr.grouping.supplement import SUPPLEMENT, Rule, rules_for
 from tools.testing import QWEN2_VL
 

@@ -20,7 +20,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
-from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.placement import ModuleMap
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What transformers prints as it starts reading a model's weights (``from_pretrained``, INFO): a run refused before

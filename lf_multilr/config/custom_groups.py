@@ -1,7 +1,7 @@
 """``lr_groups``: groups of parameters picked by a regular expression, each with its own LR and weight decay.
 
 A YAML list (a JSON string on the command line) of ``{name, params, lr, weight_decay}``. ``params`` is searched
-in the normalised parameter name (wrapper prefixes removed, see ``modules.normalize``); groups are matched before
+in the normalised parameter name (wrapper prefixes removed, see ``placement.normalize``); groups are matched before
 the module defaults and the first match wins; ``lr`` and ``weight_decay`` are optional and inherit from the module
 that owns the parameter.
 """

@@ -26,7 +26,7 @@ from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.blocks import EMBEDDINGS, HEAD, decay_scale, depths
 from lf_multilr.grouping.digests import digest
-from lf_multilr.grouping.modules import ModuleMap, Placement, normalize
+from lf_multilr.grouping.placement import ModuleMap, Placement, normalize
 from lf_multilr.grouping.schema import ModuleGroup
 from lf_multilr.grouping.supplement import Rule
 from lf_multilr.modules import OTHER, Table

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lf_multilr.grouping.modules import ModuleMap
+from lf_multilr.grouping.placement import ModuleMap
 from lf_multilr.grouping.schema import module_lr, module_of, ours
 
 PREFIXES: tuple[str, ...] = ("lr/", "grad_norm/")
