@@ -2,14 +2,20 @@
 picks the grid's best setting, at one or more lengths of the runs.
 
 One 9-setting grid (3 language-model LRs x 3 vision-tower LRs) of the tiny Qwen2-VL from ``tools/tiny.py``, full
-fine-tuning with an eval set of two samples, is swept through the real CLI, each trial a real ``llamafactory-cli
-train`` run: once with every setting trained to ``--max-steps``, then with ``--prune`` (synchronous successive
-halving: rounds end at ``eval_steps * 3**k`` steps, then at ``--max-steps``; each round's best third resume from
-their checkpoints), with the values listed in ascending and again in descending order (the rounds compare every
-setting of a round at once, so the order should not matter). A trial's steps are the last training step its run
-reached (a resumed run does not repeat steps). The goal: the same best setting for at most 40% of the full grid's
-steps. Each pruned trial's eval losses are also compared with the full grid's run of the same setting at the same
-steps: resumed runs that go on exactly as uninterrupted ones give the same numbers.
+fine-tuning, is swept through the real CLI, each trial a real ``llamafactory-cli train`` run: once with every setting
+trained to ``--max-steps``, then with ``--prune`` (synchronous successive halving: rounds end at ``eval_steps * 3**k``
+steps, then at ``--max-steps``; each round's best third resume from their checkpoints), with the values listed in
+ascending and again in descending order (the rounds compare every setting of a round at once, so the order should
+not matter). A trial's steps are the last training step its run reached (a resumed run does not repeat steps). Each
+pruned trial's eval losses are also compared with the full grid's run of the same setting at the same steps: resumed
+runs that go on exactly as uninterrupted ones give the same numbers.
+
+The data are those of a real fine-tune of a few hundred steps, which sees mostly new samples, not hundreds of epochs
+over a handful: ``tools/tiny.build_sweep_dataset`` draws 240 images (4 shapes x 6 colours x 2 sizes x 5 places) and
+asks each four kinds of question (two phrasings each); 12 held-out images and their 48 questions are the eval set,
+the other 912 conversations the training set, so a full run at the default length (batch 2) sees each training
+sample about four times. The grid's eval losses of every setting at the rungs are printed too: whether the ranking at
+an early rung predicts the one at the end is what successive halving relies on.
 
 Pruning pays where training outweighs a run's start-up (each resumed segment starts a run again): each length in
 ``--max-steps`` (rungs at a ninth and a third of it) is measured in the same command, and reported with its
@@ -17,7 +23,7 @@ multiple, a full run's training time (``train_runtime``) over its start-up (the 
 from the full grid's runs. The goal, at a multiple of about 5 (a GPU fine-tune of a few hundred steps): the same best
 setting for at most 40% of the grid's steps and at most 60% of its wall time.
 
-Usage: OMP_NUM_THREADS=1 python bench/sweep_prune.py [--max-steps 990 45] [--orders ascending descending] [--work DIR]
+Usage: OMP_NUM_THREADS=1 python bench/sweep_prune.py [--max-steps 2250 45] [--orders ascending descending] [--work DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lf_multilr_sweep import halving  # noqa: E402
 from tools import tiny  # noqa: E402
 from tools.testing import clean_env, write_config  # noqa: E402
 
@@ -44,6 +51,7 @@ FAMILY = "qwen2_vl"
 LLM_LRS, VISION_LRS = ("1e-4", "1e-3", "1e-2"), ("1e-5", "1e-4", "1e-3")
 KEYS = ("language_model_lr", "vision_tower_lr")
 GOAL, WALL_GOAL = 0.40, 0.60
+TRAIN, EVAL, BATCH = "tiny_sweep_train", "tiny_sweep_eval", 2
 
 
 def grid(descending: bool) -> list[str]:
@@ -104,6 +112,16 @@ def largest_difference(pruned: list[optuna.trial.FrozenTrial], full: list[optuna
     return max(abs(loss - by_setting[setting(t)][step]) for t in pruned for step, loss in t.intermediate_values.items())
 
 
+def by_rung(trials: list[optuna.trial.FrozenTrial], eval_steps: int, max_steps: int) -> dict[str, dict[int, float]]:
+    """The full grid's eval loss of every setting at the pruned sweep's rungs (``eval_steps * 3**k``, then
+    ``max_steps``): does the ranking at an early rung predict the one at the end?"""
+    rungs = [*halving.targets(eval_steps, max_steps, 3)]
+    return {
+        setting(t): {step: round(t.intermediate_values[step], 4) for step in rungs if step in t.intermediate_values}
+        for t in trials
+    }
+
+
 def load(out: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'sweep.db'}").trials
 
@@ -122,12 +140,24 @@ def measure(setup: Setup, max_steps: int, orders: list[str]) -> dict[str, Any]:
     """The full grid and the pruned sweeps of runs of ``max_steps`` steps, an evaluation every ninth of them."""
     work, model, data, env = setup.work, setup.model, setup.data, setup.env
     eval_steps = max(1, max_steps // 9)
-    evals = {"val_size": 0.2, "eval_strategy": "steps", "eval_steps": eval_steps, "per_device_eval_batch_size": 2}
+    evals = {"eval_dataset": EVAL, "eval_strategy": "steps", "eval_steps": eval_steps, "per_device_eval_batch_size": 8}
     here = work / f"steps_{max_steps}"
-    config, _ = write_config(here / "config", model, data, FAMILY, max_steps=max_steps, **evals)
+    config, _ = write_config(
+        here / "config",
+        model,
+        data,
+        FAMILY,
+        max_steps=max_steps,
+        per_device_train_batch_size=BATCH,
+        dataset=TRAIN,
+        max_samples=None,
+        **evals,
+    )
     full_trials, full_seconds = sweep(config, here / "full", env)
     full = summary(full_trials, full_seconds)
     full["multiple"] = multiple(full_trials)
+    full["epochs"] = round(max_steps * BATCH / len(json.loads((data / f"{TRAIN}.json").read_text())), 2)
+    full["eval_loss_by_rung"] = by_rung(full_trials, eval_steps, max_steps)
     ranking = [setting(t) for t in sorted(full_trials, key=lambda t: t.value or float("inf"))]
     searches = {"full grid": full}
     for order in orders:
@@ -145,7 +175,7 @@ def measure(setup: Setup, max_steps: int, orders: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--max-steps", type=int, nargs="+", default=[990, 45], help="the runs' lengths to measure")
+    parser.add_argument("--max-steps", type=int, nargs="+", default=[2250, 45], help="the runs' lengths to measure")
     parser.add_argument("--orders", nargs="+", default=["ascending", "descending"], choices=["ascending", "descending"])
     parser.add_argument("--work", type=Path, help="a folder for the model, data and sweeps (default: a temporary one)")
     args = parser.parse_args()
@@ -153,7 +183,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / "hf_home").mkdir(exist_ok=True)
     setup = Setup(
-        work, tiny.build_model(FAMILY, work / "model"), tiny.build_dataset(work / "data"), clean_env(work / "hf_home")
+        work,
+        tiny.build_model(FAMILY, work / "model"),
+        tiny.build_sweep_dataset(work / "data"),
+        clean_env(work / "hf_home"),
     )
     results = []
     for max_steps in args.max_steps:
@@ -176,6 +209,18 @@ def main() -> None:
                 f"{row['seconds'] / full['seconds']:.1%} | {row['best']}, {row['best_value']:.4f} "
                 f"({row.get('best_rank_in_full_grid', 1)}) |"
             )
+    for result in results:
+        losses = result["full grid"]["eval_loss_by_rung"]
+        rungs = sorted({step for row in losses.values() for step in row})
+        print(f"\nThe full grid's eval loss (rank) at the rungs, {result['max_steps']} steps:\n")
+        print("| setting | " + " | ".join(f"step {step}" for step in rungs) + " |")
+        print("|---|" + "---:|" * len(rungs))
+        ranks = {
+            step: sorted(losses, key=lambda name, step=step: losses[name].get(step, float("inf"))) for step in rungs
+        }
+        for name in sorted(losses, key=lambda name: losses[name].get(rungs[-1], float("inf"))):
+            cells = [f"{losses[name][step]:.4f} ({ranks[step].index(name) + 1})" for step in rungs]
+            print(f"| `{name}` | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ encodes), followed by the family's special tokens in their canonical order.
 ``build_dataset`` writes PIL-drawn shape images and ``dataset_info.json`` declaring ``tiny_mm``
 (sharegpt, 8 single-image, 1 two-image, 1 text-only sample), ``tiny_text`` (alpaca),
 ``tiny_mm_pref`` (sharegpt ranking, for dpo/rm) and ``tiny_mm_kto`` (sharegpt with kto_tag).
+``build_sweep_dataset`` writes a larger set for benchmarks whose runs should see mostly new data:
+``tiny_sweep_train`` (912 conversations) and ``tiny_sweep_eval`` (48, on 12 held-out images).
 
 Gotchas:
 
@@ -70,6 +72,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -600,6 +603,77 @@ def build_dataset(out_dir: str | Path) -> Path:
             "tags": SHAREGPT_TAGS,
         },
     }
+    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+SWEEP_SHAPES = ("circle", "square", "triangle", "diamond")
+SWEEP_COLOURS = {**COLOURS, "purple": (140, 40, 170), "orange": (240, 130, 20)}
+SWEEP_SCALES = {"small": 4, "large": 2}  # the shape spans 1/4 or 1/2 of the canvas
+SWEEP_PLACES = {"centre": (0.5, 0.5), "top left": (0.27, 0.27), "top right": (0.73, 0.27),
+                "bottom left": (0.27, 0.73), "bottom right": (0.73, 0.73)}  # fmt: skip
+SWEEP_QUESTIONS = (  # (two phrasings, the answer's pattern); each image gets every kind once
+    (("What is in the picture?", "Describe the image."), "A {scale} {colour} {shape} in the {place}."),
+    (("Which colour is the shape?", "What colour do you see?"), "{Colour}."),
+    (("Where is the shape?", "Where is it placed?"), "In the {place}."),
+    (("What shape is it?", "Name the shape."), "A {shape}."),
+)
+SWEEP_CANVAS = 84
+
+
+def _draw_placed(path: Path, shape: str, colour: str, scale: str, place: str) -> None:
+    """Draw one ``colour`` ``shape`` of ``scale`` at ``place`` on a white square canvas and save it as PNG."""
+    image = Image.new("RGB", (SWEEP_CANVAS, SWEEP_CANVAS), (255, 255, 255))
+    half = SWEEP_CANVAS // SWEEP_SCALES[scale] // 2
+    x, y = (round(SWEEP_CANVAS * c) for c in SWEEP_PLACES[place])
+    left, top, right, bottom = x - half, y - half, x + half, y + half
+    draw, fill = ImageDraw.Draw(image), SWEEP_COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse((left, top, right, bottom), fill=fill)
+    elif shape == "square":
+        draw.rectangle((left, top, right, bottom), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x, top), (right, bottom), (left, bottom)], fill=fill)
+    else:
+        draw.polygon([(x, top), (right, y), (x, bottom), (left, y)], fill=fill)
+    image.save(path)
+
+
+def build_sweep_dataset(out_dir: str | Path, held_out: int = 12, seed: int = 0) -> Path:
+    """Write a larger multimodal SFT set for benchmarks whose runs should see mostly new data: one image per
+    (shape, colour, scale, place), 4 x 6 x 2 x 5 = 240 images, each asked four kinds of question (two phrasings
+    each), 960 conversations. ``held_out`` images (chosen with ``seed``) and all their questions form the eval set.
+
+    Declares ``tiny_sweep_train`` and ``tiny_sweep_eval`` in ``dataset_info.json``; paths as in ``build_dataset``.
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    images = [
+        (shape, colour, scale, place)
+        for shape in SWEEP_SHAPES
+        for colour in SWEEP_COLOURS
+        for scale in SWEEP_SCALES
+        for place in SWEEP_PLACES
+    ]
+    random.Random(seed).shuffle(images)
+    splits: dict[str, list[dict[str, Any]]] = {"tiny_sweep_eval": [], "tiny_sweep_train": []}
+    for i, (shape, colour, scale, place) in enumerate(images):
+        name = f"images/{i}_{scale}_{colour}_{shape}_{place.replace(' ', '_')}.png"
+        _draw_placed(out / name, shape, colour, scale, place)
+        rows = splits["tiny_sweep_eval" if i < held_out else "tiny_sweep_train"]
+        for k, (phrasings, pattern) in enumerate(SWEEP_QUESTIONS):
+            reply = pattern.format(shape=shape, colour=colour, Colour=colour.capitalize(), scale=scale, place=place)
+            rows.append({"messages": _chat(f"<image>{phrasings[(i + k) % 2]}", reply), "images": [name]})
+    info = {}
+    for name, rows in splits.items():
+        random.Random(seed).shuffle(rows)
+        (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+        info[name] = {
+            "file_name": f"{name}.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": SHAREGPT_TAGS,
+        }
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
 
