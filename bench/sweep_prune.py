@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lf_multilr_sweep import halving  # noqa: E402
+from lf_multilr_sweep.halving import DEFAULT_FACTOR  # noqa: E402
 from tools import tiny  # noqa: E402
 from tools.testing import clean_env, write_config  # noqa: E402
 
@@ -136,7 +137,7 @@ class Setup:
     env: dict[str, str]
 
 
-def measure(setup: Setup, max_steps: int, orders: list[str]) -> dict[str, Any]:
+def measure(setup: Setup, max_steps: int, orders: list[str], factors: list[int]) -> dict[str, Any]:
     """The full grid and the pruned sweeps of runs of ``max_steps`` steps, an evaluation every ninth of them."""
     work, model, data, env = setup.work, setup.model, setup.data, setup.env
     eval_steps = max(1, max_steps // 9)
@@ -160,8 +161,10 @@ def measure(setup: Setup, max_steps: int, orders: list[str]) -> dict[str, Any]:
     full["eval_loss_by_rung"] = by_rung(full_trials, eval_steps, max_steps)
     ranking = [setting(t) for t in sorted(full_trials, key=lambda t: t.value or float("inf"))]
     searches = {"full grid": full}
-    for order in orders:
-        trials, seconds = sweep(config, here / f"pruned_{order}", env, "--prune", descending=order == "descending")
+    for factor, order in ((factor, order) for factor in factors for order in orders):
+        name = f"pruned_{order}" if factor == DEFAULT_FACTOR else f"pruned_{order}_factor_{factor}"
+        prune = ("--prune", "--reduction-factor", str(factor))
+        trials, seconds = sweep(config, here / name, env, *prune, descending=order == "descending")
         pruned = summary(trials, seconds)
         pruned["steps_ratio"] = round(pruned["steps"] / full["steps"], 3)
         pruned["wall_ratio"] = round(pruned["seconds"] / full["seconds"], 3)
@@ -169,7 +172,8 @@ def measure(setup: Setup, max_steps: int, orders: list[str]) -> dict[str, Any]:
         pruned["best_rank_in_full_grid"] = ranking.index(pruned["best"]) + 1
         pruned["goal_met"] = pruned["same_best"] and pruned["steps_ratio"] <= GOAL and pruned["wall_ratio"] <= WALL_GOAL
         pruned["largest_eval_loss_difference_from_the_full_grid"] = largest_difference(trials, full_trials)
-        searches[f"--prune, values {order}"] = pruned
+        factor_text = "" if factor == DEFAULT_FACTOR else f" --reduction-factor {factor},"
+        searches[f"--prune,{factor_text} values {order}"] = pruned
     return {"max_steps": max_steps, "eval_steps": eval_steps, **searches}
 
 
@@ -178,6 +182,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, nargs="+", default=[2250, 45], help="the runs' lengths to measure")
     parser.add_argument("--orders", nargs="+", default=["ascending", "descending"], choices=["ascending", "descending"])
     parser.add_argument("--work", type=Path, help="a folder for the model, data and sweeps (default: a temporary one)")
+    parser.add_argument(
+        "--factors", type=int, nargs="+", default=[DEFAULT_FACTOR], help="the reduction factors to prune with"
+    )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="lf-multilr-sweep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -190,7 +197,7 @@ def main() -> None:
     )
     results = []
     for max_steps in args.max_steps:
-        results.append(measure(setup, max_steps, args.orders))
+        results.append(measure(setup, max_steps, args.orders, args.factors))
         print(json.dumps(results[-1], indent=2), flush=True)
     print()
     print(
