@@ -685,7 +685,16 @@ def _trial_spans(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[Any, Any]
 def _interrupt_during(args: list[str], env: dict[str, str], cwd: Path, number: int) -> str:
     """Start the sweep and press Ctrl-C (SIGINT to its process group) once trial ``number``'s run has started."""
     sweep = subprocess.Popen(
-        args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+        args,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        # as from a terminal: a test run started in the background (`make test &`) inherits SIGINT ignored, and so
+        # would the sweep, which then never sees the Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     watchdog = threading.Timer(300, sweep.kill)
     watchdog.start()
