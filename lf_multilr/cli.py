@@ -6,15 +6,17 @@ import contextlib
 import json
 import os
 import sys
+from typing import Any
 
 USAGE = """usage: lf-multilr train CONFIG.yaml [key=value ...]
-       lf-multilr plan CONFIG.yaml [key=value ...] [--json]
+       lf-multilr plan CONFIG.yaml [key=value ...] [--json | --tensors MODULE]
        lf-multilr sweep CONFIG.yaml [--set KEY=V1,V2 ...] [--range KEY=LOW:HIGH[:log] ...] [--trials N] [--prune]
                         [--reduction-factor N] [--workers N] [--storage URL] [--seed S] [--max-steps N]
                         [--out DIR] [key=value ...]
        lf-multilr doctor
   train    run `llamafactory-cli train` with lf-multilr applied (no .pth needed)
-  plan     print the module table the run would use (no weights loaded: needs only config.json)
+  plan     print the module table the run would use (no weights loaded: needs only config.json); --json: as
+           JSON, each param group naming its tensors; --tensors MODULE: each tensor of MODULE, its group and LR
   sweep    search module LRs with short real trainings as an Optuna study (grid, TPE, pruning, shared storage)
   doctor   show versions, the verified range, the activation hook and the applied patches
 """
@@ -31,10 +33,18 @@ def train(argv: list[str]) -> int:
     return int(llamafactory_main() or 0)
 
 
+def _option(argv: list[str], flag: str) -> tuple[list[str], str | None]:
+    """``argv`` without ``flag VALUE``, and the value (None when absent)."""
+    if flag not in argv:
+        return argv, None
+    at = argv.index(flag)
+    return argv[:at] + argv[at + 2 :], (argv[at + 1] if at + 1 < len(argv) else "")
+
+
 def plan(argv: list[str]) -> int:
     as_json = "--json" in argv
-    argv = [arg for arg in argv if arg != "--json"]
-    if not argv:
+    argv, tensors = _option([arg for arg in argv if arg != "--json"], "--tensors")
+    if not argv or tensors == "":
         print(USAGE, end="", file=sys.stderr)
         return 2
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
@@ -47,7 +57,20 @@ def plan(argv: list[str]) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
-    if as_json:
+    return show(result, as_json, tensors)
+
+
+def show(result: Any, as_json: bool, tensors: str | None) -> int:
+    """Print the plan as the options ask: the module table, JSON, or one module's tensors."""
+    if tensors is not None:
+        from .reports.table import format_tensors
+
+        if tensors not in result.rows:
+            known = ", ".join(name for name, row in result.rows.items() if row.tensors)
+            print(f"lf-multilr plan: --tensors {tensors}: no such module; this model has: {known}", file=sys.stderr)
+            return 2
+        print(format_tensors(result, tensors))
+    elif as_json:
         from .reports.as_json import plan_to_dict
 
         print(json.dumps(plan_to_dict(result), indent=2))

@@ -38,6 +38,27 @@ def test_plan_counts_what_the_model_holds(tiny, data, tmp_path, capsys, monkeypa
         "multi_modal_projector": 1.0e-3,
     }
     assert [g["name"] for g in planned["param_groups"]][0].startswith("language_model/")
+    # each group names its tensors: every trainable parameter once, in the group of its module
+    named = [(group["module"], name) for group in planned["param_groups"] for name in group["params"]]
+    assert sorted(name for _, name in named) == sorted(weights(tiny(family)))
+    assert all(module == owner(family, name) for module, name in named)
+    assert [len(g["params"]) for g in planned["param_groups"]] == [g["num_tensors"] for g in planned["param_groups"]]
+
+    # one module's tensors, each with its group and LR
+    assert main(["plan", str(config), "--tensors", "vision_tower", "vision_tower_lr_layer_decay=0.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:-1]]
+    vision = sorted(name for name in weights(tiny(family)) if owner(family, name) == "vision_tower")
+    assert sorted(row[0] for row in rows) == vision
+    by_group = {}
+    for name, group, lr, _ in rows:
+        by_group.setdefault(group, set()).add(float(lr))
+    assert all(len(lrs) == 1 for lrs in by_group.values())  # one LR per group
+    top = max(float(row[2]) for row in rows)
+    assert top == pytest.approx(1.0e-4) and min(float(row[2]) for row in rows) < top  # the blocks below decay
+    assert lines[-1] == f"  {len(vision)} tensors train; 0 frozen"
+    assert main(["plan", str(config), "--tensors", "audio_tower"]) == 2
+    assert "--tensors audio_tower: no such module; this model has: language_model" in capsys.readouterr().err
     assert not out.exists()  # planning writes nothing
 
 

@@ -99,6 +99,12 @@ class GroupPlan:
     supplement: list[SupplementUse] = field(default_factory=list)
     #: Schedules and layer decay, one line each, for the table.
     notes: list[str] = field(default_factory=list)
+    #: Each grouped tensor's parameter name as ``named_parameters()`` gives it, wrapper prefixes removed (by ``id``).
+    tensor_names: dict[int, str] = field(default_factory=dict)
+
+    def names_of(self, group: ModuleGroup) -> list[str]:
+        """The parameter names of ``group``'s tensors, in the group's order."""
+        return [self.tensor_names[id(tensor)] for tensor in group["params"]]
 
     @property
     def model_type(self) -> str:
@@ -341,6 +347,7 @@ def build_plan(
     other = [param.name for param in params if param.row == OTHER and param.tensor.requires_grad]
     plan = GroupPlan(module_map, settings, rows, groups, other, supplement=supplement)
     plan.notes = notes(plan, stacks)
+    plan.tensor_names = {id(param.tensor): normalize(param.name) for param in params}
     return plan
 
 

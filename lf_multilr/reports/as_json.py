@@ -8,7 +8,8 @@ from lf_multilr.grouping.plan import GroupPlan, numel
 
 
 def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:
-    """``{"model_type", "modules": {name: {...}}, "param_groups": [...], "frozen", "warnings"}``.
+    """``{"model_type", "modules": {name: {...}}, "param_groups": [...], "frozen", "warnings"}``; each param group
+    names its tensors (``params``: the parameter names, wrapper prefixes removed).
 
     A trainable module counts what trains (with LoRA: the adapter matrices and copies); a frozen one what it holds.
     """
@@ -32,6 +33,7 @@ def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:
             "num_tensors": len(group["params"]),
             "num_params": sum(numel(p) for p in group["params"]),
             "layout": group["layout"],
+            "params": plan.names_of(group),
         }
         for group in plan.param_groups
     ]
