@@ -17,7 +17,7 @@ from typing import Any
 
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from lf_multilr.training.guard import Expected, missing_groups, stop_message
+from lf_multilr.training.guard import Expected, missing_groups, stop_message, ungated, ungated_message
 
 from ._state import STATE
 
@@ -78,12 +78,17 @@ def innermost(optimizer: Any) -> Any:
     return optimizer
 
 
-def _verify(trainer: Any, optimizer: Any) -> None:
+def _verify(trainer: Any, optimizer: Any, step: int) -> None:
+    """Stop the run unless ``optimizer`` holds the groups lf-multilr built, at their LRs, and every module that starts
+    later than ``step`` (the optimizer step about to be taken) at LR 0."""
     expected = STATE.guard.expected
     why = missing_groups(expected, optimizer.param_groups)
     disarm()
     if why is not None:
         raise RuntimeError(stop_message(why, built_by(trainer, optimizer, expected)))
+    gate = ungated(optimizer.param_groups, step)
+    if gate is not None:
+        raise RuntimeError(ungated_message(gate))
 
 
 def _check(optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -92,7 +97,7 @@ def _check(optimizer: Any, args: Any, kwargs: Any) -> None:
     trainer = STATE.guard.current_trainer()
     held = getattr(trainer, "optimizer", None)
     if held is not None and innermost(held) is optimizer:
-        _verify(trainer, optimizer)
+        _verify(trainer, optimizer, int(getattr(getattr(trainer, "state", None), "global_step", 0) or 0))
 
 
 def wrap_on_train_begin(original: Any) -> Any:
@@ -103,7 +108,7 @@ def wrap_on_train_begin(original: Any) -> Any:
     def on_train_begin(self: Any, args: Any, state: Any, control: Any, *rest: Any, **kwargs: Any) -> Any:
         optimizer = getattr(self, "optimizer", None)
         if STATE.guard.handle is not None and optimizer is not None:
-            _verify(STATE.guard.current_trainer(), innermost(optimizer))
+            _verify(STATE.guard.current_trainer(), innermost(optimizer), int(getattr(state, "global_step", 0) or 0))
         return original(self, args, state, control, *rest, **kwargs)
 
     return on_train_begin

@@ -44,6 +44,43 @@ run_exp(yaml.safe_load(open(sys.argv[1])))
 """
 
 
+UNGATED = """
+import sys
+import transformers
+import yaml
+import llamafactory.train.sft.workflow as workflow
+
+
+class UngatedTrainer(workflow.CustomSeq2SeqTrainer):
+    def create_scheduler(self, num_training_steps, optimizer=None):  # as PPO does: no HF create_scheduler
+        self.lr_scheduler = transformers.get_scheduler(
+            self.args.lr_scheduler_type, optimizer or self.optimizer, 0, num_training_steps
+        )
+        return self.lr_scheduler
+
+
+workflow.CustomSeq2SeqTrainer = UngatedTrainer
+from llamafactory.train.tuner import run_exp
+
+run_exp(yaml.safe_load(open(sys.argv[1])))
+"""
+
+
+@pytest.mark.targets
+def test_a_scheduler_that_never_applied_a_module_start_is_stopped_before_the_first_step(tiny, data, tmp_path, env):
+    keys = {**LRS, "vision_tower_start_step": 2}
+    config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, max_steps=3, save_strategy="steps", **keys)
+    result = run([PY, "-c", UNGATED, str(config)], env, cwd=config.parent)
+    assert result.returncode != 0
+    message = next((line for line in result.stderr.splitlines() if line.startswith("RuntimeError: lf-")), "")
+    assert message.startswith(
+        "RuntimeError: lf-multilr: the optimizer about to take the first step holds lf-multilr's module groups, "
+        "but its group `vision_tower"
+    ), result.stderr[-3000:]
+    assert "at step 0, where `vision_tower_start_step: 2` holds it at 0 until step 2" in message
+    assert not (out / "checkpoint-1").exists() and not (out / "trainer_log.jsonl").exists()  # no step was taken
+
+
 @pytest.mark.core
 def test_a_trainer_that_bypasses_the_factory_is_stopped_before_its_first_step(tiny, data, tmp_path, env):
     config, out = write_config(tmp_path / "keys", tiny(FAMILY), data, FAMILY, max_steps=2, save_strategy="steps", **LRS)

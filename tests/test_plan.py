@@ -51,7 +51,7 @@ def test_plan_counts_what_the_model_holds(tiny, data, tmp_path, capsys, monkeypa
     vision = sorted(name for name in weights(tiny(family)) if owner(family, name) == "vision_tower")
     assert sorted(row[0] for row in rows) == vision
     by_group = {}
-    for name, group, lr, _ in rows:
+    for _, group, lr, _ in rows:
         by_group.setdefault(group, set()).add(float(lr))
     assert all(len(lrs) == 1 for lrs in by_group.values())  # one LR per group
     top = max(float(row[2]) for row in rows)

@@ -115,3 +115,34 @@ def test_gating_needs_per_group_multipliers():
     optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "start_step": 3}], lr=1.0)
     with pytest.raises(ConfigError, match="ReduceLROnPlateau has no per-group multiplier"):
         gate_scheduler(get_reduce_on_plateau_schedule(optimizer), optimizer.param_groups)
+
+
+def test_the_first_step_check_stops_a_start_step_the_scheduler_never_applied():
+    """PPO (or any loop) building its scheduler without HF's `create_scheduler` leaves a module that starts late at
+    its full LR: the first-step check sees it in the optimizer's groups. With the gate, the same groups pass."""
+    from transformers import get_scheduler
+
+    from lf_multilr.training.guard import ungated
+
+    def groups():
+        params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+        return torch.optim.AdamW(
+            [
+                {"params": [params[0]], "lr": 1e-3, "name": "language_model/decay", "module": "language_model"},
+                {"params": [params[1]], "lr": 1e-4, "name": "vision_tower/decay", "module": "vision_tower",
+                 "start_step": 2},
+            ],
+            lr=1e-3,
+        )  # fmt: skip
+
+    bypassed = groups()
+    get_scheduler("cosine", bypassed, num_warmup_steps=0, num_training_steps=10)  # as PPO builds it: ungated
+    assert ungated(bypassed.param_groups, 0) == (
+        "its group `vision_tower/decay` is at LR 1.000e-04 at step 0, where `vision_tower_start_step: 2` holds it at 0 "
+        "until step 2: the LR scheduler that runs never applied lf-multilr's per-module start and warm-up"
+    )
+    assert ungated(bypassed.param_groups, 2) is None  # from its start step on, a module trains
+
+    gated = groups()
+    assert gate_scheduler(get_scheduler("cosine", gated, num_warmup_steps=0, num_training_steps=10), gated.param_groups)
+    assert [group["lr"] for group in gated.param_groups] == [1e-3, 0.0] and ungated(gated.param_groups, 0) is None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lf_multilr.grouping.digests import describe
-from lf_multilr.grouping.schema import LAYOUT
+from lf_multilr.grouping.schema import LAYOUT, module_of, schedule_of
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,23 @@ def missing_groups(expected: Expected | None, param_groups: Sequence[Mapping[str
     return None
 
 
+def ungated(param_groups: Sequence[Mapping[str, Any]], step: int) -> str | None:
+    """Why ``param_groups``, about to take optimizer step ``step`` (0-based), do not hold the per-module start the plan
+    gave them; None when they do. A group whose module starts after ``step`` must be at LR 0: a scheduler that never
+    applied the gate (one built without HF's ``Trainer.create_scheduler``) leaves it at its module's LR."""
+    for group in param_groups:
+        start, _ = schedule_of(group)
+        lr = float(group.get("lr", 0.0))
+        if step < start and lr != 0.0:
+            module = module_of(group) or "its module"
+            return (
+                f"its group `{group.get('name')}` is at LR {lr:.3e} at step {step}, where `{module}_start_step: "
+                f"{start}` holds it at 0 until step {start}: the LR scheduler that runs never applied lf-multilr's "
+                "per-module start and warm-up"
+            )
+    return None
+
+
 def stop_message(why: str, built_by: str) -> str:
     """The error that stops the run."""
     return (
@@ -59,4 +76,13 @@ def stop_message(why: str, built_by: str) -> str:
         f"It was built by {built_by}, so the modules would train at `learning_rate` and the lf-multilr keys would "
         "do nothing. Fix: train with LLaMA-Factory's own trainers (a trainer that overrides `create_optimizer` must "
         "build it with `create_custom_optimizer`, as LLaMA-Factory's do), or remove the lf-multilr keys"
+    )
+
+
+def ungated_message(why: str) -> str:
+    """The error that stops a run whose scheduler skipped the per-module start (see :func:`ungated`)."""
+    return (
+        f"lf-multilr: the optimizer about to take the first step holds lf-multilr's module groups, but {why}. Fix: "
+        "train with LLaMA-Factory's own trainers (their schedulers go through HF's `Trainer.create_scheduler`), or "
+        "remove the module start-step and warm-up keys"
     )
