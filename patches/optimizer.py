@@ -19,6 +19,7 @@ from lf_multilr.grouping.checks import check_plan
 from lf_multilr.grouping.placement import ModuleMap
 from lf_multilr.grouping.plan import GroupPlan, LoraPlus, build_plan
 from lf_multilr.reports.table import format_table
+from lf_multilr.training.metrics import stage_notes
 
 from . import guard
 from ._state import logger
@@ -94,6 +95,7 @@ def wrap_create_custom_optimizer(original: Any) -> Any:
         cls, kwargs = optimizer_cls_and_kwargs(training_args, model, settings)
         optimizer = cls(plan.param_groups, **kwargs)
         guard.expect(optimizer.param_groups)
+        plan.notes.extend(stage_notes(getattr(finetuning_args, "stage", None)))
         logger().info_rank0(format_table(plan, warnings=False))
         for warning in plan.warnings:
             logger().warning_rank0(f"lf-multilr: {warning}")

@@ -88,3 +88,17 @@ def test_module_lrs_and_grad_norms_reach_tensorboard(tiny, data, tmp_path, env):
         assert [s.step for s in scalars] == [1, 2]
         assert all(s.value == pytest.approx(value) for s in scalars)
         assert [s.step for s in events.Scalars(f"train/grad_norm/{tag}")] == [1, 2]
+
+
+def test_a_ppo_run_says_in_its_table_what_it_does_not_log(prepared):
+    """PPO's own loop logs neither lr/<module> nor grad_norm/<module>: the start-of-training table says so."""
+    from lf_multilr.config.settings import settings_of
+    from lf_multilr.patches.optimizer import plan_for
+    from lf_multilr.reports.table import format_table
+    from lf_multilr.training.metrics import PPO_UNLOGGED, stage_notes
+
+    model, training_args, finetuning_args = prepared()
+    plan = plan_for(model, training_args, finetuning_args, settings_of(finetuning_args))
+    assert stage_notes("sft") == [] and PPO_UNLOGGED not in format_table(plan)
+    plan.notes.extend(stage_notes("ppo"))
+    assert f"  {PPO_UNLOGGED}" in format_table(plan).splitlines()

@@ -113,3 +113,15 @@ def will_log(args: Any, state: Any) -> bool:
     return (step == 1 and bool(args.logging_first_step)) or (
         strategy == "steps" and state.logging_steps > 0 and step % state.logging_steps == 0
     )
+
+
+#: What a PPO run does not log, and why: its loop writes its own log records and its step never clips through HF.
+PPO_UNLOGGED = (
+    "stage ppo: lr/<module> and grad_norm/<module> are not logged: PPO's loop writes its own log records (not "
+    "through Trainer.log) and its step never calls HF's gradient clipping, where lf-multilr measures the norms"
+)
+
+
+def stage_notes(stage: str | None) -> list[str]:
+    """The table's lines about what the run's stage leaves out of the per-module logs."""
+    return [PPO_UNLOGGED] if stage == "ppo" else []
