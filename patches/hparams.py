@@ -18,6 +18,7 @@ from typing import Any
 from lf_multilr.config import backends
 from lf_multilr.config.callbacks import callback_classes, names_of
 from lf_multilr.config.checks import (
+    deepspeed_given,
     fsdp_of,
     refusal,
     refuse_backends,
@@ -188,7 +189,7 @@ def read_model_type(model_args: Any) -> str | None:
 def preflight(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
     """Everything that can be refused before the model loads (the run and ``lf-multilr plan`` alike)."""
     refuse_structure_optim(settings, getattr(training_args, "optim", ""))
-    refuse_deepspeed_blocks(settings, getattr(training_args, "deepspeed", None))
+    refuse_deepspeed_blocks(settings, deepspeed_given(getattr(training_args, "deepspeed", None), os.environ))
     refuse_flat(settings, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))
     model_type = read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules
     if model_type is not None and module_map(model_type) is None:

@@ -161,6 +161,24 @@ def test_lf_multilr_plan_refuses_what_the_run_refuses_after_llamafactorys_own_ch
         make_plan(args_for(tiny("qwen2_vl"), data, tmp_path, **overrides))
 
 
+def test_a_deepspeed_block_given_through_accelerates_config_file_is_refused_before_the_model_loads(
+    get_train_args, tiny, data, tmp_path, monkeypatch
+):
+    """`accelerate launch --use_deepspeed --deepspeed_config_file FILE` hands the config over in the environment, where
+    HF's arguments read it: refused while parsing, by the run and the plan alike, not only at the first step."""
+    from lf_multilr.patches.dry_run import make_plan
+
+    path = deepspeed_with(tmp_path, "scheduler")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", path)
+    message = rf"`vision_tower_lr: 1e-05` is refused: the DeepSpeed config '{path}' has a `scheduler` block"
+    args = args_for(tiny("qwen2_vl"), data, tmp_path, vision_tower_lr=1e-5)
+    with pytest.raises(ValueError, match=message):
+        get_train_args(args)
+    with pytest.raises(ValueError, match=message):
+        make_plan(args)
+
+
 @pytest.mark.parametrize("block", ["optimizer", "scheduler"])
 def test_a_deepspeed_config_with_its_own_optimizer_or_scheduler_is_refused(block, tmp_path):
     deepspeed = tmp_path / "ds.json"

@@ -96,6 +96,18 @@ def deepspeed_config(value: Any) -> dict[str, Any]:
     return {}
 
 
+def deepspeed_given(deepspeed: Any, environ: Mapping[str, str]) -> Any:
+    """The DeepSpeed config a run uses: the ``deepspeed`` argument, else the one accelerate's launcher hands over
+    (``accelerate launch --use_deepspeed --deepspeed_config_file FILE`` sets ``ACCELERATE_USE_DEEPSPEED`` and
+    ``ACCELERATE_DEEPSPEED_CONFIG_FILE``, which HF's arguments read); None when there is none."""
+    if deepspeed:
+        return deepspeed
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").strip().lower() in _TRUE:
+        path = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+        return None if path == "none" else path
+    return None
+
+
 def refuse_deepspeed_blocks(settings: Settings, deepspeed: Any) -> None:
     """A DeepSpeed config with an ``optimizer`` or ``scheduler`` block builds one flat group."""
     if not deepspeed:
