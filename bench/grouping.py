@@ -25,6 +25,7 @@ from bench.order import check_repeats, orders, warm_up  # noqa: E402
 from lf_multilr.config.keys import KEY_NAMES  # noqa: E402
 from lf_multilr.config.settings import Settings  # noqa: E402
 from lf_multilr.grouping.checks import check_plan  # noqa: E402
+from lf_multilr.grouping.placement import normalize  # noqa: E402
 from lf_multilr.grouping.plan import build_plan  # noqa: E402
 from lf_multilr.patches.registry import module_map  # noqa: E402
 
@@ -66,6 +67,7 @@ def main() -> None:
         decay = set(Trainer.get_decay_parameter_names(None, model))  # untimed: the input of the grouping
 
         def group():  # type: ignore[no-untyped-def]
+            normalize.cache_clear()  # as a run's one call finds it: no name normalised yet
             plan = build_plan(model.named_parameters(), mapping, SETTINGS, 1e-5, 0.1, decay)  # noqa: B023
             check_plan(plan, "full")
             return plan

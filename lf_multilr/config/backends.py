@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+#: LLaMA-Factory's reading of its own environment switches (`is_env_enabled`): not lf-multilr's flags (`_boot.flag`).
 _TRUE = ("1", "true", "y", "yes", "on")
 
 

@@ -16,6 +16,7 @@ from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
 from lf_multilr.modules import TABLE, Module
 
+#: What accelerate and HF read as true in their environment switches (`strtobool`); lf-multilr's: `_boot.flag`.
 _TRUE = ("1", "true", "yes", "y", "on", "t")
 
 #: LLaMA-Factory flags that build an optimizer of their own, which would silently drop the module groups.

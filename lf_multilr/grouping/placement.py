@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from lf_multilr.grouping.supplement import Rule
 from lf_multilr.modules import OTHER, TABLE, RegistryEntry, Table
@@ -27,8 +28,10 @@ _LEADING_WRAPPERS: tuple[str, ...] = ("base_model.model.", "pretrained_model.", 
 _INNER_WRAPPERS: tuple[str, ...] = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
+@lru_cache(maxsize=1 << 16)
 def normalize(name: str) -> str:
-    """Remove the prefixes that wrappers add, wherever they add them."""
+    """Remove the prefixes that wrappers add, wherever they add them. Placing, grouping, digesting and naming a
+    parameter each ask for its normalised name: the answer is kept (a model has a few thousand names)."""
     for wrapper in _INNER_WRAPPERS:
         name = name.replace(wrapper, "")
     stripped = True
