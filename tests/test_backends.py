@@ -25,45 +25,32 @@ ON_MAIN = LLAMAFACTORY.startswith("0.9.6")
 V1 = LLAMAFACTORY in LLAMAFACTORY_FULL
 PYTHONPATH = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path]
 
-BYPASS = """
-import sys
-import transformers
-import yaml
-import llamafactory.train.sft.workflow as workflow
+
+def with_trainer(trainer: str) -> str:
+    """A script that trains its config with LLaMA-Factory's SFT workflow, whose trainer class is ``trainer``'s source
+    (a subclass of ``workflow.CustomSeq2SeqTrainer``, put in its place)."""
+    name = trainer.split("class ", 1)[1].split("(", 1)[0]
+    return (
+        "import sys\nimport transformers\nimport yaml\nimport llamafactory.train.sft.workflow as workflow\n\n"
+        f"{textwrap.dedent(trainer)}\nworkflow.CustomSeq2SeqTrainer = {name}\n"
+        "from llamafactory.train.tuner import run_exp\n\nrun_exp(yaml.safe_load(open(sys.argv[1])))\n"
+    )
 
 
-class BypassingTrainer(workflow.CustomSeq2SeqTrainer):
-    def create_optimizer(self, *args, **kwargs):  # HF's own two groups at learning_rate: no create_custom_optimizer
-        return transformers.Trainer.create_optimizer(self, *args, **kwargs)
+BYPASS = with_trainer("""
+    class BypassingTrainer(workflow.CustomSeq2SeqTrainer):
+        def create_optimizer(self, *args, **kwargs):  # HF's own two groups at learning_rate: no create_custom_optimizer
+            return transformers.Trainer.create_optimizer(self, *args, **kwargs)
+""")
 
-
-workflow.CustomSeq2SeqTrainer = BypassingTrainer
-from llamafactory.train.tuner import run_exp
-
-run_exp(yaml.safe_load(open(sys.argv[1])))
-"""
-
-
-UNGATED = """
-import sys
-import transformers
-import yaml
-import llamafactory.train.sft.workflow as workflow
-
-
-class UngatedTrainer(workflow.CustomSeq2SeqTrainer):
-    def create_scheduler(self, num_training_steps, optimizer=None):  # as PPO does: no HF create_scheduler
-        self.lr_scheduler = transformers.get_scheduler(
-            self.args.lr_scheduler_type, optimizer or self.optimizer, 0, num_training_steps
-        )
-        return self.lr_scheduler
-
-
-workflow.CustomSeq2SeqTrainer = UngatedTrainer
-from llamafactory.train.tuner import run_exp
-
-run_exp(yaml.safe_load(open(sys.argv[1])))
-"""
+UNGATED = with_trainer("""
+    class UngatedTrainer(workflow.CustomSeq2SeqTrainer):
+        def create_scheduler(self, num_training_steps, optimizer=None):  # as PPO does: no HF create_scheduler
+            self.lr_scheduler = transformers.get_scheduler(
+                self.args.lr_scheduler_type, optimizer or self.optimizer, 0, num_training_steps
+            )
+            return self.lr_scheduler
+""")
 
 
 @pytest.mark.targets
