@@ -1,7 +1,7 @@
 # The two commands (README.md): `make demo` trains the tiny default with three module LRs; `make test` runs
 #   1. `make setup`: Debian's Chromium and PostgreSQL (the browser and the database server the tests drive) and the
 #      four environments of the version matrix below, side by side;
-#   2. the tests, cut into nine shards (one pytest run over some of a leg's test files each), two at a time, the
+#   2. the tests, cut into ten shards (one pytest run over some of a leg's test files each), two at a time, the
 #      longest first (the tests are single-threaded; the machine has two cores); it fails if any shard fails.
 # `make test-fast` is the inner loop: every test that starts no subprocess, on .venv.
 #
@@ -11,8 +11,9 @@
 #                and every test of a patch target's behaviour (`targets`), LlamaBoard in Chromium included
 #   .venv-t57    LLaMA-Factory 0.9.5 + transformers 5.7.0 (DISABLE_VERSION_CHECK=1, as LLaMA-Factory advises): `core`
 #   .venv-lf094  LLaMA-Factory 0.9.4 + transformers 4.57.1 (constraints-lf094.txt): `core`
-# .venv-main and .venv-t57 start as hard-link copies of .venv (tools/new_venv: seconds, where installing torch's
-# CUDA build takes minutes), then pip changes what differs.
+#   .venv-ray    .venv + Ray (constraints-ray.txt): the tests marked `ray` (LLaMA-Factory's Ray launcher, USE_RAY=1)
+# .venv-main, .venv-t57 and .venv-ray start as hard-link copies of .venv (tools/new_venv: seconds, where installing
+# torch's CUDA build takes minutes), then pip changes what differs.
 # The interpreter the environments are made from (tools/python_for_venvs: the distribution's optimised CPython where
 # there is one); an environment made from another interpreter is made anew, as its stamp names the interpreter.
 PYTHON ?= $(shell tools/python_for_venvs)
@@ -31,8 +32,8 @@ PIP = $(1)/bin/python -m pip install -q
 # interpreter start-up; lf_multilr/__init__.py finds `patches/` beside the package: docs/design.md#packaging).
 EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
-.PHONY: venv venv-main venv-t57 venv-compat venvs setup system-packages chromium postgresql lint test test-fast \
-	test-full test-main test-t57 test-compat demo clean
+.PHONY: venv venv-main venv-t57 venv-compat venv-ray venvs setup system-packages chromium postgresql lint test \
+	test-fast test-full test-main test-t57 test-compat demo clean
 
 define new_venv
 	tools/new_venv $(PYTHON) $(1) $(2)
@@ -68,13 +69,21 @@ $(call STAMP,.venv-lf094): constraints-lf094.txt pyproject.toml setup.py
 	$(call PIP,.venv-lf094) -c constraints-lf094.txt $(EDITABLE)
 	touch $@
 
+# Ray in an environment of its own: importing LLaMA-Factory's trainer_utils imports ray wherever it is installed.
+$(call STAMP,.venv-ray): $(call STAMP,.venv) constraints.txt constraints-ray.txt pyproject.toml setup.py
+	$(call new_venv,.venv-ray,.venv)
+	$(call PIP,.venv-ray) -c constraints.txt $(EDITABLE)
+	$(call PIP,.venv-ray) -c constraints.txt -c constraints-ray.txt ray
+	touch $@
+
 venv: $(call STAMP,.venv)
 venv-main: $(call STAMP,.venv-main)
 venv-t57: $(call STAMP,.venv-t57)
 venv-compat: $(call STAMP,.venv-lf094)
+venv-ray: $(call STAMP,.venv-ray)
 # Every environment of the matrix (.venv-main says once why it is skipped when LLaMA-Factory's main is not at hand).
 venvs:
-	$(MAKE) --no-print-directory -j2 venv venv-compat venv-main venv-t57
+	$(MAKE) --no-print-directory -j2 venv venv-compat venv-main venv-t57 venv-ray
 
 # The system packages the tests drive, from Debian: Chromium for LlamaBoard in a real browser (Playwright's own browser
 # download needs more than the package registries), and PostgreSQL for the shared-study sweep (its tests start the
@@ -88,7 +97,7 @@ postgresql:
 # What `make test` needs before its first test, built side by side: the environments (pip, mostly CPU) and the system
 # packages (a download and an unpack, little CPU; apt installs one package set at a time, so they are one step).
 setup:
-	$(MAKE) --no-print-directory -j2 venv venv-compat system-packages venv-main venv-t57
+	$(MAKE) --no-print-directory -j2 venv venv-compat system-packages venv-main venv-t57 venv-ray
 
 lint: venv
 	.venv/bin/ruff check lf_multilr lf_multilr_sweep patches tests tools bench examples
@@ -101,6 +110,7 @@ FULL = .venv/bin/python -m pytest $(PYTEST_ARGS)
 MAIN = .venv-main/bin/python -m pytest -m "core or targets" $(PYTEST_ARGS)
 T57 = DISABLE_VERSION_CHECK=1 .venv-t57/bin/python -m pytest -m core $(PYTEST_ARGS)
 COMPAT = .venv-lf094/bin/python -m pytest -m core $(PYTEST_ARGS)
+RAY = .venv-ray/bin/python -m pytest -m ray $(PYTEST_ARGS) tests/test_ray.py
 # Without LLaMA-Factory's main at hand, .venv-main's build has said why the leg is skipped: its tests do not run.
 if_main = if [ -f $(call STAMP,.venv-main) ]; then $(1); fi
 
@@ -110,7 +120,8 @@ DISTRIBUTED := tests/test_distributed.py
 SWEEP := tests/sweep tests/test_evidence.py
 RESUME := tests/test_resume.py tests/test_backends.py
 STAGES := tests/test_models_train.py tests/test_stages.py
-SHARDS := shard-main shard-compat shard-full shard-distributed shard-t57 shard-sweep shard-resume shard-stages shard-lint
+SHARDS := shard-main shard-compat shard-full shard-distributed shard-t57 shard-sweep shard-resume shard-stages \
+	shard-ray shard-lint
 ignoring = $(foreach file,$(1),--ignore=$(file))
 .PHONY: $(SHARDS)
 
@@ -124,7 +135,7 @@ shard-main:
 shard-compat:
 	$(COMPAT)
 shard-full:
-	$(FULL) $(call ignoring,$(DISTRIBUTED) $(SWEEP) $(RESUME) $(STAGES))
+	$(FULL) -m "not ray" $(call ignoring,$(DISTRIBUTED) $(SWEEP) $(RESUME) $(STAGES))
 shard-distributed:
 	$(FULL) $(DISTRIBUTED)
 shard-t57:
@@ -135,6 +146,8 @@ shard-resume:
 	$(FULL) $(RESUME)
 shard-stages:
 	$(FULL) $(STAGES)
+shard-ray:
+	$(RAY)
 shard-lint:
 	@$(MAKE) --no-print-directory lint
 
@@ -158,4 +171,4 @@ demo: venv
 	.venv/bin/python examples/demo.py
 
 clean:
-	rm -rf .venv .venv-main .venv-t57 .venv-lf094 build dist *.egg-info demo_output
+	rm -rf .venv .venv-main .venv-t57 .venv-lf094 .venv-ray build dist *.egg-info demo_output

@@ -25,6 +25,12 @@ USAGE = """usage: lf-multilr train CONFIG.yaml [key=value ...]
 def train(argv: list[str]) -> int:
     import lf_multilr
 
+    from .config.backends import explicit_activation_refusal
+
+    refusal = explicit_activation_refusal(os.environ)
+    if refusal is not None:  # before LLaMA-Factory is imported: nothing is loaded, nothing written
+        print(refusal, file=sys.stderr)
+        return 1
     if not lf_multilr.apply():
         print("lf-multilr: LF_MULTILR_DISABLE is set; running stock LLaMA-Factory.", file=sys.stderr)
     from llamafactory.cli import main as llamafactory_main

@@ -8,9 +8,9 @@ import pytest
 
 from tools.testing import clean_env
 
-#: Fixtures that start subprocesses (a training, an interpreter, a server, tests/test_distributed.py's sharded runs):
-#: their tests are left out of `make test-fast`.
-SUBPROCESS_FIXTURES = frozenset({"env", "boards", "sharded", "pg"})
+#: Fixtures that start subprocesses (a training, an interpreter, a server, tests/test_distributed.py's sharded runs,
+#: tests/test_ray.py's Ray run): their tests are left out of `make test-fast`.
+SUBPROCESS_FIXTURES = frozenset({"env", "boards", "sharded", "pg", "ray_run"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -263,3 +263,14 @@ def test_mains_hyper_parallel_trainer_builds_the_module_groups(tiny, tmp_path, e
         "multi_modal_projector/decay": "0.001",
         "multi_modal_projector/no_decay": "0.001",
     }
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "y", "Y", "0", "false", "yes", "on", " 1", "t", ""])
+def test_a_back_end_switch_is_read_as_llamafactory_reads_it(value, monkeypatch):
+    """`USE_MCA=yes` does not select mcore_adapter in LLaMA-Factory, so lf-multilr must not refuse it as if it did."""
+    from llamafactory.extras.misc import is_env_enabled
+
+    from lf_multilr.config.backends import env_enabled
+
+    monkeypatch.setenv("USE_RAY", value)
+    assert env_enabled(os.environ, "USE_RAY") is is_env_enabled("USE_RAY")

@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lf_multilr.errors import ConfigError
+
 #: LLaMA-Factory's reading of its own environment switches (`is_env_enabled`): not lf-multilr's flags (`_boot.flag`).
-_TRUE = ("1", "true", "y", "yes", "on")
+_TRUE = ("1", "true", "y")
 
 
 def env_enabled(environ: Mapping[str, str], name: str) -> bool:
     """LLaMA-Factory's reading of a switch in the environment (``is_env_enabled``)."""
-    return environ.get(name, "0").strip().lower() in _TRUE
+    return environ.get(name, "0").lower() in _TRUE
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,26 @@ def backends_at_parse(
     if use_hyper_parallel and not own_hyper_parallel:
         found.append(HYPER_PARALLEL_EXTERNAL)
     return found
+
+
+#: LLaMA-Factory's switch for its Ray launcher: `llamafactory-cli train` then starts one Ray actor per worker.
+RAY = "USE_RAY"
+
+
+def explicit_activation_refusal(environ: Mapping[str, str]) -> ConfigError | None:
+    """Why ``lf-multilr train`` cannot serve this run, or None.
+
+    Explicit activation patches its own process only. Under ``USE_RAY`` that process is only Ray's driver: the
+    training runs in the Ray worker processes, which parse the arguments and build the optimizers themselves, and
+    are lf-multilr's only where its start-up hook (the installed ``.pth``) activates it."""
+    if not env_enabled(environ, RAY):
+        return None
+    return ConfigError(
+        RAY,
+        environ[RAY],
+        "`lf-multilr train` activates lf-multilr in its own process only, and with USE_RAY LLaMA-Factory trains in Ray "
+        "worker processes (Ray actors, on any node of the cluster), which parse the arguments and build the optimizers "
+        "themselves; explicit activation cannot reach them",
+        "run `llamafactory-cli train` instead, with lf-multilr installed in the environment the Ray workers run in: "
+        "its start-up hook activates it in every worker (`lf-multilr doctor` there shows the hook); or unset USE_RAY",
+    )
