@@ -296,7 +296,7 @@ def test_a_floor_needs_a_schedule_that_decays_to_an_end(scheduler_type, why):
         ConfigError,
         match=rf"^lf-multilr: `language_model_min_lr: 1e-05` is refused: `lr_scheduler_type: {scheduler_type}` {why}",
     ):
-        refuse_floors(settings_of(language_model_min_lr=1e-5), SchedulerType(scheduler_type), BASE)
+        refuse_floors(settings_of(language_model_min_lr=1e-5), scheduler_type, BASE)
     refuse_floors(settings_of(language_model_min_lr=1e-5), SchedulerType.COSINE, BASE)  # decays: accepted
 
 
