@@ -21,10 +21,10 @@ from typing import Literal
 OTHER = "other"
 
 #: The kinds of key a module can bring, in the order the keys are listed (``<module>_<suffix>``).
-ModuleKind = Literal["lr", "weight_decay", "layer_decay", "start_step", "warmup_steps"]
-KINDS: tuple[ModuleKind, ...] = ("lr", "weight_decay", "layer_decay", "start_step", "warmup_steps")
-#: Every module's keys: its LR and weight decay, and when it starts and warms up.
-COMMON: tuple[ModuleKind, ...] = ("lr", "weight_decay", "start_step", "warmup_steps")
+ModuleKind = Literal["lr", "weight_decay", "layer_decay", "start_step", "warmup_steps", "min_lr"]
+KINDS: tuple[ModuleKind, ...] = ("lr", "weight_decay", "layer_decay", "start_step", "warmup_steps", "min_lr")
+#: Every module's keys: its LR and weight decay, when it starts and warms up, and the floor it decays to.
+COMMON: tuple[ModuleKind, ...] = ("lr", "weight_decay", "start_step", "warmup_steps", "min_lr")
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ TABLE = Table(
                 "ja": "ビジョンタワー",
             },
             color="#d62728",
-            kinds=("lr", "weight_decay", "layer_decay", "start_step", "warmup_steps"),
+            kinds=(*COMMON, "layer_decay"),
         ),
         Module(
             name="multi_modal_projector",

@@ -24,6 +24,7 @@ from lf_multilr.config.checks import (
     refuse_backends,
     refuse_deepspeed_blocks,
     refuse_flat,
+    refuse_floors,
     refuse_frozen,
     refuse_own_optimizers,
     refuse_ppo_schedule,
@@ -189,6 +190,7 @@ def read_model_type(model_args: Any) -> str | None:
 def preflight(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
     """Everything that can be refused before the model loads (the run and ``lf-multilr plan`` alike)."""
     refuse_structure_optim(settings, getattr(training_args, "optim", ""))
+    refuse_floors(settings, training_args.lr_scheduler_type, float(training_args.learning_rate))
     refuse_deepspeed_blocks(settings, deepspeed_given(getattr(training_args, "deepspeed", None), os.environ))
     refuse_flat(settings, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))
     model_type = read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules

@@ -1,13 +1,15 @@
 """The run's scheduler (HF's ``create_scheduler``, which every LLaMA-Factory stage calls after its own
 ``create_custom_scheduler``), for an optimizer lf-multilr built: absolute LR bounds given per group (``greedy``,
-``reduce_lr_on_plateau``), and the multipliers of modules that start late or warm up on their own gated."""
+``reduce_lr_on_plateau``), and the multipliers of modules that start late, warm up or decay to a floor of their own
+gated."""
 
 from __future__ import annotations
 
 from functools import wraps
 from typing import Any
 
-from lf_multilr.grouping.schema import ours
+from lf_multilr.grouping.schema import floor_of, ours
+from lf_multilr.training.floors import Decay
 from lf_multilr.training.schedule import gate_scheduler, per_group_kwargs
 
 from . import guard
@@ -29,7 +31,11 @@ def wrap_create_scheduler(original: Any) -> Any:
             scheduler = original(self, num_training_steps, optimizer, *args, **kwargs)
         finally:
             self.args.lr_scheduler_kwargs = given
-        gate_scheduler(scheduler, groups)
+        decay = None
+        if any(floor_of(group) is not None for group in groups):
+            warmup = self.args.get_warmup_steps(num_training_steps)  # what HF's create_scheduler gave the scheduler
+            decay = Decay.of(scheduler_type, given, float(self.args.learning_rate), warmup)
+        gate_scheduler(scheduler, groups, decay)
         return scheduler
 
     return create_scheduler

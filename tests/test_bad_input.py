@@ -81,6 +81,21 @@ CASES = {
         {"language_model_warmup_steps": 5, **PPO},
         r"`language_model_warmup_steps: 5` is refused: `stage: ppo` builds its LR scheduler itself",
     ),
+    "ppo floor": ({"vision_tower_min_lr": 1e-6, **PPO}, r"`vision_tower_min_lr: 1e-06` is refused: `stage: ppo`"),
+    # floors: checked like every key, and against the module's LR and the run's schedule
+    "floor not a number": ({"vision_tower_min_lr": "low"}, r"`vision_tower_min_lr: 'low'` is refused: it is not a"),
+    "floor above the lr": (
+        {"vision_tower_lr": 1e-5, "vision_tower_min_lr": 1e-4, "lr_scheduler_type": "cosine"},
+        r"`vision_tower_min_lr: 0.0001` is refused: it is above the vision tower's LR 1e-05 \(`vision_tower_lr`\)",
+    ),
+    "floor without decay": (
+        {"language_model_min_lr": 1e-6, "lr_scheduler_type": "constant_with_warmup"},
+        r"`language_model_min_lr: 1e-06` is refused: `lr_scheduler_type: constant_with_warmup` never decays",
+    ),
+    "lr_groups floor": (
+        {"lr_groups": '[{"name": "g", "params": "visual", "min_lr": -1}]', "lr_scheduler_type": "cosine"},
+        r"`lr_groups\[0\].min_lr: -1` is refused: a floor \(minimum learning rate\) cannot be negative",
+    ),
 }
 
 

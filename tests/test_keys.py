@@ -24,6 +24,9 @@ def test_key_names_follow_the_freeze_family():
         "vision_tower_warmup_steps",
         "multi_modal_projector_warmup_steps",
         "language_model_warmup_steps",
+        "vision_tower_min_lr",
+        "multi_modal_projector_min_lr",
+        "language_model_min_lr",
     )
 
 

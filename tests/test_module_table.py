@@ -116,7 +116,7 @@ def test_a_row_brings_its_keys_with_their_help_and_checks():
     names = [key.name for key in keys_of(WITH_AUDIO)]
     assert names[:4] == ["vision_tower_lr", "multi_modal_projector_lr", "language_model_lr", "audio_tower_lr"]
     assert names.index("audio_tower_lr_layer_decay") == names.index("vision_tower_lr_layer_decay") + 1
-    assert names[-1] == "audio_tower_warmup_steps" and len(names) == 13 + 5
+    assert names[-1] == "language_model_min_lr" and len(names) == 16 + 5  # the row brings no floor: its kinds say so
     keys = {key.name: key for key in keys_of(WITH_AUDIO)}
     assert keys["audio_tower_lr"].help == "Learning rate of the audio tower (lf-multilr). Unset: `learning_rate`."
     assert "trains at audio_tower_lr * d**(N-1-i)" in keys["audio_tower_lr_layer_decay"].help

@@ -2,6 +2,7 @@
 (across a resume), and custom `lr_groups` on a multimodal and on a text-only model."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -72,31 +73,50 @@ def test_a_module_with_a_start_step_holds_still_before_it_and_moves_after(tiny, 
 
 
 @pytest.mark.targets
-def test_warmup_values_are_exact_and_survive_a_resume(tiny, data, tmp_path, env):
+def test_warmup_and_floor_values_are_exact_and_survive_a_resume(tiny, data, tmp_path, env):
+    """Per-module start and warm-up, per-module floors and an `lr_groups` entry's own start, warm-up and floor, under
+    a cosine schedule: every logged `lr/<module>` is the formula of docs/recipes.md, before and after a resume."""
+    groups = [
+        {"name": "vit_last", "params": r"visual\.blocks\.1\.", "start_step": 2, "warmup_steps": 2, "min_lr": 1e-5}
+    ]
     keys = dict(
         max_steps=5,
         save_steps=2,
         save_strategy="steps",
+        lr_scheduler_type="cosine",
         vision_tower_lr=1.0e-4,
         vision_tower_start_step=1,
         vision_tower_warmup_steps=3,
+        vision_tower_min_lr=2.0e-5,
+        language_model_min_lr=1.0e-4,
+        lr_groups=groups,
     )
     config, out = write_config(tmp_path, tiny(FAMILY), data, FAMILY, **keys)
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [r for r in log_records(out) if "lr/vision_tower" in r]
-    # logged at step k, like HF's learning_rate: the LR step k used, i.e. 0-based optimizer step t = k - 1,
-    # multiplier 0 before start step 1, then min(1, (t - 1 + 1) / 3)
-    assert [r["lr/vision_tower"] for r in records] == pytest.approx([0, 1e-4 / 3, 2e-4 / 3, 1e-4, 1e-4], rel=1e-9)
-    assert [r["lr/language_model"] for r in records] == [1.0e-3] * 5
+    # logged at step k, like HF's learning_rate: the LR step k used, i.e. 0-based optimizer step t = k - 1; the run's
+    # cosine m(t) over 5 steps, no run warm-up; a floor f under an LR L: f + (L - f) * m(t)
+    m = [0.5 * (1 + math.cos(math.pi * t / 5)) for t in range(5)]
+    ramp = [0, 1 / 3, 2 / 3, 1, 1]  # vision: 0 before start step 1, then min(1, (t - 1 + 1) / 3)
+    expected = {
+        "lr/language_model": [1e-4 + 9e-4 * m[t] for t in range(5)],  # learning_rate 1e-3, floor 1e-4
+        "lr/multi_modal_projector": [1e-3 * m[t] for t in range(5)],  # no floor: the run's cosine, to 0
+        "lr/vision_tower": [(2e-5 + 8e-5 * m[t]) * ramp[t] for t in range(5)],
+        "lr/vit_last": [0.0 if t < 2 else (1e-5 + 9e-5 * m[t]) * min(1, (t - 1) / 2) for t in range(5)],
+    }
+    for name, values in expected.items():
+        assert [r[name] for r in records] == pytest.approx(values, rel=1e-9, abs=1e-15), name
     assert "vision_tower: LR 0 before optimizer step 1, then rises linearly over 3 steps" in result.stdout
+    assert "vit_last: LR 0 before optimizer step 2, then rises linearly over 2 steps" in result.stdout
+    assert "vision_tower: decays from 1.000e-04 to min_lr 2.000e-05 along the run's schedule" in result.stdout
 
     resumed_out = tmp_path / "resumed"
     shutil.copytree(out / "checkpoint-2", resumed_out / "checkpoint-2")
     result = train(config, env, f"output_dir={resumed_out}", f"resume_from_checkpoint={resumed_out / 'checkpoint-2'}")
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = {r["current_steps"]: r["lr/vision_tower"] for r in log_records(resumed_out) if "lr/vision_tower" in r}
-    assert resumed == {r["current_steps"]: r["lr/vision_tower"] for r in records if r["current_steps"] > 2}
+    resumed = {r["current_steps"]: {n: r[n] for n in expected} for r in log_records(resumed_out) if "lr/vit_last" in r}
+    assert resumed == {r["current_steps"]: {n: r[n] for n in expected} for r in records if r["current_steps"] > 2}
 
 
 def test_lr_groups_train_the_last_vit_block_at_its_own_lr(tiny, data, tmp_path, env):

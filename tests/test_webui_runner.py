@@ -227,7 +227,7 @@ UI_PROBE = """
 import json, sys
 from llamafactory.webui import interface, runner
 from llamafactory.webui.locales import LOCALES
-SUFFIXES = ("_lr", "_weight_decay", "_layer_decay", "_start_step", "_warmup_steps", "lr_groups")
+SUFFIXES = ("_lr", "_weight_decay", "_layer_decay", "_start_step", "_warmup_steps", "_min_lr", "lr_groups")
 demo = interface.create_ui()
 methods = ("_initialize", "_parse_train_args", "_build_config_dict", "load_args", "check_output_dir")
 print(json.dumps({

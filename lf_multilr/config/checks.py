@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lf_multilr.config.backends import Backend
+from lf_multilr.config.keys import key_name
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
 from lf_multilr.modules import TABLE, Module
+from lf_multilr.training.floors import DECAYING
 
 #: What accelerate and HF read as true in their environment switches (`strtobool`); lf-multilr's: `_boot.flag`.
 _TRUE = ("1", "true", "yes", "y", "on", "t")
@@ -69,20 +71,77 @@ def refuse_structure_optim(settings: Settings, optim: Any) -> None:
 
 
 def refuse_ppo_schedule(settings: Settings, finetuning_args: Any) -> None:
-    """PPO builds its scheduler with ``transformers.get_scheduler`` itself, where lf-multilr's per-module start and
-    warm-up are never gated in: those keys would silently do nothing there."""
+    """PPO builds its scheduler with ``transformers.get_scheduler`` itself, where lf-multilr's per-module start,
+    warm-up and floor are never applied: those keys would silently do nothing there."""
     if getattr(finetuning_args, "stage", None) != "ppo":
         return
-    gated = [key for key in settings.set_keys() if key.endswith(("_start_step", "_warmup_steps"))]
+    gated = settings.scheduled()
     if gated:
-        value = settings.value_of(gated[0])  # a step count, kept as a float like every key's value
+        key, value = gated[0]
+        steps = not key.endswith("min_lr") and float(value).is_integer()  # a step count, kept as a float by the keys
         raise ConfigError(
-            gated[0],
-            int(value) if float(value).is_integer() else value,
-            "`stage: ppo` builds its LR scheduler itself (transformers' get_scheduler), so a module's start step and "
-            "warm-up would never be applied",
-            "remove the module start-step and warm-up keys under PPO (module LRs and weight decays work there)",
+            key,
+            int(value) if steps else value,
+            "`stage: ppo` builds its LR scheduler itself (transformers' get_scheduler), so a module's start step, "
+            "warm-up and floor would never be applied",
+            "remove the start-step, warm-up and min_lr keys under PPO (module LRs and weight decays work there)",
         )
+
+
+#: Per ``lr_scheduler_type`` that does not decay to an end: why a floor means nothing there, and the fix.
+_DECAYING_FIX = "use a decaying lr_scheduler_type ({decaying})"
+NOT_DECAYING: dict[str, tuple[str, str]] = {
+    "constant": ("`lr_scheduler_type: {name}` never decays, so there is no floor to decay to", _DECAYING_FIX),
+    "constant_with_warmup": (
+        "`lr_scheduler_type: {name}` never decays after its warm-up, so there is no floor to decay to",
+        _DECAYING_FIX,
+    ),
+    "inverse_sqrt": (
+        "`lr_scheduler_type: {name}` decays without an end, so there is no end of decay to put a floor at",
+        _DECAYING_FIX,
+    ),
+    "reduce_lr_on_plateau": (
+        "`lr_scheduler_type: {name}` cuts the LR when the eval loss stalls, not on a schedule; its floor is "
+        "`lr_scheduler_kwargs: {{min_lr: ...}}`, which lf-multilr gives each module in proportion to its LR",
+        "set `lr_scheduler_kwargs: {{min_lr: ...}}`, or " + _DECAYING_FIX,
+    ),
+    "greedy": (
+        "`lr_scheduler_type: {name}` moves the LR on the eval loss, not on a schedule; its floor is "
+        "`lr_scheduler_kwargs: {{min_lr: ...}}`, which lf-multilr gives each module in proportion to its LR",
+        "set `lr_scheduler_kwargs: {{min_lr: ...}}`, or " + _DECAYING_FIX,
+    ),
+}
+
+
+UNKNOWN_DECAY = "`lr_scheduler_type: {name}` is not a schedule whose end of decay lf-multilr knows"
+
+
+def refuse_floors(settings: Settings, scheduler_type: Any, learning_rate: float) -> None:
+    """A floor (``<module>_min_lr``, an ``lr_groups`` entry's ``min_lr``) needs a schedule that decays to an end, and
+    a module's floor cannot be above the module's LR (an entry's is checked against its own ``lr`` when it parses,
+    and against the LR it inherits when the plan is built)."""
+    floors = settings.floors()
+    if not floors:
+        return
+    name = str(getattr(scheduler_type, "value", scheduler_type))
+    if name not in DECAYING:
+        key, value = floors[0]
+        why, fix = NOT_DECAYING.get(name, (UNKNOWN_DECAY, _DECAYING_FIX))
+        raise ConfigError(
+            key, value, why.format(name=name), f"{fix.format(decaying=', '.join(DECAYING))}, or remove the key"
+        )
+    resolved = settings.resolve(learning_rate, 0.0)
+    for module in settings.table.rows:
+        floor, lr = settings.floor(module.name), resolved[module.name][0]
+        if floor is not None and floor > lr:
+            lr_key = key_name(module.name, "lr")
+            source = f"`{lr_key}`" if settings.values.get(lr_key) is not None else "`learning_rate`, which it inherits"
+            raise ConfigError(
+                key_name(module.name, "min_lr"),
+                floor,
+                f"it is above the {module.noun}'s LR {lr:g} ({source}), and a floor is what the LR decays to",
+                f"give a floor of at most {lr:g}, or raise the {module.noun}'s LR",
+            )
 
 
 def deepspeed_config(value: Any) -> dict[str, Any]:

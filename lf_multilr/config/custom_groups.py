@@ -1,9 +1,11 @@
-"""``lr_groups``: groups of parameters picked by a regular expression, each with its own LR and weight decay.
+"""``lr_groups``: groups of parameters picked by a regular expression, each with its own LR and weight decay, and
+its own start step, warm-up and floor.
 
-A YAML list (a JSON string on the command line) of ``{name, params, lr, weight_decay}``. ``params`` is searched
-in the normalised parameter name (wrapper prefixes removed, see ``placement.normalize``); groups are matched before
-the module defaults and the first match wins; ``lr`` and ``weight_decay`` are optional and inherit from the module
-that owns the parameter.
+A YAML list (a JSON string on the command line) of ``{name, params, lr, weight_decay, start_step, warmup_steps,
+min_lr}``. ``params`` is searched in the normalised parameter name (wrapper prefixes removed, see
+``placement.normalize``); groups are matched before the module defaults and the first match wins; every field but
+``name`` and ``params`` is optional and inherits from the module that owns the parameter (``min_lr`` as the module's
+ratio of floor to LR). Each field is checked like the module key of its kind.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 
 from lf_multilr.config.keys import Key, check_value
 from lf_multilr.errors import ConfigError
-from lf_multilr.modules import OTHER, TABLE, Table
+from lf_multilr.modules import OTHER, TABLE, ModuleKind, Table
 
 KEY = "lr_groups"
-FIELDS = ("name", "params", "lr", "weight_decay")
+#: The fields that are numbers, each checked like the module key of its kind.
+NUMBERS: tuple[ModuleKind, ...] = ("lr", "weight_decay", "start_step", "warmup_steps", "min_lr")
+FIELDS = ("name", "params", *NUMBERS)
 EXAMPLE = '[{"name": "vit_last_blocks", "params": "visual\\\\.blocks\\\\.(30|31)\\\\.", "lr": 1.0e-5}]'
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 
@@ -29,6 +33,15 @@ class CustomGroup:
     pattern: re.Pattern[str]
     lr: float | None = None
     weight_decay: float | None = None
+    #: Its own start step and warm-up (None: the owning module's), and its own floor (None: the module's ratio).
+    start_step: int | None = None
+    warmup_steps: int | None = None
+    min_lr: float | None = None
+
+    @property
+    def schedules(self) -> bool:
+        """Whether the entry sets a start step, warm-up or floor of its own."""
+        return self.start_step is not None or self.warmup_steps is not None or self.min_lr is not None
 
     def matches(self, normalized_name: str) -> bool:
         return self.pattern.search(normalized_name) is not None
@@ -71,9 +84,25 @@ def _group(where: str, entry: Any, builtin: tuple[str, ...], taken: list[str]) -
         raise _refuse(where, entry, f"unknown field(s) {unknown}", f"use only {list(FIELDS)}")
     name = _name(f"{where}.name", entry.get("name"), builtin, taken)
     compiled = _pattern(f"{where}.params", entry.get("params"))
-    lr = check_value(Key(f"{where}.lr", OTHER, "lr"), entry.get("lr"))
-    weight_decay = check_value(Key(f"{where}.weight_decay", OTHER, "weight_decay"), entry.get("weight_decay"))
-    return CustomGroup(name, compiled, lr, weight_decay)
+    number = {kind: check_value(Key(f"{where}.{kind}", OTHER, kind), entry.get(kind)) for kind in NUMBERS}
+    lr, floor = number["lr"], number["min_lr"]
+    if lr is not None and floor is not None and floor > lr:
+        raise _refuse(
+            f"{where}.min_lr",
+            entry["min_lr"],
+            f"it is above the group's own `lr: {entry['lr']}`, and a floor is what the LR decays to",
+            f"give a `min_lr` of at most {lr:g}, or remove it (the group then keeps its module's ratio of floor to LR)",
+        )
+    start, warmup = number["start_step"], number["warmup_steps"]
+    return CustomGroup(
+        name,
+        compiled,
+        lr,
+        number["weight_decay"],
+        None if start is None else int(start),
+        None if warmup is None else int(warmup),
+        floor,
+    )
 
 
 def _name(where: str, name: Any, builtin: tuple[str, ...], taken: list[str]) -> str:

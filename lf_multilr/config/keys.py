@@ -1,9 +1,9 @@
 """The keys lf-multilr adds to a training config, and how their values are checked.
 
-Each module of the table (:mod:`lf_multilr.modules`) brings its keys: a learning rate, a weight decay, a start step
-and a warm-up, and the vision tower a layer-wise LR decay. ``None`` means "not set": the module then inherits
-``learning_rate`` / ``weight_decay`` and the run's own schedule, and when no key is set at all (``lr_groups``
-included) the run is stock.
+Each module of the table (:mod:`lf_multilr.modules`) brings its keys: a learning rate, a weight decay, a start step,
+a warm-up and a floor (the LR it decays to), and the vision tower a layer-wise LR decay. ``None`` means "not set":
+the module then inherits ``learning_rate`` / ``weight_decay`` and the run's own schedule, and when no key is set at
+all (``lr_groups`` included) the run is stock.
 """
 
 from __future__ import annotations
@@ -37,9 +37,15 @@ _KIND_HELP: dict[str, tuple[str, str]] = {
     ),
     "start_step": ("Optimizer step from which {what} trains (its LR is 0 before)", "0"),
     "warmup_steps": ("Steps over which the LR of {what} rises linearly from its start step", "the run's schedule"),
+    "min_lr": (
+        "The LR {what} decays to under a decaying lr_scheduler_type (linear, cosine, polynomial, cosine_with_min_lr, "
+        "warmup_stable_decay, ...), in place of the run's own end of decay",
+        "the run's own end of decay, in proportion to the module's LR",
+    ),
     "groups": (
-        "Custom param groups: a list of {{name, params, lr, weight_decay}}; `params` is a regular expression on the "
-        "parameter name; matched before the modules, first match wins; lr and weight_decay inherit",
+        "Custom param groups: a list of {{name, params, lr, weight_decay, start_step, warmup_steps, min_lr}}; "
+        "`params` is a regular expression on the parameter name; matched before the modules, first match wins; "
+        "the others inherit from the module",
         "none",
     ),
 }
@@ -132,13 +138,17 @@ _RANGE: dict[str, tuple[str, str]] = {  # kind -> (the rule, an example)
     "layer_decay": ("a number with 0 < d <= 1", "0.9"),
     "start_step": ("a whole number >= 0", "500"),
     "warmup_steps": ("a whole number >= 1", "100"),
+    "min_lr": ("a number >= 0", "1.0e-6"),
 }
+
+
+_NOUN = {"lr": "learning rate", "weight_decay": "weight decay", "min_lr": "floor (minimum learning rate)"}
 
 
 def _in_range(kind: str, number: float) -> str | None:
     """Why ``number`` is out of range for ``kind``, or None."""
-    if kind in ("lr", "weight_decay") and number < 0:
-        return f"a {'learning rate' if kind == 'lr' else 'weight decay'} cannot be negative"
+    if kind in ("lr", "weight_decay", "min_lr") and number < 0:
+        return f"a {_NOUN[kind]} cannot be negative"
     if kind == "layer_decay" and not 0 < number <= 1:
         return "a layer-wise decay must be greater than 0 and at most 1"
     if kind in ("start_step", "warmup_steps") and number != int(number):

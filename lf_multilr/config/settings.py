@@ -76,6 +76,28 @@ class Settings:
         )
         return (0 if start is None else int(start)), None if warmup is None else int(warmup)
 
+    def floor(self, module: str) -> float | None:
+        """``module``'s floor (``<module>_min_lr``), or None when it keeps the run's end of decay."""
+        return self.values.get(key_name(module, "min_lr"))
+
+    def scheduled(self) -> list[tuple[str, Any]]:
+        """(key, value) of every start step, warm-up and floor set, the modules' and ``lr_groups`` entries' own:
+        what a scheduler that does not go through lf-multilr's gate would drop."""
+        found = [
+            (key.name, self.values[key.name])
+            for key in self.keys
+            if key.kind in ("start_step", "warmup_steps", "min_lr") and self.values.get(key.name) is not None
+        ]
+        for index, group in enumerate(self.groups):
+            for field in ("start_step", "warmup_steps", "min_lr"):
+                if getattr(group, field) is not None:
+                    found.append((f"{LR_GROUPS.name}[{index}].{field}", getattr(group, field)))
+        return found
+
+    def floors(self) -> list[tuple[str, float]]:
+        """(key, value) of every floor set: the modules' ``<module>_min_lr`` and the ``lr_groups`` entries' own."""
+        return [(key, value) for key, value in self.scheduled() if key.endswith("min_lr")]
+
     def explicit(self, module: str) -> list[str]:
         """The keys set for ``module``."""
         return [key.name for key in self.keys if key.module == module and self.values.get(key.name) is not None]

@@ -15,6 +15,7 @@ into groups, :func:`order` the groups, and :func:`check_exactly_once`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +51,8 @@ class ModuleRow:
     module: str
     lr: float
     weight_decay: float
+    #: The LR it decays to (``<module>_min_lr``, an ``lr_groups`` entry's own or inherited ``min_lr``), or None.
+    min_lr: float | None = None
     tensors: int = 0
     params: int = 0
     trainable_tensors: int = 0
@@ -177,10 +180,13 @@ def rows_for(
     settings: Settings, learning_rate: float, weight_decay: float, params: Sequence[Param]
 ) -> dict[str, ModuleRow]:
     """The table's rows: the modules in table order, the custom groups that matched, then ``other``. A custom
-    group's unset LR and weight decay inherit from the module that owns its parameters, which must then be one."""
+    group's unset LR and weight decay inherit from the module that owns its parameters, which must then be one; its
+    unset floor keeps that module's ratio of floor to LR."""
     resolved = settings.resolve(learning_rate, weight_decay)
-    rows = {row.name: ModuleRow(row.name, *resolved[row.name]) for row in settings.table.by_order}
-    for custom in settings.groups:
+    rows = {
+        row.name: ModuleRow(row.name, *resolved[row.name], settings.floor(row.name)) for row in settings.table.by_order
+    }
+    for index, custom in enumerate(settings.groups):
         owners = {param.module for param in params if param.custom is custom}
         inherited = {
             (
@@ -198,9 +204,53 @@ def rows_for(
                 f"give group `{custom.name}` its own `lr` and `weight_decay`, or narrow its `params`",
             )
         if inherited:
-            rows[custom.name] = ModuleRow(custom.name, *inherited.pop())
+            lr, decay = inherited.pop()
+            rows[custom.name] = ModuleRow(custom.name, lr, decay, custom_floor(index, custom, lr, owners, rows))
     rows[OTHER] = ModuleRow(OTHER, *resolved[OTHER])
     return rows
+
+
+def custom_floor(
+    index: int, custom: CustomGroup, lr: float, owners: Collection[str], rows: Mapping[str, ModuleRow]
+) -> float | None:
+    """A custom group's floor: its own ``min_lr`` (at most its LR), else its modules' ratio of floor to LR (their
+    floor itself where it inherits their LR), else None."""
+    where = f"lr_groups[{index}].min_lr"
+    if custom.min_lr is not None:
+        if custom.min_lr > lr:
+            raise ConfigError(
+                where,
+                custom.min_lr,
+                f"it is above the LR {lr:g} that group `{custom.name}` inherits from its module, and a floor is what "
+                "the LR decays to",
+                f"give a `min_lr` of at most {lr:g}, or give the group an `lr` of its own",
+            )
+        return custom.min_lr
+    floors = [inherited_floor(rows.get(owner), custom.lr is None, lr) for owner in sorted(owners)]
+    first = floors[0] if floors else None
+    if any((floor is None) != (first is None) or (floor != first and not _close(floor, first)) for floor in floors):
+        raise ConfigError(
+            "lr_groups",
+            custom.name,
+            f"group `{custom.name}` matches parameters of modules with different floors (`<module>_min_lr`), so it "
+            "cannot inherit both",
+            f"give group `{custom.name}` its own `min_lr`, or narrow its `params`",
+        )
+    return first
+
+
+def inherited_floor(owner: ModuleRow | None, same_lr: bool, lr: float) -> float | None:
+    """The floor a custom group at ``lr`` inherits from the module row ``owner``: the module's floor where it has the
+    module's LR (``same_lr``), else the same fraction of its own LR; None where the module has no floor."""
+    if owner is None or owner.min_lr is None:
+        return None
+    if same_lr:
+        return owner.min_lr
+    return owner.min_lr / owner.lr * lr if owner.lr > 0 else None  # a module held at 0 has no ratio to keep
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
 
 
 def count(params: Sequence[Param], rows: Mapping[str, ModuleRow]) -> list[SupplementUse]:
@@ -278,7 +328,7 @@ def bucket(
             continue
         row, kind = rows[param.row], role(param, decay, loraplus)
         layer, tag = layers.get(position, (1.0, ""))
-        start, warmup = settings.schedule(param.module) if param.module != OTHER else (0, None)
+        start, warmup = schedule(param, settings)
         key = (row.module, kind.name, tag, start, warmup)
         group = groups.get(key)
         if group is None:
@@ -296,12 +346,28 @@ def bucket(
             )
             if start or warmup:
                 group["start_step"], group["warmup_steps"] = start, warmup
+            if row.min_lr is not None:  # the same fraction of the group's LR as the row's floor of the row's LR
+                group["min_lr"] = (
+                    row.min_lr * scale if scale is not None else lr * row.min_lr / row.lr if row.lr else 0.0
+                )
             names[id(group)] = []
         group["params"].append(param.tensor)
         names[id(group)].append(normalize(param.name))
     for group in groups.values():
         group["layout"] = digest(names[id(group)])
     return list(groups.values())
+
+
+def schedule(param: Param, settings: Settings) -> tuple[int, int | None]:
+    """A parameter's (start step, warm-up steps or None): its custom group's own, else its module's."""
+    start, warmup = settings.schedule(param.module) if param.module != OTHER else (0, None)
+    custom = param.custom
+    if custom is None:
+        return start, warmup
+    return (
+        start if custom.start_step is None else custom.start_step,
+        warmup if custom.warmup_steps is None else custom.warmup_steps,
+    )
 
 
 def order(groups: Sequence[ModuleGroup], rows: Mapping[str, ModuleRow]) -> list[ModuleGroup]:
@@ -352,13 +418,25 @@ def build_plan(
 
 
 def notes(plan: GroupPlan, stacks: Mapping[str, Mapping[int, tuple[float, str]]]) -> list[str]:
-    """One line per module that starts late or warms up on its own, and one per module with layer-wise decay."""
+    """One line per module (or custom group) that starts late or warms up on its own, one per floor, and one per
+    module with layer-wise decay."""
     found = []
-    for row in plan.settings.table.by_order:
-        start, warmup = plan.settings.schedule(row.name)
-        if plan.rows[row.name].trainable and (start or warmup):
+    schedules = [(row.name, *plan.settings.schedule(row.name)) for row in plan.settings.table.by_order]
+    schedules += [
+        (custom.name, custom.start_step or 0, custom.warmup_steps)
+        for custom in plan.settings.groups
+        if custom.start_step is not None or custom.warmup_steps is not None
+    ]
+    for name, start, warmup in schedules:
+        if name in plan.rows and plan.rows[name].trainable and (start or warmup):
             ramp = f", then rises linearly over {warmup} steps" if warmup else ""
-            found.append(f"{row.name}: LR 0 before optimizer step {start}{ramp} (times the run's schedule)")
+            found.append(f"{name}: LR 0 before optimizer step {start}{ramp} (times the run's schedule)")
+    for floored in plan.rows.values():
+        if floored.trainable and floored.min_lr is not None:
+            found.append(
+                f"{floored.module}: decays from {floored.lr:.3e} to min_lr {floored.min_lr:.3e} along the run's "
+                "schedule"
+            )
     for row in plan.settings.table.rows:
         layers = stacks.get(row.name)
         if not layers:

@@ -36,6 +36,8 @@ class ModuleGroup(TypedDict):
     #: The optimizer step the group starts training at, and its own warm-up (only when a module sets them).
     start_step: NotRequired[int]
     warmup_steps: NotRequired[int | None]
+    #: The LR the group decays to (only when its module or custom group sets a floor, ``min_lr``).
+    min_lr: NotRequired[float]
 
 
 def is_ours(group: Mapping[str, Any]) -> bool:
@@ -65,3 +67,9 @@ def module_lr(group: Mapping[str, Any]) -> float | None:
 def schedule_of(group: Mapping[str, Any]) -> tuple[int, int | None]:
     """(start step, warm-up steps or None) of a group; (0, None) when its module follows the run's schedule."""
     return int(group.get("start_step") or 0), group.get("warmup_steps")
+
+
+def floor_of(group: Mapping[str, Any]) -> float | None:
+    """The LR a group decays to, or None when it follows the run's end of decay."""
+    floor = group.get("min_lr")
+    return None if floor is None else float(floor)

@@ -9,7 +9,8 @@ from lf_multilr.grouping.plan import GroupPlan, numel
 
 def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:
     """``{"model_type", "modules": {name: {...}}, "param_groups": [...], "frozen", "warnings"}``; each param group
-    names its tensors (``params``: the parameter names, wrapper prefixes removed).
+    names its tensors (``params``: the parameter names, wrapper prefixes removed). A module or group with a floor
+    carries it as ``min_lr``.
 
     A trainable module counts what trains (with LoRA: the adapter matrices and copies); a frozen one what it holds.
     """
@@ -24,6 +25,8 @@ def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:
             "lr": row.lr,
             "weight_decay": row.weight_decay,
         }
+        if row.min_lr is not None:  # only where a floor is set: a config without one plans as before
+            modules[name]["min_lr"] = row.min_lr
     groups = [
         {
             "name": group["name"],
@@ -34,6 +37,7 @@ def plan_to_dict(plan: GroupPlan) -> dict[str, Any]:
             "num_params": sum(numel(p) for p in group["params"]),
             "layout": group["layout"],
             "params": plan.names_of(group),
+            **({"min_lr": group["min_lr"]} if "min_lr" in group else {}),
         }
         for group in plan.param_groups
     ]

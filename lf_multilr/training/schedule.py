@@ -7,7 +7,9 @@ vision LR up to a bound or stop it from decaying: ``greedy`` (``min_lr``, ``max_
 ``reduce_lr_on_plateau`` (``min_lr``). For those the bounds are given per group, scaled by the group's ratio.
 
 A module can also start late and warm up on its own (``<module>_start_step``, ``<module>_warmup_steps``): its
-groups' multipliers are gated by :func:`module_multiplier` on top of the run's schedule.
+groups' multipliers are gated by :func:`module_multiplier` on top of the run's schedule. And it can decay to a floor
+of its own (``<module>_min_lr``): its groups' multipliers are rescaled by :func:`lf_multilr.training.floors.floored`
+first, the gate on top.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from functools import partial
 from typing import Any
 
 from lf_multilr.errors import ConfigError
-from lf_multilr.grouping.schema import module_of, schedule_of
+from lf_multilr.grouping.schema import floor_of, module_of, schedule_of
+from lf_multilr.training.floors import Decay, floored
 
 #: Scheduler kwargs that are absolute learning rates, with the value the scheduler uses when unset.
 ABSOLUTE_BOUNDS: dict[str, dict[str, float]] = {
@@ -66,31 +69,57 @@ def gate(base: Callable[[int], float], start: int, warmup: int | None) -> Callab
     return partial(module_multiplier, base, start, warmup)
 
 
-def gate_scheduler(scheduler: Any, param_groups: Sequence[dict[str, Any]]) -> int:
-    """Gate the multipliers of the groups that carry ``start_step`` / ``warmup_steps``; return how many.
+def gate_scheduler(scheduler: Any, param_groups: Sequence[dict[str, Any]], decay: Decay | None = None) -> int:
+    """Gate the multipliers of the groups that carry ``start_step`` / ``warmup_steps`` / ``min_lr``; return how many.
 
     Only ``LambdaLR``-based schedulers (every HF type but ``reduce_lr_on_plateau`` and ``greedy``) have per-group
-    multipliers to gate. The groups' current LRs are recomputed, since the scheduler applied step 0 ungated.
+    multipliers to gate. A group's floor rescales the run's decay first (``decay``: where the run's warm-up ends and
+    the multiplier its decay ends at; None for a scheduler that does not decay to an end, where a floor is refused).
+    The groups' current LRs are recomputed, since the scheduler applied step 0 ungated. A group without these keys
+    keeps the run's multiplier as it is.
     """
     gated = 0
     for index, group in enumerate(param_groups):
         start, warmup = schedule_of(group)
-        if not start and not warmup:
+        floor = floor_of(group)
+        if not start and not warmup and floor is None:
             continue
         lambdas = getattr(scheduler, "lr_lambdas", None)
         if lambdas is None:
+            given: dict[str, Any] = {"start_step": start, "warmup_steps": warmup}
             raise ConfigError(
-                f"{module_of(group) or 'a module'}_start_step / _warmup_steps",
-                {"start_step": start, "warmup_steps": warmup},
-                f"the scheduler {type(scheduler).__name__} has no per-group multiplier to delay or warm up",
+                _keys_of(group, start, warmup, floor),
+                given if floor is None else {**given, "min_lr": floor},
+                f"the scheduler {type(scheduler).__name__} has no per-group multiplier to delay or warm up"
+                + (" or to floor" if floor is not None else ""),
                 "use a LambdaLR-based lr_scheduler_type (e.g. cosine, linear, constant_with_warmup)",
             )
         base = lambdas[index]
         if isinstance(base, partial) and base.func is module_multiplier:
             continue  # already gated
+        if floor is not None:
+            if decay is None:
+                raise ConfigError(
+                    _keys_of(group, 0, None, floor),
+                    floor,
+                    f"the scheduler {type(scheduler).__name__} does not decay to an end, so there is no floor to "
+                    "decay to",
+                    "use a decaying lr_scheduler_type (e.g. cosine, linear, polynomial, warmup_stable_decay)",
+                )
+            initial = float(group["initial_lr"])
+            rate = floor / initial if initial > 0 else 0.0
+            base = partial(floored, base, decay.warmup_steps, decay.end, rate)
         lambdas[index] = gate(base, start, warmup)
         group["lr"] = group["initial_lr"] * lambdas[index](scheduler.last_epoch)
         gated += 1
     if gated:
         scheduler._last_lr = [group["lr"] for group in param_groups]
     return gated
+
+
+def _keys_of(group: Mapping[str, Any], start: int, warmup: int | None, floor: float | None) -> str:
+    """The keys a group's start, warm-up and floor come from, for a refusal."""
+    module = module_of(group) or "a module"
+    if floor is None:
+        return f"{module}_start_step / _warmup_steps"
+    return f"{module}_start_step / _warmup_steps / _min_lr" if start or warmup else f"{module}_min_lr"

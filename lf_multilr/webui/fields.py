@@ -50,6 +50,7 @@ _LABEL = {
         "layer_decay": "{module} layer-wise LR decay",
         "start_step": "{module} start step",
         "warmup_steps": "{module} warm-up steps",
+        "min_lr": "{module} minimum LR (floor)",
     },
     "ru": {
         "lr": "Скорость обучения {module}",
@@ -57,6 +58,7 @@ _LABEL = {
         "layer_decay": "Послойное затухание скорости обучения {module}",
         "start_step": "Шаг начала обучения {module}",
         "warmup_steps": "Шаги прогрева {module}",
+        "min_lr": "Минимальная скорость обучения {module}",
     },
     "zh": {
         "lr": "{module}学习率",
@@ -64,6 +66,7 @@ _LABEL = {
         "layer_decay": "{module}逐层学习率衰减",
         "start_step": "{module}起始步数",
         "warmup_steps": "{module}预热步数",
+        "min_lr": "{module}最低学习率",
     },
     "ko": {
         "lr": "{module} 학습률",
@@ -71,6 +74,7 @@ _LABEL = {
         "layer_decay": "{module} 층별 학습률 감쇠",
         "start_step": "{module} 시작 스텝",
         "warmup_steps": "{module} 워밍업 스텝",
+        "min_lr": "{module} 최소 학습률",
     },
     "ja": {
         "lr": "{module}の学習率",
@@ -78,6 +82,7 @@ _LABEL = {
         "layer_decay": "{module}の層別学習率減衰",
         "start_step": "{module}の開始ステップ",
         "warmup_steps": "{module}のウォームアップステップ数",
+        "min_lr": "{module}の最小学習率",
     },
 }
 _INFO = {
@@ -87,6 +92,8 @@ _INFO = {
         "layer_decay": "Block i of N trains at the tower's LR x d^(N-1-i). Blank: no decay. Example: 0.9.",
         "start_step": "The module's LR is 0 before this optimizer step. Blank: 0. Example: 500.",
         "warmup_steps": "From its start step the LR rises linearly over this many steps. Blank: none. Example: 100.",
+        "min_lr": "The LR the module decays to under a decaying schedule (cosine, linear, ...). Blank: the schedule's "
+        "own end. Example: 1e-7.",
     },
     "ru": {
         "lr": "Пусто: общая скорость обучения выше. Пример: 1e-6.",
@@ -94,6 +101,8 @@ _INFO = {
         "layer_decay": "Блок i из N обучается со скоростью энкодера x d^(N-1-i). Пусто: без затухания. Пример: 0.9.",
         "start_step": "До этого шага оптимизатора скорость обучения модуля равна 0. Пусто: 0. Пример: 500.",
         "warmup_steps": "С шага начала скорость растёт линейно столько шагов. Пусто: без прогрева. Пример: 100.",
+        "min_lr": "Скорость, до которой модуль затухает при убывающем расписании (cosine, linear, ...). Пусто: как "
+        "у расписания. Пример: 1e-7.",
     },
     "zh": {
         "lr": "留空则沿用上方的学习率。例如：1e-6。",
@@ -101,6 +110,7 @@ _INFO = {
         "layer_decay": "N 个块中的第 i 块以编码器学习率 × d^(N-1-i) 训练。留空则不衰减。例如：0.9。",
         "start_step": "在此优化步之前该模块的学习率为 0。留空则为 0。例如：500。",
         "warmup_steps": "从起始步起，学习率在这么多步内线性上升。留空则不单独预热。例如：100。",
+        "min_lr": "在衰减型调度（cosine、linear 等）下该模块最终衰减到的学习率。留空则沿用调度本身的终点。例如：1e-7。",
     },
     "ko": {
         "lr": "비워 두면 위의 학습률을 사용합니다. 예: 1e-6.",
@@ -108,6 +118,8 @@ _INFO = {
         "layer_decay": "N개 블록 중 i번째 블록은 타워 학습률 × d^(N-1-i)로 학습합니다. 비워 두면 감쇠 없음. 예: 0.9.",
         "start_step": "이 옵티마이저 스텝 전에는 모듈의 학습률이 0입니다. 비워 두면 0. 예: 500.",
         "warmup_steps": "시작 스텝부터 이 스텝 수 동안 학습률이 선형으로 올라갑니다. 비워 두면 없음. 예: 100.",
+        "min_lr": "감쇠 스케줄(cosine, linear 등)에서 모듈이 감쇠해 도달하는 학습률입니다. 비워 두면 스케줄 자체의 "
+        "끝값. 예: 1e-7.",
     },
     "ja": {
         "lr": "空欄の場合は上の学習率を使います。例：1e-6。",
@@ -115,6 +127,8 @@ _INFO = {
         "layer_decay": "N 個中 i 番目のブロックはタワーの学習率 × d^(N-1-i) で学習します。空欄：減衰なし。例：0.9。",
         "start_step": "この最適化ステップまでモジュールの学習率は 0 です。空欄：0。例：500。",
         "warmup_steps": "開始ステップからこのステップ数で学習率が線形に上がります。空欄：なし。例：100。",
+        "min_lr": "減衰するスケジュール（cosine、linear など）でモジュールが最後に下がりきる学習率です。空欄："
+        "スケジュール自体の終点。例：1e-7。",
     },
 }
 
@@ -122,27 +136,27 @@ _INFO = {
 _GROUPS = {
     "en": {
         "label": "Custom groups (lr_groups, JSON)",
-        "info": 'Matched before the modules; lr and weight_decay inherit. Example: [{"name": "vit_last", '
-        '"params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
+        "info": "Matched before the modules; lr, weight_decay, start_step, warmup_steps and min_lr inherit. Example: "
+        '[{"name": "vit_last", "params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
     },
     "ru": {
         "label": "Собственные группы (lr_groups, JSON)",
-        "info": "Проверяются раньше модулей; lr и weight_decay наследуются. Пример: "
+        "info": "Проверяются раньше модулей; lr, weight_decay, start_step, warmup_steps и min_lr наследуются. Пример: "
         '[{"name": "vit_last", "params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
     },
     "zh": {
         "label": "自定义参数组（lr_groups，JSON）",
-        "info": '先于各模块匹配；lr 与 weight_decay 可继承。例如：[{"name": "vit_last", '
-        '"params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
+        "info": "先于各模块匹配；lr、weight_decay、start_step、warmup_steps 与 min_lr 可继承。例如："
+        '[{"name": "vit_last", "params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
     },
     "ko": {
         "label": "사용자 정의 그룹 (lr_groups, JSON)",
-        "info": "모듈보다 먼저 일치시킵니다. lr과 weight_decay는 상속됩니다. 예: "
+        "info": "모듈보다 먼저 일치시킵니다. lr, weight_decay, start_step, warmup_steps, min_lr은 상속됩니다. 예: "
         '[{"name": "vit_last", "params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
     },
     "ja": {
         "label": "カスタムグループ（lr_groups、JSON）",
-        "info": "モジュールより先に照合し、lr と weight_decay は継承されます。例："
+        "info": "モジュールより先に照合し、lr、weight_decay、start_step、warmup_steps、min_lr は継承されます。例："
         '[{"name": "vit_last", "params": "visual[.]blocks[.]31[.]", "lr": 1e-5}]',
     },
 }
