@@ -1,8 +1,9 @@
 """The param groups lf-multilr plans for every zoo type, as data: what ``tests/plan_snapshot.json`` holds.
 
-``PYTHONPATH=. python tests/plan_snapshot.py`` rewrites the file from the code on the path. It was written by the code before
-per-stack layer decay and ``language_model_lr_layer_decay``; ``tests/test_models.py`` compares today's plans with it,
-so a config without the new key plans bit-for-bit the same groups (names, members in order, LRs, weight decays).
+``PYTHONPATH=. python tests/plan_snapshot.py`` rewrites the file from the code on the path. It was written by the code
+before per-stack layer decay and ``language_model_lr_layer_decay``; ``tests/test_models.py`` compares today's plans
+with it, so a config without the new key plans bit-for-bit the same groups (names, members in order, LRs, weight
+decays).
 """
 
 from __future__ import annotations

@@ -15,17 +15,18 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 
+import plan_snapshot
 import pytest
 import torch
 
 from lf_multilr.config.keys import FREEZE_FLAG, KEY_NAMES, MODULES, OTHER
 from lf_multilr.config.settings import Settings
+from lf_multilr.grouping.blocks import block_index
 from lf_multilr.grouping.checks import check_plan
 from lf_multilr.grouping.placement import ModuleMap, normalize
 from lf_multilr.grouping.plan import GroupPlan, build_plan
 from lf_multilr.grouping.supplement import POSITIONS, SUPPLEMENT
 from lf_multilr.reports.table import format_table
-import plan_snapshot
 from tools import zoo
 from tools.testing import LLAMAFACTORY, full_suite_only
 
@@ -224,7 +225,9 @@ class Run:
 
 
 def _clip(root: str, name: str = "") -> Run:
-    return Run(name, (f"{root}.embeddings", f"{root}.pre_layrnorm"), (f"{root}.encoder.layers",), (f"{root}.post_layernorm",))
+    return Run(
+        name, (f"{root}.embeddings", f"{root}.pre_layrnorm"), (f"{root}.encoder.layers",), (f"{root}.post_layernorm",)
+    )
 
 
 def _siglip(root: str) -> Run:
@@ -262,16 +265,28 @@ VISION_RUNS: dict[str, tuple[Run, ...]] = {
         for t in ("glm4v", "glm4v_moe")
     },
     "glm_ocr": (
-        Run("", ("model.visual.patch_embed",), ("model.visual.blocks",), ("model.visual.post_layernorm", "model.visual.downsample")),
+        Run(
+            "",
+            ("model.visual.patch_embed",),
+            ("model.visual.blocks",),
+            ("model.visual.post_layernorm", "model.visual.downsample"),
+        ),
     ),
     "internvl": (Run("", ("model.vision_tower.embeddings",), ("model.vision_tower.encoder.layer",)),),
     "mistral3": (
-        Run("", ("model.vision_tower.patch_conv", "model.vision_tower.ln_pre"), ("model.vision_tower.transformer.layers",)),
+        Run(
+            "",
+            ("model.vision_tower.patch_conv", "model.vision_tower.ln_pre"),
+            ("model.vision_tower.transformer.layers",),
+        ),
     ),
     "llama4": (
         Run(
             "",
-            tuple(f"{_LLAMA4}.{e}" for e in ("class_embedding", "positional_embedding_vlm", "patch_embedding", "layernorm_pre")),
+            tuple(
+                f"{_LLAMA4}.{e}"
+                for e in ("class_embedding", "positional_embedding_vlm", "patch_embedding", "layernorm_pre")
+            ),
             (f"{_LLAMA4}.model.layers",),
             (f"{_LLAMA4}.layernorm_post", f"{_LLAMA4}.vision_adapter"),
         ),
@@ -353,37 +368,39 @@ LANGUAGE_RUNS: dict[str, tuple[Run, ...]] = {
 }
 
 
+def block_ordinals(names: list[str], run: Run) -> dict[str, int]:
+    """Per block prefix (``<container>.<i>.``, or ``<container>.<stage>.<block>.``) its place in the stack."""
+    ordinal: dict[str, int] = {}
+    for container in run.blocks:
+        nested = r"(\d+\.)?" if run.stages else ""
+        pattern = re.compile(rf"^{re.escape(container)}\.(\d+)\.{nested}")
+        prefixes = {
+            match.group(0): tuple(int(g.rstrip(".")) for g in match.groups() if g)
+            for match in map(pattern.match, names)
+            if match
+        }
+        for prefix in sorted(prefixes, key=prefixes.__getitem__):
+            ordinal[prefix] = len(ordinal)
+    return ordinal
+
+
 def expected_places(names: list[str], runs: tuple[Run, ...], decay: float) -> dict[str, tuple[str, float]]:
     """Per tensor name, its block tag and layer-decay factor as ``runs`` say its forward pass runs it."""
     found: dict[str, tuple[str, float]] = {}
     for run in runs:
         prefix = f"{run.name}/" if len(runs) > 1 else ""
-        ordinal: dict[tuple[str, tuple[int, ...]], int] = {}
-        for container in run.blocks:
-            pattern = re.compile(rf"^{re.escape(container)}\.(\d+)\.(\d+\.)?" if run.stages else rf"^{re.escape(container)}\.(\d+)\.")
-            indices = set()
-            for name in names:
-                match = pattern.match(name)
-                if match:
-                    indices.add(tuple(int(g.rstrip(".")) for g in match.groups() if g is not None))
-            for index in sorted(indices):
-                ordinal[(container, index)] = len(ordinal)
+        ordinal = block_ordinals(names, run)
         blocks = len(ordinal)
         assert blocks >= 2, run
-        last = {c: max(i for (cc, _), i in ordinal.items() if cc == c) for c in run.blocks}
+        last = {c: max(i for p, i in ordinal.items() if p.startswith(f"{c}.")) for c in run.blocks}
+        places = [(p, "block", i) for p, i in ordinal.items()]
+        places += [(p, "embeddings", -1) for p in run.embeddings] + [(p, "head", blocks - 1) for p in run.head]
+        places += [(before, "block", last[container]) for before, container in run.between]
         for name in names:
-            for (container, index), i in ordinal.items():
-                if name.startswith(f"{container}.{'.'.join(map(str, index))}."):
-                    found[name] = (f"{prefix}block{i}", decay ** (blocks - 1 - i))
-            if name in found:
-                continue
-            if name.startswith(run.embeddings):
-                found[name] = (f"{prefix}embeddings", decay**blocks)
-            elif run.head and name.startswith(run.head):
-                found[name] = (f"{prefix}head", 1.0)
-            for before, container in run.between:
-                if name.startswith(before):
-                    found[name] = (f"{prefix}block{last[container]}", decay ** (blocks - 1 - last[container]))
+            for start, what, i in places:
+                if name.startswith(start):
+                    found[name] = (f"{prefix}{what}{i if what == 'block' else ''}", decay ** (blocks - 1 - i))
+                    break
     return found
 
 
@@ -405,7 +422,9 @@ def test_layer_decay_places_every_tensor_where_its_forward_pass_runs_it(model_ty
     }
     names = [name for name, _ in net.named_parameters() if module_map(model_type).owner(name) == module]
     expected = expected_places(names, runs, 0.5)
-    assert sorted(expected) == sorted(names), f"tensors the forward-pass table does not place: {set(names) - set(expected)}"
+    assert sorted(expected) == sorted(names), (
+        f"tensors the forward-pass table does not place: {set(names) - set(expected)}"
+    )
     wrong = {name: (got[name], expected[name]) for name in names if got[name] != expected[name]}
     assert not wrong, wrong
     (note,) = plan.notes  # the table's line: each stack with its block count
@@ -464,3 +483,15 @@ RELABELLED = {
     "qwen3_omni_moe_thinker",
     "video_llava",
 }
+
+
+def test_lora_adapters_of_layer_i_take_layer_is_factor():
+    from peft import LoraConfig, get_peft_model
+
+    net = get_peft_model(zoo.build("qwen2_vl"), LoraConfig(target_modules=r".*language_model.*\.(q_proj|v_proj)", r=2))
+    settings = Settings({**dict.fromkeys(KEY_NAMES), "language_model_lr": 1.0, "language_model_lr_layer_decay": 0.5})
+    plan = build_plan(net.named_parameters(), module_map("qwen2_vl"), settings, 1e-3, 0.0, set())
+    adapters = {name: group["lr"] for group in plan.param_groups for name in plan.names_of(group)}
+    assert len(adapters) == 8 and all(".lora_" in name for name in adapters)  # 2 layers x q, v x A, B
+    for name, lr in adapters.items():
+        assert lr == 0.5 ** (1 - block_index(name)), name  # N = 2: layer 1 at the module's LR, layer 0 at half

@@ -115,8 +115,8 @@ def test_a_table_refuses_rows_that_collide():
 def test_a_row_brings_its_keys_with_their_help_and_checks():
     names = [key.name for key in keys_of(WITH_AUDIO)]
     assert names[:4] == ["vision_tower_lr", "multi_modal_projector_lr", "language_model_lr", "audio_tower_lr"]
-    assert names.index("audio_tower_lr_layer_decay") == names.index("vision_tower_lr_layer_decay") + 1
-    assert names[-1] == "audio_tower_warmup_steps" and len(names) == 13 + 5
+    assert names.index("audio_tower_lr_layer_decay") == names.index("language_model_lr_layer_decay") + 1
+    assert names[-1] == "audio_tower_warmup_steps" and len(names) == 14 + 5
     keys = {key.name: key for key in keys_of(WITH_AUDIO)}
     assert keys["audio_tower_lr"].help == "Learning rate of the audio tower (lf-multilr). Unset: `learning_rate`."
     assert "trains at audio_tower_lr * d**(N-1-i)" in keys["audio_tower_lr_layer_decay"].help
@@ -210,7 +210,11 @@ def test_the_rows_freeze_flag_and_frozen_parameters_are_checked():
 def test_the_web_ui_fields_derive_the_row():
     fields = webui_fields.rows(WITH_AUDIO)
     assert [key.name for key in fields[0]] == [f"{name}_lr" for name in WITH_AUDIO.names]
-    assert [key.name for key in fields[2]] == ["vision_tower_lr_layer_decay", "audio_tower_lr_layer_decay"]
+    assert [key.name for key in fields[2]] == [
+        "vision_tower_lr_layer_decay",
+        "language_model_lr_layer_decay",
+        "audio_tower_lr_layer_decay",
+    ]
     entries = webui_fields.locales(WITH_AUDIO)
     assert entries["audio_tower_lr"]["en"] == {
         "label": "Audio tower learning rate",

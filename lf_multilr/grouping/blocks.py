@@ -101,41 +101,76 @@ def _ends_with(container: str, key: str) -> bool:
     return f".{container}".endswith(f".{key}")
 
 
+def _numbered(names: Sequence[str], stages: Sequence[Position]) -> list[tuple[str, tuple[int, ...]] | None]:
+    """Per name its block container and index (two numbers where a ``stages`` rule names the container), or None."""
+    found: list[tuple[str, tuple[int, ...]] | None] = []
+    for name in names:
+        match = BLOCK.search(name)
+        if match is None:
+            found.append(None)
+            continue
+        container = name[: match.end(1)]
+        index: tuple[int, ...] = (int(match.group(2)),)
+        inner = _NESTED.match(name, match.end())
+        if inner and any(_ends_with(container, key) for rule in stages for key in rule.keys):
+            index = (*index, int(inner.group(1)))
+        found.append((container, index))
+    return found
+
+
+@dataclass
+class _Blocks:
+    """The numbered blocks of one module: containers, stacks, and each (container, index)'s place in its stack."""
+
+    containers: list[str]
+    stacks: list[Stack]
+    stack_of: dict[str, int]
+    ordinal: dict[tuple[str, tuple[int, ...]], int]
+
+    @classmethod
+    def of(cls, numbered: Sequence[tuple[str, tuple[int, ...]] | None]) -> _Blocks:
+        """Per tower its containers in the order met, each container's indices in order."""
+        indices: dict[str, set[tuple[int, ...]]] = {}
+        for found in numbered:
+            if found is not None:
+                indices.setdefault(found[0], set()).add(found[1])
+        towers = list(dict.fromkeys(tower(container) for container in indices))
+        ordinal: dict[tuple[str, tuple[int, ...]], int] = {}
+        counts = dict.fromkeys(towers, 0)
+        for container, met in indices.items():
+            for index in sorted(met):
+                ordinal[(container, index)] = counts[tower(container)]
+                counts[tower(container)] += 1
+        stack_of = {container: towers.index(tower(container)) for container in indices}
+        return cls(list(indices), [Stack(name, counts[name]) for name in towers], stack_of, ordinal)
+
+    def after(self, rule: Position) -> Where:
+        """An ``after:<container>`` rule's place: with the last block of that container."""
+        container = next(c for c in self.containers if _ends_with(c, rule.at[len(AFTER) :]))
+        top = max(i for (c, _), i in self.ordinal.items() if c == container)
+        return Where(self.stack_of[container], top, rule)
+
+    def nearest(self, name: str, where: Sequence[Where | None]) -> int:
+        """The stack of an unnumbered tensor: the one whose container shares most of its name (on a tie, the one met
+        last before it)."""
+        best = max(_shared(name, container) for container in self.containers)
+        near = {self.stack_of[c] for c in self.containers if _shared(name, c) == best}
+        before = [placed.stack for placed in where if placed is not None and placed.stack in near]
+        return before[-1] if before else min(near)
+
+
 def locate(names: Sequence[str], rules: Sequence[Position] = ()) -> tuple[list[Where], list[Stack]]:
     """Per name (normalized, in ``named_parameters()`` order) where it runs; and the stacks, in the order met.
 
     ``rules`` are the positions of :mod:`.supplement` for the model type. No numbered block: every name is a head
-    of no stack (``([], [])`` for the stacks), which callers refuse.
+    of no stack, and there are no stacks (which callers refuse).
     """
-    stages = [rule for rule in rules if rule.at == STAGES]
-    numbered: list[tuple[str, tuple[int, ...]] | None] = []
-    for name in names:
-        match = BLOCK.search(name)
-        if match is None:
-            numbered.append(None)
-            continue
-        container, index = name[: match.end(1)], (int(match.group(2)),)
-        if any(_ends_with(container, key) for rule in stages for key in rule.keys):
-            inner = _NESTED.match(name, match.end())
-            index = (*index, int(inner.group(1))) if inner else index
-        numbered.append((container, index))
-    containers = list(dict.fromkeys(found[0] for found in numbered if found is not None))
-    towers = list(dict.fromkeys(tower(container) for container in containers))
-    if not towers:
+    numbered = _numbered(names, [rule for rule in rules if rule.at == STAGES])
+    blocks = _Blocks.of(numbered)
+    if not blocks.stacks:
         return [Where(-1, HEAD) for _ in names], []
-    # block ordinals: per tower, its containers in the order met, each container's indices in order
-    ordinal: dict[tuple[str, tuple[int, ...]], int] = {}
-    counts = dict.fromkeys(towers, 0)
-    for container in containers:
-        name_of = tower(container)
-        for index in sorted({found[1] for found in numbered if found is not None and found[0] == container}):
-            ordinal[(container, index)] = counts[name_of]
-            counts[name_of] += 1
-    stacks = [Stack(name, counts[name]) for name in towers]
-    stack_of = {container: towers.index(tower(container)) for container in containers}
-
     where: list[Where | None] = [
-        None if found is None else Where(stack_of[found[0]], ordinal[found]) for found in numbered
+        None if found is None else Where(blocks.stack_of[found[0]], blocks.ordinal[found]) for found in numbered
     ]
     first: dict[int, int] = {}
     last: dict[int, int] = {}
@@ -143,34 +178,25 @@ def locate(names: Sequence[str], rules: Sequence[Position] = ()) -> tuple[list[W
         if placed is not None:
             first.setdefault(placed.stack, at)
             last[placed.stack] = at
-    placed_rules = [rule for rule in rules if rule.at != STAGES]
+    placing = [rule for rule in rules if rule.at != STAGES]
     for at, name in enumerate(names):
         if where[at] is not None:
             continue
-        rule = next((rule for rule in placed_rules if rule.matches(name)), None)
+        rule = next((rule for rule in placing if rule.matches(name)), None)
         if rule is not None and rule.at.startswith(AFTER):
-            key = rule.at[len(AFTER) :]
-            container = next(c for c in containers if _ends_with(c, key))
-            top = max(i for (c, _), i in ordinal.items() if c == container)
-            where[at] = Where(stack_of[container], top, rule)
+            where[at] = blocks.after(rule)
             continue
-        best = max(_shared(name, container) for container in containers)
-        near = {stack_of[c] for c in containers if _shared(name, c) == best}
-        before = [p.stack for p in where[:at] if p is not None and p.stack in near]
-        stack = before[-1] if before else min(near)
+        stack = blocks.nearest(name, where[:at])
         if rule is not None:
             where[at] = Where(stack, EMBEDDINGS if rule.at == EMBEDDINGS_AT else HEAD, rule)
-        elif at < first[stack]:
-            where[at] = Where(stack, EMBEDDINGS)
-        elif at > last[stack]:
-            where[at] = Where(stack, HEAD)
+        elif at < first[stack] or at > last[stack]:
+            where[at] = Where(stack, EMBEDDINGS if at < first[stack] else HEAD)
         else:  # between two blocks of its stack: with the block before it
             previous = next(p for p in reversed(where[:at]) if p is not None and p.stack == stack and p.rule is None)
             where[at] = Where(stack, previous.depth)
-    return [placed for placed in where if placed is not None], stacks
+    return [placed for placed in where if placed is not None], blocks.stacks
 
 
 def scale(where: Where, stacks: Sequence[Stack], decay: float) -> float:
     """The layer-decay factor of a tensor placed at ``where``."""
     return decay_scale(where.depth, stacks[where.stack].blocks, decay)
-
