@@ -26,7 +26,7 @@ from lf_multilr.grouping.checks import check_plan
 from lf_multilr.grouping.placement import ModuleMap, normalize
 from lf_multilr.grouping.plan import GroupPlan, build_plan
 from lf_multilr.grouping.supplement import POSITIONS, SUPPLEMENT
-from lf_multilr.reports.table import format_table
+from lf_multilr.reports.table import format_table, format_tensors
 from tools import zoo
 from tools.testing import LLAMAFACTORY, full_suite_only
 
@@ -495,3 +495,22 @@ def test_lora_adapters_of_layer_i_take_layer_is_factor():
     assert len(adapters) == 8 and all(".lora_" in name for name in adapters)  # 2 layers x q, v x A, B
     for name, lr in adapters.items():
         assert lr == 0.5 ** (1 - block_index(name)), name  # N = 2: layer 1 at the module's LR, layer 0 at half
+
+
+def test_plan_tensors_names_each_tensors_stack_and_block():
+    """`lf-multilr plan --tensors vision_tower` on Qwen2.5-Omni's thinker: each tensor's group names its stack."""
+    net = model("qwen2_5_omni_thinker")
+    net.requires_grad_(True)
+    settings = Settings({**dict.fromkeys(KEY_NAMES), "vision_tower_lr": 1.0, "vision_tower_lr_layer_decay": 0.5})
+    plan = build_plan(net.named_parameters(), module_map("qwen2_5_omni_thinker"), settings, 1e-3, 0.0, set())
+    rows = {
+        row[0]: (row[1], float(row[2]))
+        for row in map(str.split, format_tensors(plan, "vision_tower").splitlines()[2:-1])
+    }
+    assert rows["visual.patch_embed.proj.weight"] == ("vision_tower/no_decay/visual/embeddings", 0.25)
+    assert rows["audio_tower.conv1.weight"] == ("vision_tower/no_decay/audio_tower/embeddings", 0.25)
+    assert rows["audio_tower.layers.0.fc1.weight"] == ("vision_tower/no_decay/audio_tower/block0", 0.5)
+    assert rows["audio_tower.ln_post.weight"] == ("vision_tower/no_decay/audio_tower/head", 1.0)
+    assert rows["visual.blocks.1.mlp.down_proj.weight"] == ("vision_tower/no_decay/visual/block1", 1.0)
+    assert "audio_tower.proj.weight" not in rows  # the projector's
+    assert format_table(plan).count("per stack: audio_tower over 2 blocks: ") == 1
