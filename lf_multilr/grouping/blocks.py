@@ -18,11 +18,11 @@ From the names, generically:
   ``named_parameters()`` order (embeddings), after its last block when it comes after it (head), and between two
   blocks with the block before it.
 
-Where a model's names do not say the order its forward pass runs them, a rule of :data:`lf_multilr.grouping.
-supplement.POSITIONS` does (data with a reason per rule, next to the supplement's module rules); ``tests/
-test_models.py`` checks every registry type the zoo builds against the place its forward pass gives each tensor.
-The stacks belong to the module that owns their tensors, so a stack moved to a new module row is decayed by that
-row's key.
+Where a model's names do not say the order its forward pass runs them, a rule of
+:data:`~lf_multilr.grouping.supplement.POSITIONS` does (data with a reason per rule, next to the supplement's module
+rules); ``tests/test_models.py`` checks every registry type the zoo builds against the place its forward pass gives
+each tensor. The stacks belong to the module that owns their tensors, so a stack moved to a new module row is decayed
+by that row's key.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ registry's keys miss or misplace them.
 
 :func:`build_plan` runs the steps in order: :func:`place` each parameter (module, custom group, size),
 :func:`count` them into the rows of the table, give each trainable one its :func:`role` and its layer-decay
-:func:`blocks` factor (each module with ``<module>_lr_layer_decay`` is a stack of its own), :func:`bucket` them
-into groups, :func:`order` the groups, and :func:`check_exactly_once`.
+:func:`blocks` factor (each stack of a module with ``<module>_lr_layer_decay`` counted on its own, :mod:`.blocks`),
+:func:`bucket` them into groups, :func:`order` the groups, and :func:`check_exactly_once`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ does (a key is a substring of the name, wrapper prefixes removed) and is consult
 it decides a parameter only when the registry's own answer differs (so a rule the registry has caught up with
 changes nothing). ``registry`` says what LLaMA-Factory's registry does with the rule's names, i.e. which
 ``freeze_*`` flags freeze them; ``tests/test_models.py`` checks it against LLaMA-Factory's own freezing code.
+
+A second table, :data:`POSITIONS`, serves layer-wise decay (:mod:`lf_multilr.grouping.blocks`): where a model defines
+a tensor in another order than its forward pass runs it, a :class:`Position` says where it runs in its stack.
 """
 
 from __future__ import annotations
