@@ -95,8 +95,9 @@ def test_the_shipped_table_gives_todays_orders_flags_and_help():
     assert FREEZE_FLAG == {f"{name}": f"freeze_{name}" for name in TABLE.names}
     layer = next(key for key in keys_of(TABLE) if key.kind == "layer_decay")
     assert layer.help == (
-        "Layer-wise LR decay of the vision (and audio) tower: block i of N trains at vision_tower_lr * d**(N-1-i), "
-        "embeddings at d**N (0 < d <= 1) (lf-multilr). Unset: no decay."
+        "Layer-wise LR decay of the vision (and audio) tower, each stack of numbered blocks on its own: block i of N "
+        "trains at vision_tower_lr * d**(N-1-i), its embeddings at d**N, its head at vision_tower_lr (0 < d <= 1) "
+        "(lf-multilr). Unset: no decay."
     )
     assert TABLE.nouns() == "vision tower, projector or language model"
 
