@@ -191,6 +191,33 @@ def test_the_groups_the_table_and_the_monitor_derive_the_row():
     assert list(monitor.params) == ["language_model", "vision_tower", "multi_modal_projector", "audio_tower"]
 
 
+def test_a_rows_stack_takes_the_rows_decay_key_and_leaves_the_others_one_stack_each():
+    """With the audio tower its own row, the vision tower's decay counts only the visual stack (N = 2, no stack name in
+    its groups) and the audio tower's its own three layers: each row's key decays the stacks whose tensors it owns."""
+    model = Omni()
+    mapping = ModuleMap.from_registry("toy_omni", OMNI, table=WITH_AUDIO)
+    settings = audio_settings(
+        vision_tower_lr=1.0, vision_tower_lr_layer_decay=0.5, audio_tower_lr=1.0, audio_tower_lr_layer_decay=0.5
+    )
+    plan = build_plan(model.named_parameters(), mapping, settings, 1e-4, 0.0, set())
+    lrs = {(g["module"], g["name"].rsplit("/", 1)[-1]): g["lr"] for g in plan.param_groups}
+    assert {tag: lr for (module, tag), lr in lrs.items() if module == "vision_tower"} == {
+        "embeddings": 0.25,
+        "block0": 0.5,
+        "block1": 1.0,
+    }
+    assert {tag: lr for (module, tag), lr in lrs.items() if module == "audio_tower"} == {
+        "embeddings": 0.125,
+        "block0": 0.25,
+        "block1": 0.5,
+        "block2": 1.0,
+    }
+    assert [note.split(" over ")[0] for note in plan.notes] == [
+        "vision_tower: layer-wise decay 0.5",
+        "audio_tower: layer-wise decay 0.5",
+    ]
+
+
 def test_the_rows_freeze_flag_and_frozen_parameters_are_checked():
     args = SimpleNamespace(finetuning_type="full", additional_target=None, freeze_audio_tower=True)
     with pytest.raises(ConfigError) as error:
