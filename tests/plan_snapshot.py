@@ -55,8 +55,16 @@ def snapshot(model_type: str, values: dict[str, float]) -> list[dict[str, Any]]:
 def main() -> None:
     from tools import zoo
 
-    found = {name: {t: snapshot(t, values) for t in sorted(zoo.CONFIGS)} for name, values in CONFIGS.items()}
-    FILE.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+    lines = []  # one group a line, so that a change reads group by group
+    for name, values in CONFIGS.items():
+        types = [
+            f"  {json.dumps(t)}: [\n"
+            + ",\n".join(f"   {json.dumps(group, sort_keys=True)}" for group in snapshot(t, values))
+            + "\n  ]"
+            for t in sorted(zoo.CONFIGS)
+        ]
+        lines.append(f" {json.dumps(name)}: {{\n" + ",\n".join(types) + "\n }")
+    FILE.write_text("{\n" + ",\n".join(lines) + "\n}\n")
 
 
 if __name__ == "__main__":
