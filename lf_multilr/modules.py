@@ -91,7 +91,7 @@ class Module:
     labels: Mapping[str, str] = field(compare=False)
     #: Its line colour in the plots.
     color: str
-    #: The keys it brings (``<name>_lr`` ...): the common ones, and the vision tower's layer-wise decay.
+    #: The keys it brings (``<name>_lr`` ...): the common ones, and a layer-wise decay where it has numbered blocks.
     kinds: tuple[ModuleKind, ...] = COMMON
     #: None where LLaMA-Factory's LoRA adapts it; otherwise it trains under LoRA only as a full copy in
     #: ``additional_target``, and this names the copy's target per family (for the message that says so).
@@ -214,6 +214,7 @@ TABLE = Table(
                 "ja": "言語モデル",
             },
             color="#1f77b4",
+            kinds=(*COMMON, "layer_decay"),
         ),
     )
 )

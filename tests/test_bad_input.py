@@ -43,6 +43,19 @@ CASES = {
         r"`multi_modal_projector_weight_decay: inf` is refused: it is not a finite number",
     ),
     "not a number": ({"vision_tower_lr": "fast"}, r"`vision_tower_lr: 'fast'` is refused: it is not a number"),
+    "llm layer decay above 1": (
+        {"language_model_lr_layer_decay": 1.5},
+        r"`language_model_lr_layer_decay: 1.5` is refused: a layer-wise decay must be greater than 0 and at most 1\. "
+        r"Fix: give a number with 0 < d <= 1 such as 0.9, or remove the key \(unset: no decay\)",
+    ),
+    "llm layer decay boolean": (
+        {"language_model_lr_layer_decay": True},
+        r"`language_model_lr_layer_decay: True` is refused: it is a boolean, not a number",
+    ),
+    "llm layer decay nan": (
+        {"language_model_lr_layer_decay": "nan"},
+        r"`language_model_lr_layer_decay: 'nan'` is refused: it is not a finite number",
+    ),
     "frozen vision": (
         {"vision_tower_lr": 1e-5, "freeze_vision_tower": True},
         r"`freeze_vision_tower: true` freezes the vision_tower.*Fix: set `freeze_vision_tower: false`",

@@ -18,6 +18,7 @@ def test_key_names_follow_the_freeze_family():
         "multi_modal_projector_weight_decay",
         "language_model_weight_decay",
         "vision_tower_lr_layer_decay",
+        "language_model_lr_layer_decay",
         "vision_tower_start_step",
         "multi_modal_projector_start_step",
         "language_model_start_step",
@@ -51,6 +52,30 @@ def test_refused_values_name_key_value_why_and_fix(value, why):
         check_value(LR, value)
     message = str(error.value)
     assert "vision_tower_lr" in message and repr(value) in message and why in message and "Fix:" in message
+
+
+@pytest.mark.parametrize("name", ["vision_tower_lr_layer_decay", "language_model_lr_layer_decay"])
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (math.nan, "it is not a finite number"),
+        ("inf", "it is not a finite number"),
+        (-0.5, "a layer-wise decay must be greater than 0 and at most 1"),
+        (0, "a layer-wise decay must be greater than 0 and at most 1"),
+        (1.5, "a layer-wise decay must be greater than 0 and at most 1"),
+        (True, "it is a boolean, not a number"),
+        ("steep", "it is not a number"),
+    ],
+)
+def test_a_layer_decay_is_a_number_above_0_and_at_most_1(name, value, why):
+    key = next(key for key in KEYS if key.name == name)
+    with pytest.raises(ConfigError) as error:
+        check_value(key, value)
+    assert str(error.value) == (
+        f"lf-multilr: `{name}: {value!r}` is refused: {why}. Fix: give a number with 0 < d <= 1 such as 0.9, or "
+        "remove the key (unset: no decay)"
+    )
+    assert check_value(key, "0.9") == 0.9 and check_value(key, 1) == 1.0
 
 
 def test_weight_decay_message_speaks_of_weight_decay():

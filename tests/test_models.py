@@ -9,20 +9,24 @@ rule decided, which the flag freezes exactly when the rule's ``registry`` says i
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from functools import cache
 
+import plan_snapshot
 import pytest
 import torch
 
 from lf_multilr.config.keys import FREEZE_FLAG, KEY_NAMES, MODULES, OTHER
 from lf_multilr.config.settings import Settings
+from lf_multilr.grouping.blocks import block_index
 from lf_multilr.grouping.checks import check_plan
-from lf_multilr.grouping.placement import ModuleMap
+from lf_multilr.grouping.placement import ModuleMap, normalize
 from lf_multilr.grouping.plan import GroupPlan, build_plan
-from lf_multilr.grouping.supplement import SUPPLEMENT
-from lf_multilr.reports.table import format_table
+from lf_multilr.grouping.supplement import POSITIONS, SUPPLEMENT
+from lf_multilr.reports.table import format_table, format_tensors
 from tools import zoo
 from tools.testing import LLAMAFACTORY, full_suite_only
 
@@ -205,19 +209,308 @@ def test_docs_models_md_is_the_scripts_output():
     assert rows(models_table.DOC.read_text()) == rows(models_table.page()), "run `tools/models_table.py --write`"
 
 
-@pytest.mark.parametrize("model_type", TYPES)
-def test_vit_layer_decay_finds_the_blocks_of_every_vision_tower(model_type):
-    from lf_multilr.grouping.blocks import block_index
+@dataclass(frozen=True)
+class Run:
+    """One stack as its forward pass runs it (read in transformers' ``forward``): the tensors under ``embeddings`` run
+    before its first block, the blocks of ``blocks`` in that order, the tensors under ``head`` after its last block;
+    each ``between`` prefix runs after the last block of its container. Names are prefixes of the tensors' names."""
 
+    name: str
+    embeddings: tuple[str, ...]
+    blocks: tuple[str, ...]
+    head: tuple[str, ...] = ()
+    between: tuple[tuple[str, str], ...] = ()
+    #: Blocks numbered ``<container>.<stage>.<block>``, each one a block (timm's MobileNetV5).
+    stages: bool = False
+
+
+def _clip(root: str, name: str = "") -> Run:
+    return Run(
+        name, (f"{root}.embeddings", f"{root}.pre_layrnorm"), (f"{root}.encoder.layers",), (f"{root}.post_layernorm",)
+    )
+
+
+def _siglip(root: str) -> Run:
+    return Run("", (f"{root}.embeddings",), (f"{root}.encoder.layers",), (f"{root}.post_layernorm",))
+
+
+def _qwen(root: str, *embeddings: str, name: str = "") -> Run:
+    return Run(name, tuple(f"{root}.{e}" for e in ("patch_embed", *embeddings)), (f"{root}.blocks",))
+
+
+def _lm(root: str = "model.language_model", lm_head: str = "lm_head", before=(), after=()) -> Run:
+    embeddings = tuple(f"{root}.{e}" for e in ("embed_tokens", *before))
+    return Run("", embeddings, (f"{root}.layers",), (f"{root}.norm", lm_head, *(f"{root}.{e}" for e in after)))
+
+
+_MLLAMA = "model.vision_model"
+_LLAMA4 = "vision_model"
+_GEMMA_PER_LAYER = ("embed_tokens_per_layer", "per_layer_model_projection", "per_layer_projection_norm")
+#: Per model type, the vision tower's stacks as their forward passes run them.
+VISION_RUNS: dict[str, tuple[Run, ...]] = {
+    **{t: (_clip("model.vision_tower"),) for t in ("llava", "llava_next", "llava_next_video")},
+    "video_llava": (_clip("model.video_tower", "video_tower"), _clip("model.image_tower", "image_tower")),
+    **{t: (_siglip("model.vision_tower"),) for t in ("gemma3", "paligemma")},
+    **{t: (_qwen("model.visual"),) for t in ("qwen2_vl", "qwen2_5_vl")},
+    **{t: (_qwen("model.visual", "pos_embed"),) for t in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")},
+    **{
+        t: (
+            Run(
+                "",
+                ("model.visual.patch_embed", "model.visual.post_conv_layernorm", "model.visual.embeddings"),
+                ("model.visual.blocks",),
+                ("model.visual.post_layernorm", "model.visual.downsample"),
+            ),
+        )
+        for t in ("glm4v", "glm4v_moe")
+    },
+    "glm_ocr": (
+        Run(
+            "",
+            ("model.visual.patch_embed",),
+            ("model.visual.blocks",),
+            ("model.visual.post_layernorm", "model.visual.downsample"),
+        ),
+    ),
+    "internvl": (Run("", ("model.vision_tower.embeddings",), ("model.vision_tower.encoder.layer",)),),
+    "mistral3": (
+        Run(
+            "",
+            ("model.vision_tower.patch_conv", "model.vision_tower.ln_pre"),
+            ("model.vision_tower.transformer.layers",),
+        ),
+    ),
+    "llama4": (
+        Run(
+            "",
+            tuple(
+                f"{_LLAMA4}.{e}"
+                for e in ("class_embedding", "positional_embedding_vlm", "patch_embedding", "layernorm_pre")
+            ),
+            (f"{_LLAMA4}.model.layers",),
+            (f"{_LLAMA4}.layernorm_post", f"{_LLAMA4}.vision_adapter"),
+        ),
+    ),
+    "mllama": (
+        Run(
+            "",
+            tuple(
+                f"{_MLLAMA}.{e}"
+                for e in (
+                    "patch_embedding",
+                    "class_embedding",
+                    "pre_tile_positional_embedding",
+                    "gated_positional_embedding",
+                    "layernorm_pre",
+                )
+            ),
+            (f"{_MLLAMA}.transformer.layers", f"{_MLLAMA}.global_transformer.layers"),
+            between=(
+                (f"{_MLLAMA}.layernorm_post", f"{_MLLAMA}.transformer.layers"),
+                (f"{_MLLAMA}.post_tile_positional_embedding", f"{_MLLAMA}.transformer.layers"),
+            ),
+        ),
+    ),
+    "qwen2_audio": (
+        Run(
+            "",
+            ("audio_tower.conv1", "audio_tower.conv2", "audio_tower.embed_positions"),
+            ("audio_tower.layers",),
+            ("audio_tower.layer_norm",),
+        ),
+    ),
+    "qwen2_5_omni_thinker": (
+        # `audio_bos_eos_token` is used by no forward pass; it counts where it is defined, before the layers
+        Run(
+            "audio_tower",
+            ("audio_tower.conv1", "audio_tower.conv2", "audio_tower.audio_bos_eos_token"),
+            ("audio_tower.layers",),
+            ("audio_tower.ln_post",),
+        ),
+        _qwen("visual", name="visual"),
+    ),
+    "qwen3_omni_moe_thinker": (
+        Run(
+            "audio_tower",
+            ("audio_tower.conv2d1", "audio_tower.conv2d2", "audio_tower.conv2d3", "audio_tower.conv_out"),
+            ("audio_tower.layers",),
+            ("audio_tower.ln_post",),
+        ),
+        _qwen("visual", "pos_embed", name="visual"),
+    ),
+    "gemma3n": (
+        Run(
+            "vision_tower",
+            ("model.vision_tower.timm_model.conv_stem",),
+            ("model.vision_tower.timm_model.blocks",),
+            ("model.vision_tower.timm_model.msfa",),
+            stages=True,
+        ),
+        Run("audio_tower", ("model.audio_tower.subsample_conv_projection",), ("model.audio_tower.conformer",)),
+    ),
+    "gemma4": (
+        Run("vision_tower", ("model.vision_tower.patch_embedder",), ("model.vision_tower.encoder.layers",)),
+        Run(
+            "audio_tower",
+            ("model.audio_tower.subsample_conv_projection",),
+            ("model.audio_tower.layers",),
+            ("model.audio_tower.output_proj",),
+        ),
+    ),
+}
+#: Per model type, the language model as its forward pass runs it.
+LANGUAGE_RUNS: dict[str, tuple[Run, ...]] = {
+    **{t: (_lm(),) for t in zoo.CONFIGS},
+    **{t: (_lm("language_model.model", "language_model.lm_head"),) for t in ("llama4", "qwen2_audio")},
+    **{t: (_lm("model"),) for t in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker")},
+    "gemma3n": (_lm(before=(*_GEMMA_PER_LAYER, "altup_projections"), after=("altup_unembed_projections",)),),
+    "gemma4": (_lm(before=_GEMMA_PER_LAYER),),
+}
+
+
+def block_ordinals(names: list[str], run: Run) -> dict[str, int]:
+    """Per block prefix (``<container>.<i>.``, or ``<container>.<stage>.<block>.``) its place in the stack."""
+    ordinal: dict[str, int] = {}
+    for container in run.blocks:
+        nested = r"(\d+\.)?" if run.stages else ""
+        pattern = re.compile(rf"^{re.escape(container)}\.(\d+)\.{nested}")
+        prefixes = {
+            match.group(0): tuple(int(g.rstrip(".")) for g in match.groups() if g)
+            for match in map(pattern.match, names)
+            if match
+        }
+        for prefix in sorted(prefixes, key=prefixes.__getitem__):
+            ordinal[prefix] = len(ordinal)
+    return ordinal
+
+
+def expected_places(names: list[str], runs: tuple[Run, ...], decay: float) -> dict[str, tuple[str, float]]:
+    """Per tensor name, its block tag and layer-decay factor as ``runs`` say its forward pass runs it."""
+    found: dict[str, tuple[str, float]] = {}
+    for run in runs:
+        prefix = f"{run.name}/" if len(runs) > 1 else ""
+        ordinal = block_ordinals(names, run)
+        blocks = len(ordinal)
+        assert blocks >= 2, run
+        last = {c: max(i for p, i in ordinal.items() if p.startswith(f"{c}.")) for c in run.blocks}
+        places = [(p, "block", i) for p, i in ordinal.items()]
+        places += [(p, "embeddings", -1) for p in run.embeddings] + [(p, "head", blocks - 1) for p in run.head]
+        places += [(before, "block", last[container]) for before, container in run.between]
+        for name in names:
+            for start, what, i in places:
+                if name.startswith(start):
+                    found[name] = (f"{prefix}{what}{i if what == 'block' else ''}", decay ** (blocks - 1 - i))
+                    break
+    return found
+
+
+@pytest.mark.parametrize("module", ["vision_tower", "language_model"])
+@pytest.mark.parametrize("model_type", TYPES)
+def test_layer_decay_places_every_tensor_where_its_forward_pass_runs_it(model_type, module):
+    """Which tensors are each stack's embeddings, which block, which head, and their factors: per stack of the module,
+    as its forward pass runs them (tests/test_models.py's RUNS), for every registry type the zoo builds."""
     net = model(model_type)
     net.requires_grad_(True)
-    settings = Settings({**dict.fromkeys(KEY_NAMES), "vision_tower_lr": 1.0, "vision_tower_lr_layer_decay": 0.5})
+    runs = (VISION_RUNS if module == "vision_tower" else LANGUAGE_RUNS)[model_type]
+    settings = Settings({**dict.fromkeys(KEY_NAMES), f"{module}_lr": 1.0, f"{module}_lr_layer_decay": 0.5})
     plan = build_plan(net.named_parameters(), module_map(model_type), settings, 1e-3, 0.0, set())
-    vision = [name for name, _ in net.named_parameters() if module_map(model_type).owner(name) == "vision_tower"]
-    blocks = max(i for i in map(block_index, vision) if i is not None) + 1
-    assert blocks >= 2
-    scales = {g["name"].rsplit("/", 1)[-1]: g["lr_scale"] for g in plan.param_groups if g["module"] == "vision_tower"}
-    for i in range(blocks):
-        if f"block{i}" in scales:
-            assert scales[f"block{i}"] == 0.5 ** (blocks - 1 - i), (model_type, i)
-    assert f"block{blocks - 1}" in scales and scales.get("embeddings", 0.5**blocks) == 0.5**blocks
+    got = {
+        name: (group["name"].split("/", 2)[2], group["lr_scale"])
+        for group in plan.param_groups
+        if group["module"] == module
+        for name in plan.names_of(group)
+    }
+    names = [name for name, _ in net.named_parameters() if module_map(model_type).owner(name) == module]
+    expected = expected_places(names, runs, 0.5)
+    assert sorted(expected) == sorted(names), (
+        f"tensors the forward-pass table does not place: {set(names) - set(expected)}"
+    )
+    wrong = {name: (got[name], expected[name]) for name in names if got[name] != expected[name]}
+    assert not wrong, wrong
+    (note,) = plan.notes  # the table's line: each stack with its block count
+    if len(runs) == 1:
+        blocks = len({tag for tag, _ in expected.values() if tag.startswith("block")})
+        assert note.startswith(f"{module}: layer-wise decay 0.5 over {blocks} blocks: "), note
+    else:
+        assert note.startswith(f"{module}: layer-wise decay 0.5 per stack: {runs[0].name} over ")
+        for run in runs:
+            blocks = len({tag for tag, _ in expected.values() if tag.startswith(f"{run.name}/block")})
+            assert f"{run.name} over {blocks} blocks: " in note, note
+
+
+@pytest.mark.parametrize("rule", POSITIONS, ids=lambda rule: f"{rule.model_types[0]}:{rule.keys[0]}")
+def test_every_position_rule_places_tensors_of_its_model_types(rule):
+    for model_type in rule.model_types:
+        names = [normalize(name) for name, _ in model(model_type).named_parameters()]
+        assert any(rule.matches(name) for name in names), (model_type, rule.keys)
+
+
+def test_tied_embeddings_train_at_the_embeddings_factor():
+    """Gemma 3 ties lm_head to the token embeddings: one tensor, named `embed_tokens`, so it trains at d**N."""
+    net = model("gemma3")
+    assert net.get_output_embeddings().weight is net.get_input_embeddings().weight
+    net.requires_grad_(True)
+    settings = Settings({**dict.fromkeys(KEY_NAMES), "language_model_lr": 1.0, "language_model_lr_layer_decay": 0.5})
+    plan = build_plan(net.named_parameters(), module_map("gemma3"), settings, 1e-3, 0.0, set())
+    shared = net.get_input_embeddings().weight
+    (group,) = [g for g in plan.param_groups if any(tensor is shared for tensor in g["params"])]
+    assert group["name"] == "language_model/no_decay/embeddings" and group["lr"] == 0.25  # N = 2
+    assert not any("lm_head" in name for g in plan.param_groups for name in plan.names_of(g))
+
+
+@pytest.mark.parametrize("config", list(plan_snapshot.CONFIGS))
+@pytest.mark.parametrize("model_type", TYPES)
+def test_configs_without_the_new_key_plan_the_groups_they_planned_before(model_type, config):
+    """The groups as the code before per-stack decay planned them (tests/plan_snapshot.json): the same names, members
+    in order, LRs and weight decays, except the vision decay of the types whose stacks it mislabelled."""
+    before = json.loads(plan_snapshot.FILE.read_text())[config][model_type]
+    now = plan_snapshot.snapshot(model_type, plan_snapshot.CONFIGS[config])
+    if config == "vision decay" and model_type in RELABELLED:
+        assert now != before
+    else:
+        assert now == before
+
+
+#: The types whose vision decay per stack differs from the first-index rule's (docs/recipes.md says how).
+RELABELLED = {
+    "gemma3n",
+    "gemma4",
+    "glm4v",
+    "glm4v_moe",
+    "llama4",
+    "mllama",
+    "qwen2_5_omni_thinker",
+    "qwen3_omni_moe_thinker",
+    "video_llava",
+}
+
+
+def test_lora_adapters_of_layer_i_take_layer_is_factor():
+    from peft import LoraConfig, get_peft_model
+
+    net = get_peft_model(zoo.build("qwen2_vl"), LoraConfig(target_modules=r".*language_model.*\.(q_proj|v_proj)", r=2))
+    settings = Settings({**dict.fromkeys(KEY_NAMES), "language_model_lr": 1.0, "language_model_lr_layer_decay": 0.5})
+    plan = build_plan(net.named_parameters(), module_map("qwen2_vl"), settings, 1e-3, 0.0, set())
+    adapters = {name: group["lr"] for group in plan.param_groups for name in plan.names_of(group)}
+    assert len(adapters) == 8 and all(".lora_" in name for name in adapters)  # 2 layers x q, v x A, B
+    for name, lr in adapters.items():
+        assert lr == 0.5 ** (1 - block_index(name)), name  # N = 2: layer 1 at the module's LR, layer 0 at half
+
+
+def test_plan_tensors_names_each_tensors_stack_and_block():
+    """`lf-multilr plan --tensors vision_tower` on Qwen2.5-Omni's thinker: each tensor's group names its stack."""
+    net = model("qwen2_5_omni_thinker")
+    net.requires_grad_(True)
+    settings = Settings({**dict.fromkeys(KEY_NAMES), "vision_tower_lr": 1.0, "vision_tower_lr_layer_decay": 0.5})
+    plan = build_plan(net.named_parameters(), module_map("qwen2_5_omni_thinker"), settings, 1e-3, 0.0, set())
+    rows = {
+        row[0]: (row[1], float(row[2]))
+        for row in map(str.split, format_tensors(plan, "vision_tower").splitlines()[2:-1])
+    }
+    assert rows["visual.patch_embed.proj.weight"] == ("vision_tower/no_decay/visual/embeddings", 0.25)
+    assert rows["audio_tower.conv1.weight"] == ("vision_tower/no_decay/audio_tower/embeddings", 0.25)
+    assert rows["audio_tower.layers.0.fc1.weight"] == ("vision_tower/no_decay/audio_tower/block0", 0.5)
+    assert rows["audio_tower.ln_post.weight"] == ("vision_tower/no_decay/audio_tower/head", 1.0)
+    assert rows["visual.blocks.1.mlp.down_proj.weight"] == ("vision_tower/no_decay/visual/block1", 1.0)
+    assert "audio_tower.proj.weight" not in rows  # the projector's
+    assert format_table(plan).count("per stack: audio_tower over 2 blocks: ") == 1

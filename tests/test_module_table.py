@@ -95,8 +95,9 @@ def test_the_shipped_table_gives_todays_orders_flags_and_help():
     assert FREEZE_FLAG == {f"{name}": f"freeze_{name}" for name in TABLE.names}
     layer = next(key for key in keys_of(TABLE) if key.kind == "layer_decay")
     assert layer.help == (
-        "Layer-wise LR decay of the vision (and audio) tower: block i of N trains at vision_tower_lr * d**(N-1-i), "
-        "embeddings at d**N (0 < d <= 1) (lf-multilr). Unset: no decay."
+        "Layer-wise LR decay of the vision (and audio) tower, each stack of numbered blocks on its own: block i of N "
+        "trains at vision_tower_lr * d**(N-1-i), its embeddings at d**N, its head at vision_tower_lr (0 < d <= 1) "
+        "(lf-multilr). Unset: no decay."
     )
     assert TABLE.nouns() == "vision tower, projector or language model"
 
@@ -115,8 +116,8 @@ def test_a_table_refuses_rows_that_collide():
 def test_a_row_brings_its_keys_with_their_help_and_checks():
     names = [key.name for key in keys_of(WITH_AUDIO)]
     assert names[:4] == ["vision_tower_lr", "multi_modal_projector_lr", "language_model_lr", "audio_tower_lr"]
-    assert names.index("audio_tower_lr_layer_decay") == names.index("vision_tower_lr_layer_decay") + 1
-    assert names[-1] == "language_model_min_lr" and len(names) == 16 + 5  # the row brings no floor: its kinds say so
+    assert names.index("audio_tower_lr_layer_decay") == names.index("language_model_lr_layer_decay") + 1
+    assert names[-1] == "language_model_min_lr" and len(names) == 17 + 5  # the row brings no floor: its kinds say so
     keys = {key.name: key for key in keys_of(WITH_AUDIO)}
     assert keys["audio_tower_lr"].help == "Learning rate of the audio tower (lf-multilr). Unset: `learning_rate`."
     assert "trains at audio_tower_lr * d**(N-1-i)" in keys["audio_tower_lr_layer_decay"].help
@@ -190,6 +191,33 @@ def test_the_groups_the_table_and_the_monitor_derive_the_row():
     assert list(monitor.params) == ["language_model", "vision_tower", "multi_modal_projector", "audio_tower"]
 
 
+def test_a_rows_stack_takes_the_rows_decay_key_and_leaves_the_others_one_stack_each():
+    """With the audio tower its own row, the vision tower's decay counts only the visual stack (N = 2, no stack name in
+    its groups) and the audio tower's its own three layers: each row's key decays the stacks whose tensors it owns."""
+    model = Omni()
+    mapping = ModuleMap.from_registry("toy_omni", OMNI, table=WITH_AUDIO)
+    settings = audio_settings(
+        vision_tower_lr=1.0, vision_tower_lr_layer_decay=0.5, audio_tower_lr=1.0, audio_tower_lr_layer_decay=0.5
+    )
+    plan = build_plan(model.named_parameters(), mapping, settings, 1e-4, 0.0, set())
+    lrs = {(g["module"], g["name"].rsplit("/", 1)[-1]): g["lr"] for g in plan.param_groups}
+    assert {tag: lr for (module, tag), lr in lrs.items() if module == "vision_tower"} == {
+        "embeddings": 0.25,
+        "block0": 0.5,
+        "block1": 1.0,
+    }
+    assert {tag: lr for (module, tag), lr in lrs.items() if module == "audio_tower"} == {
+        "embeddings": 0.125,
+        "block0": 0.25,
+        "block1": 0.5,
+        "block2": 1.0,
+    }
+    assert [note.split(" over ")[0] for note in plan.notes] == [
+        "vision_tower: layer-wise decay 0.5",
+        "audio_tower: layer-wise decay 0.5",
+    ]
+
+
 def test_the_rows_freeze_flag_and_frozen_parameters_are_checked():
     args = SimpleNamespace(finetuning_type="full", additional_target=None, freeze_audio_tower=True)
     with pytest.raises(ConfigError) as error:
@@ -210,7 +238,11 @@ def test_the_rows_freeze_flag_and_frozen_parameters_are_checked():
 def test_the_web_ui_fields_derive_the_row():
     fields = webui_fields.rows(WITH_AUDIO)
     assert [key.name for key in fields[0]] == [f"{name}_lr" for name in WITH_AUDIO.names]
-    assert [key.name for key in fields[2]] == ["vision_tower_lr_layer_decay", "audio_tower_lr_layer_decay"]
+    assert [key.name for key in fields[2]] == [
+        "vision_tower_lr_layer_decay",
+        "language_model_lr_layer_decay",
+        "audio_tower_lr_layer_decay",
+    ]
     entries = webui_fields.locales(WITH_AUDIO)
     assert entries["audio_tower_lr"]["en"] == {
         "label": "Audio tower learning rate",

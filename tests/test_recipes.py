@@ -18,7 +18,7 @@ def steps_by_tensor(before, after):
     return {name: (after[name] - tensor).abs().max().item() for name, tensor in before.items()}
 
 
-def test_vit_layer_decay_follows_the_formula_in_one_adamw_step(tiny, data, tmp_path, env):
+def test_vit_and_llm_layer_decay_follow_the_formula_in_one_adamw_step(tiny, data, tmp_path, env):
     config, out = write_config(
         tmp_path,
         tiny(FAMILY),
@@ -28,20 +28,31 @@ def test_vit_layer_decay_follows_the_formula_in_one_adamw_step(tiny, data, tmp_p
         vision_tower_lr_layer_decay=0.5,
         multi_modal_projector_lr=1.0e-4,
         language_model_lr=1.0e-3,
+        language_model_lr_layer_decay=0.5,
     )
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "vision_tower: layer-wise decay 0.5 over 2 blocks: embeddings 2.500e-03, block0 5.000e-03, block1" in (
         result.stdout
     )
+    assert "language_model: layer-wise decay 0.5 over 2 blocks: embeddings 2.500e-04, block0 5.000e-04, block1" in (
+        result.stdout
+    )
     steps = steps_by_tensor(weights(tiny(FAMILY)), weights(out))
-    expected = {"visual.blocks.1.": 1.0e-2, "visual.blocks.0.": 5.0e-3, "visual.patch_embed.": 2.5e-3}  # N = 2
+    expected = {  # N = 2 in each: block1 at the module's LR, block0 at half, the embeddings at a quarter
+        "visual.blocks.1.": 1.0e-2,
+        "visual.blocks.0.": 5.0e-3,
+        "visual.patch_embed.": 2.5e-3,
+        "visual.merger.": 1.0e-4,
+        "language_model.layers.1.": 1.0e-3,
+        "language_model.layers.0.": 5.0e-4,
+        "language_model.embed_tokens.": 2.5e-4,
+        "language_model.norm.": 1.0e-3,  # the head: the final norm and lm_head at the module's LR
+        "lm_head.": 1.0e-3,
+    }
     for name, step in steps.items():
-        if ".visual." in name and "merger" not in name:
-            (lr,) = [lr for prefix, lr in expected.items() if prefix in name]
-            assert step == pytest.approx(lr, rel=1e-3), name
-        elif "merger" in name:
-            assert step == pytest.approx(1.0e-4, rel=1e-3), name
+        (lr,) = [lr for prefix, lr in expected.items() if prefix in name]
+        assert step == pytest.approx(lr, rel=1e-3), name
 
 
 @pytest.mark.core

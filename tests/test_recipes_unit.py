@@ -8,7 +8,8 @@ from transformers.optimization import get_cosine_schedule_with_warmup, get_reduc
 
 from lf_multilr.config.custom_groups import parse_lr_groups
 from lf_multilr.errors import ConfigError
-from lf_multilr.grouping.blocks import EMBEDDINGS, HEAD, block_index, decay_scale, depths
+from lf_multilr.grouping.blocks import EMBEDDINGS, HEAD, Stack, Where, block_index, decay_scale, locate
+from lf_multilr.grouping.supplement import AFTER, EMBEDDINGS_AT, STAGES, Position
 from lf_multilr.training.schedule import gate_scheduler, module_multiplier
 
 
@@ -19,6 +20,7 @@ from lf_multilr.training.schedule import gate_scheduler, module_multiplier
         ("model.vision_tower.vision_model.encoder.layers.3.mlp.fc1.weight", 3),
         ("model.vision_tower.encoder.layer.7.attention.q_proj.weight", 7),
         ("visual.transformer.resblocks.0.ln_1.weight", 0),
+        ("model.audio_tower.conformer.1.lconv1d.linear_start.weight", 1),
         ("model.visual.patch_embed.proj.weight", None),
         ("model.visual.deepstack_merger_list.1.norm.weight", None),
     ],
@@ -27,11 +29,52 @@ def test_block_index(name, index):
     assert block_index(name) == index
 
 
-def test_depths_place_unindexed_parameters_by_position():
+def test_one_stack_places_unnumbered_tensors_by_position():
     names = ["v.patch_embed.w", "v.pos_embed", "v.blocks.0.a", "v.blocks.1.a", "v.blocks.2.a", "v.post_norm.w"]
-    assert depths(names) == ([EMBEDDINGS, EMBEDDINGS, 0, 1, 2, HEAD], 3)
-    assert [decay_scale(d, 3, 0.5) for d in depths(names)[0]] == [0.125, 0.125, 0.25, 0.5, 1.0, 1.0]
-    assert depths(["v.proj.w"]) == ([HEAD], 0)
+    where, stacks = locate(names)
+    assert stacks == [Stack("v", 3)]
+    assert [w.depth for w in where] == [EMBEDDINGS, EMBEDDINGS, 0, 1, 2, HEAD]
+    assert [decay_scale(w.depth, 3, 0.5) for w in where] == [0.125, 0.125, 0.25, 0.5, 1.0, 1.0]
+    assert [w.tag(stacks) for w in where] == ["embeddings", "embeddings", "block0", "block1", "block2", "head"]
+    assert locate(["v.proj.w"]) == ([Where(-1, HEAD)], [])
+
+
+def test_towers_are_stacks_apart_and_each_counts_its_own_blocks():
+    names = [
+        "audio.conv.w", "audio.layers.0.a", "audio.layers.1.a", "audio.layers.2.a", "audio.ln_post.w",
+        "visual.patch_embed.w", "visual.blocks.0.a", "visual.blocks.1.a",
+    ]  # fmt: skip
+    where, stacks = locate(names)
+    assert stacks == [Stack("audio", 3), Stack("visual", 2)]
+    assert [w.tag(stacks) for w in where] == [
+        "audio/embeddings", "audio/block0", "audio/block1", "audio/block2", "audio/head",
+        "visual/embeddings", "visual/block0", "visual/block1",
+    ]  # fmt: skip
+    assert [decay_scale(w.depth, stacks[w.stack].blocks, 0.5) for w in where][5:] == [0.25, 0.5, 1.0]
+
+
+def test_two_containers_of_one_tower_are_one_stack_on_top_of_each_other():
+    names = [
+        "model.v.embed.w", "model.v.norm_post.w", "model.v.local.layers.0.a", "model.v.local.layers.1.a",
+        "model.v.global.layers.0.a",
+    ]  # fmt: skip
+    where, stacks = locate(names)
+    assert stacks == [Stack("v", 3)]
+    assert [w.depth for w in where] == [EMBEDDINGS, EMBEDDINGS, 0, 1, 2]
+    rule = Position(("toy",), ("v.norm_post",), f"{AFTER}local.layers", "runs between the two")
+    where, _ = locate(names, [rule])
+    assert [w.depth for w in where] == [EMBEDDINGS, 1, 0, 1, 2] and where[1].rule is rule
+
+
+def test_rules_place_tensors_their_definition_order_misplaces_and_stages_count_each_block():
+    names = ["a.layers.0.x", "a.layers.1.x", "a.ln_post.w", "a.conv_in.w"]
+    assert [w.depth for w in locate(names)[0]] == [0, 1, HEAD, HEAD]
+    conv = Position(("toy",), ("a.conv_in",), EMBEDDINGS_AT, "runs first")
+    assert [w.depth for w in locate(names, [conv])[0]] == [0, 1, HEAD, EMBEDDINGS]
+    staged = ["m.stem.w", "m.blocks.0.0.c", "m.blocks.0.1.c", "m.blocks.1.0.c", "m.blocks.1.0.d", "m.head.w"]
+    assert [w.depth for w in locate(staged)[0]] == [EMBEDDINGS, 0, 0, 1, 1, HEAD]
+    where, stacks = locate(staged, [Position(("toy",), ("m.blocks",), STAGES, "timm")])
+    assert stacks == [Stack("m", 3)] and [w.depth for w in where] == [EMBEDDINGS, 0, 1, 2, 2, HEAD]
 
 
 def test_lr_groups_parse_from_yaml_lists_and_json_strings():

@@ -1,9 +1,9 @@
 """The keys lf-multilr adds to a training config, and how their values are checked.
 
 Each module of the table (:mod:`lf_multilr.modules`) brings its keys: a learning rate, a weight decay, a start step,
-a warm-up and a floor (the LR it decays to), and the vision tower a layer-wise LR decay. ``None`` means "not set":
-the module then inherits ``learning_rate`` / ``weight_decay`` and the run's own schedule, and when no key is set at
-all (``lr_groups`` included) the run is stock.
+a warm-up and a floor (the LR it decays to), and the vision tower and the language model a layer-wise LR decay.
+``None`` means "not set": the module then inherits ``learning_rate`` / ``weight_decay`` and the run's own schedule,
+and when no key is set at all (``lr_groups`` included) the run is stock.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ _KIND_HELP: dict[str, tuple[str, str]] = {
     "lr": ("Learning rate of {what}", "`learning_rate`"),
     "weight_decay": ("Weight decay of {what}", "`weight_decay`"),
     "layer_decay": (
-        "Layer-wise LR decay of {what}: block i of N trains at {module}_lr * d**(N-1-i), embeddings at d**N "
-        "(0 < d <= 1)",
+        "Layer-wise LR decay of {what}, each stack of numbered blocks on its own: block i of N trains at "
+        "{module}_lr * d**(N-1-i), its embeddings at d**N, its head at {module}_lr (0 < d <= 1)",
         "no decay",
     ),
     "start_step": ("Optimizer step from which {what} trains (its LR is 0 before)", "0"),

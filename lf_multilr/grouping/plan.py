@@ -9,8 +9,8 @@ registry's keys miss or misplace them.
 
 :func:`build_plan` runs the steps in order: :func:`place` each parameter (module, custom group, size),
 :func:`count` them into the rows of the table, give each trainable one its :func:`role` and its layer-decay
-:func:`blocks` factor (each module with ``<module>_lr_layer_decay`` is a stack of its own), :func:`bucket` them
-into groups, :func:`order` the groups, and :func:`check_exactly_once`.
+:func:`blocks` factor (each stack of a module with ``<module>_lr_layer_decay`` counted on its own, :mod:`.blocks`),
+:func:`bucket` them into groups, :func:`order` the groups, and :func:`check_exactly_once`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from lf_multilr.config.custom_groups import CustomGroup
 from lf_multilr.config.keys import key_name
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
-from lf_multilr.grouping.blocks import EMBEDDINGS, HEAD, decay_scale, depths
+from lf_multilr.grouping.blocks import Stack, locate, scale
 from lf_multilr.grouping.digests import digest
 from lf_multilr.grouping.placement import ModuleMap, Placement, normalize
 from lf_multilr.grouping.schema import ModuleGroup
-from lf_multilr.grouping.supplement import Rule
+from lf_multilr.grouping.supplement import Rule, positions_for
 from lf_multilr.modules import OTHER, Table
 
 #: Roles inside a module, in group order.
@@ -284,32 +284,47 @@ def role(param: Param, decay: Collection[str], loraplus: LoraPlus | None) -> Rol
     return Role("lora_a", 1.0, True)
 
 
-def blocks(params: Sequence[Param], settings: Settings, model_type: str) -> dict[str, dict[int, tuple[float, str]]]:
-    """Per module with a layer-wise decay set (``<module>_lr_layer_decay``), per index into ``params`` of one of its
-    parameters: its layer-decay factor and block tag. Each module is its own stack of blocks; parameters of custom
+@dataclass(frozen=True)
+class Decay:
+    """One module's layer-wise decay: its stacks, and per index into the params of one of its tensors outside the
+    custom groups, the tensor's factor and block tag (``block3``, ``embeddings``, ``head``; after the stack's name
+    where the module holds several stacks: ``audio_tower/block3``)."""
+
+    decay: float
+    stacks: tuple[Stack, ...]
+    factors: dict[int, tuple[float, str]]
+
+
+def blocks(params: Sequence[Param], settings: Settings, model_type: str) -> dict[str, Decay]:
+    """Per module with a layer-wise decay set (``<module>_lr_layer_decay``), its stacks and the factor and block tag
+    of each of its parameters (:mod:`.blocks`: each stack of the module counted on its own). Parameters of custom
     groups keep their group's LR."""
-    stacks: dict[str, dict[int, tuple[float, str]]] = {}
+    found: dict[str, Decay] = {}
+    rules = positions_for(model_type)
     for module in settings.table.rows:
         name = key_name(module.name, "layer_decay")
         decay = settings.values.get(name) if "layer_decay" in module.kinds else None
         if decay is None:
             continue
         positions = [i for i, param in enumerate(params) if param.module == module.name]
-        found, count_ = depths([normalize(params[i].name) for i in positions])
-        if count_ == 0:
+        where, stacks = locate([normalize(params[i].name) for i in positions], rules)
+        if not stacks:
             raise ConfigError(
                 name,
                 decay,
                 f"the {module.noun} of model type `{model_type}` has no numbered blocks to decay over",
                 f"remove the key (or set a single `{key_name(module.name, 'lr')}`)",
             )
-        tags = {EMBEDDINGS: "embeddings", HEAD: "head"}
-        stacks[module.name] = {
-            position: (decay_scale(depth, count_, decay), tags.get(depth, f"block{depth}"))
-            for position, depth in zip(positions, found, strict=True)
-            if params[position].custom is None
-        }
-    return stacks
+        found[module.name] = Decay(
+            decay,
+            tuple(stacks),
+            {
+                position: (scale(place, stacks, decay), place.tag(stacks))
+                for position, place in zip(positions, where, strict=True)
+                if params[position].custom is None
+            },
+        )
+    return found
 
 
 def bucket(
@@ -407,7 +422,7 @@ def build_plan(
     rows = rows_for(settings, learning_rate, weight_decay, params)
     supplement = count(params, rows)
     stacks = blocks(params, settings, module_map.model_type)
-    layers = {position: factor for stack in stacks.values() for position, factor in stack.items()}
+    layers = {position: factor for found in stacks.values() for position, factor in found.factors.items()}
     groups = order(bucket(params, rows, settings, decay_names, loraplus, layers), rows)
     check_exactly_once(groups, params)
     other = [param.name for param in params if param.row == OTHER and param.tensor.requires_grad]
@@ -417,9 +432,10 @@ def build_plan(
     return plan
 
 
-def notes(plan: GroupPlan, stacks: Mapping[str, Mapping[int, tuple[float, str]]]) -> list[str]:
+def notes(plan: GroupPlan, stacks: Mapping[str, Decay]) -> list[str]:
     """One line per module (or custom group) that starts late or warms up on its own, one per floor, and one per
-    module with layer-wise decay."""
+    module with layer-wise decay (each of its stacks: its block count and the LRs of its embeddings, first and last
+    block and head)."""
     found = []
     schedules = [(row.name, *plan.settings.schedule(row.name)) for row in plan.settings.table.by_order]
     schedules += [
@@ -438,14 +454,18 @@ def notes(plan: GroupPlan, stacks: Mapping[str, Mapping[int, tuple[float, str]]]
                 "schedule"
             )
     for row in plan.settings.table.rows:
-        layers = stacks.get(row.name)
-        if not layers:
+        decay = stacks.get(row.name)
+        if decay is None or not decay.factors:
             continue
-        decay = plan.settings.values[key_name(row.name, "layer_decay")]
         lr = plan.rows[row.name].lr
-        by_tag = {tag: scale for scale, tag in layers.values()}
-        count_ = sum(tag.startswith("block") for tag in by_tag)
-        ends = ("embeddings", "block0", f"block{count_ - 1}")
-        shown = ", ".join(f"{tag} {lr * by_tag[tag]:.3e}" for tag in ends if tag in by_tag)
-        found.append(f"{row.name}: layer-wise decay {decay:g} over {count_} blocks: {shown}, head {lr:.3e}")
+        by_tag = {tag: factor for factor, tag in decay.factors.values()}
+        shown = []
+        for stack in decay.stacks:
+            prefix = f"{stack.name}/" if len(decay.stacks) > 1 else ""
+            ends = ("embeddings", "block0", f"block{stack.blocks - 1}")
+            lrs = ", ".join(f"{tag} {lr * by_tag[prefix + tag]:.3e}" for tag in ends if prefix + tag in by_tag)
+            over = f"{stack.name} over {stack.blocks} blocks" if prefix else f"over {stack.blocks} blocks"
+            shown.append(f"{over}: {lrs}, head {lr:.3e}")
+        each = "per stack: " if len(decay.stacks) > 1 else ""
+        found.append(f"{row.name}: layer-wise decay {decay.decay:g} {each}{'; '.join(shown)}")
     return found

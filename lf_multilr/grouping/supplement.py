@@ -7,6 +7,9 @@ does (a key is a substring of the name, wrapper prefixes removed) and is consult
 it decides a parameter only when the registry's own answer differs (so a rule the registry has caught up with
 changes nothing). ``registry`` says what LLaMA-Factory's registry does with the rule's names, i.e. which
 ``freeze_*`` flags freeze them; ``tests/test_models.py`` checks it against LLaMA-Factory's own freezing code.
+
+A second table, :data:`POSITIONS`, serves layer-wise decay (:mod:`lf_multilr.grouping.blocks`): where a model defines
+a tensor in another order than its forward pass runs it, a :class:`Position` says where it runs in its stack.
 """
 
 from __future__ import annotations
@@ -102,3 +105,98 @@ SUPPLEMENT: tuple[Rule, ...] = (
 def rules_for(model_type: str) -> tuple[Rule, ...]:
     """The supplement's rules for ``model_type``, in table order."""
     return tuple(rule for rule in SUPPLEMENT if model_type in rule.model_types)
+
+
+#: :attr:`Position.at`: the tensors run before their stack's first block (its embeddings).
+EMBEDDINGS_AT = "embeddings"
+#: :attr:`Position.at`: the tensors run after their stack's last block (its head).
+HEAD_AT = "head"
+#: :attr:`Position.at` ``after:<container>``: the tensors run after the last block of ``<container>`` and before the
+#: next blocks of the stack, so they train with that last block.
+AFTER = "after:"
+#: :attr:`Position.at`: the rule's keys are block containers numbered ``<container>.S.B`` (stage S, block B), each
+#: (S, B) one block, in order.
+STAGES = "stages"
+
+
+@dataclass(frozen=True)
+class Position:
+    """For layer-wise decay: where tensors of ``model_types`` whose names contain one of ``keys`` run in their stack,
+    where ``named_parameters()`` order does not say it (see :mod:`lf_multilr.grouping.blocks`)."""
+
+    model_types: tuple[str, ...]
+    keys: tuple[str, ...]
+    #: ``embeddings``, ``head``, ``after:<container>`` or ``stages`` (the constants above).
+    at: str
+    reason: str
+
+    def matches(self, normalized_name: str) -> bool:
+        return any(key in normalized_name for key in self.keys)
+
+
+POSITIONS: tuple[Position, ...] = (
+    Position(
+        ("mllama",),
+        ("vision_model.layernorm_post", "vision_model.post_tile_positional_embedding"),
+        f"{AFTER}transformer.layers",
+        "Mllama's vision model runs its 32 local layers (`transformer.layers`), then `layernorm_post` and the "
+        "post-tile position embedding, then its 8 global layers (`global_transformer.layers`) on top; both are "
+        "defined before the layers",
+    ),
+    Position(
+        ("llama4",),
+        ("vision_model.layernorm_post",),
+        HEAD_AT,
+        "Llama 4's vision model runs `layernorm_post` after its layers (then the vision adapter); it is defined "
+        "before them",
+    ),
+    Position(
+        ("glm4v", "glm4v_moe"),
+        ("visual.post_conv_layernorm",),
+        EMBEDDINGS_AT,
+        "GLM-4V's vision model normalizes the patch embeddings with `post_conv_layernorm` before the position "
+        "embeddings and the blocks; it is defined after the blocks",
+    ),
+    Position(
+        ("qwen3_omni_moe_thinker",),
+        ("audio_tower.conv2d1", "audio_tower.conv2d2", "audio_tower.conv2d3", "audio_tower.conv_out"),
+        EMBEDDINGS_AT,
+        "Qwen3-Omni's audio encoder runs its convolution stem (`conv2d1-3`, `conv_out`) before its layers; it is "
+        "defined after them",
+    ),
+    Position(
+        ("gemma3n",),
+        ("timm_model.blocks",),
+        STAGES,
+        "Gemma 3n's vision tower is timm's MobileNetV5, numbered `blocks.<stage>.<block>`; each block is a layer, "
+        "as timm's own fine-grained group matcher (`^blocks\\.(\\d+)\\.(\\d+)`) counts them for layer decay",
+    ),
+    Position(
+        ("gemma3n",),
+        (
+            "language_model.embed_tokens_per_layer",
+            "language_model.per_layer_model_projection",
+            "language_model.per_layer_projection_norm",
+            "language_model.altup_projections",
+        ),
+        EMBEDDINGS_AT,
+        "Gemma 3n's language model computes the per-layer inputs and the AltUp streams from the token embeddings "
+        "before its first layer; they are defined after the layers",
+    ),
+    Position(
+        ("gemma4",),
+        (
+            "language_model.embed_tokens_per_layer",
+            "language_model.per_layer_model_projection",
+            "language_model.per_layer_projection_norm",
+        ),
+        EMBEDDINGS_AT,
+        "Gemma 4's language model computes the per-layer inputs from the token embeddings before its first layer; "
+        "they are defined after the layers",
+    ),
+)
+
+
+def positions_for(model_type: str) -> tuple[Position, ...]:
+    """The layer-decay positions for ``model_type``, in table order."""
+    return tuple(rule for rule in POSITIONS if model_type in rule.model_types)

@@ -60,16 +60,20 @@ def format_table(plan: GroupPlan, warnings: bool = True) -> str:
 
 def format_tensors(plan: GroupPlan, module: str) -> str:
     """``lf-multilr plan --tensors MODULE``: one line per tensor of ``module`` that trains, with its group (which names
-    the role and, under layer-wise decay, the block), LR and weight decay; then where its other tensors are."""
+    the role and, under layer-wise decay, the block, after its stack's name where the module holds several), LR and
+    weight decay; then where its other tensors are."""
     groups = [group for group in plan.param_groups if group["module"] == module]
     width = max((len(name) for group in groups for name in plan.names_of(group)), default=6)
+    named = max([28, *(len(group["name"]) for group in groups)])
     lines = [
         f"lf-multilr tensors of {module} (model type `{plan.model_type}`):",
-        f"  {'tensor':<{width}}  {'group':<28} {'lr':>10} {'weight_decay':>13}",
+        f"  {'tensor':<{width}}  {'group':<{named}} {'lr':>10} {'weight_decay':>13}",
     ]
     for group in groups:
         for name in plan.names_of(group):
-            lines.append(f"  {name:<{width}}  {group['name']:<28} {group['lr']:>10.3e} {group['weight_decay']:>13g}")
+            lines.append(
+                f"  {name:<{width}}  {group['name']:<{named}} {group['lr']:>10.3e} {group['weight_decay']:>13g}"
+            )
     row = plan.rows.get(module)
     frozen = (row.tensors - row.trainable_tensors) if row is not None else 0
     lines.append(f"  {sum(len(group['params']) for group in groups)} tensors train; {frozen} frozen")

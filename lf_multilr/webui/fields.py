@@ -89,7 +89,8 @@ _INFO = {
     "en": {
         "lr": "Blank: the learning rate above. Example: 1e-6.",
         "weight_decay": "Blank: weight_decay (set in extra arguments, 0 by default). Example: 0.01.",
-        "layer_decay": "Block i of N trains at the tower's LR x d^(N-1-i). Blank: no decay. Example: 0.9.",
+        "layer_decay": "Block i of N (each stack on its own) trains at the module's LR x d^(N-1-i). Blank: no decay. "
+        "Example: 0.9.",
         "start_step": "The module's LR is 0 before this optimizer step. Blank: 0. Example: 500.",
         "warmup_steps": "From its start step the LR rises linearly over this many steps. Blank: none. Example: 100.",
         "min_lr": "The LR the module decays to under a decaying schedule (cosine, linear, ...). Blank: the schedule's "
@@ -98,7 +99,8 @@ _INFO = {
     "ru": {
         "lr": "Пусто: общая скорость обучения выше. Пример: 1e-6.",
         "weight_decay": "Пусто: weight_decay (задаётся в дополнительных аргументах, по умолчанию 0). Пример: 0.01.",
-        "layer_decay": "Блок i из N обучается со скоростью энкодера x d^(N-1-i). Пусто: без затухания. Пример: 0.9.",
+        "layer_decay": "Блок i из N (в каждом стеке) обучается со скоростью модуля x d^(N-1-i). Пусто: без затухания. "
+        "Пример: 0.9.",
         "start_step": "До этого шага оптимизатора скорость обучения модуля равна 0. Пусто: 0. Пример: 500.",
         "warmup_steps": "С шага начала скорость растёт линейно столько шагов. Пусто: без прогрева. Пример: 100.",
         "min_lr": "Скорость, до которой модуль затухает при убывающем расписании (cosine, linear, ...). Пусто: как "
@@ -107,7 +109,7 @@ _INFO = {
     "zh": {
         "lr": "留空则沿用上方的学习率。例如：1e-6。",
         "weight_decay": "留空则沿用 weight_decay（可在额外参数中设置，默认为 0）。例如：0.01。",
-        "layer_decay": "N 个块中的第 i 块以编码器学习率 × d^(N-1-i) 训练。留空则不衰减。例如：0.9。",
+        "layer_decay": "（每个堆栈各自计数）N 个块中的第 i 块以模块学习率 × d^(N-1-i) 训练。留空则不衰减。例如：0.9。",
         "start_step": "在此优化步之前该模块的学习率为 0。留空则为 0。例如：500。",
         "warmup_steps": "从起始步起，学习率在这么多步内线性上升。留空则不单独预热。例如：100。",
         "min_lr": "在衰减型调度（cosine、linear 等）下该模块最终衰减到的学习率。留空则沿用调度本身的终点。例如：1e-7。",
@@ -115,7 +117,8 @@ _INFO = {
     "ko": {
         "lr": "비워 두면 위의 학습률을 사용합니다. 예: 1e-6.",
         "weight_decay": "비워 두면 weight_decay(추가 인수에서 설정, 기본값 0)를 사용합니다. 예: 0.01.",
-        "layer_decay": "N개 블록 중 i번째 블록은 타워 학습률 × d^(N-1-i)로 학습합니다. 비워 두면 감쇠 없음. 예: 0.9.",
+        "layer_decay": "(스택마다 따로) N개 블록 중 i번째 블록은 모듈 학습률 × d^(N-1-i)로 학습합니다. "
+        "비워 두면 감쇠 없음. 예: 0.9.",
         "start_step": "이 옵티마이저 스텝 전에는 모듈의 학습률이 0입니다. 비워 두면 0. 예: 500.",
         "warmup_steps": "시작 스텝부터 이 스텝 수 동안 학습률이 선형으로 올라갑니다. 비워 두면 없음. 예: 100.",
         "min_lr": "감쇠 스케줄(cosine, linear 등)에서 모듈이 감쇠해 도달하는 학습률입니다. 비워 두면 스케줄 자체의 "
@@ -124,7 +127,8 @@ _INFO = {
     "ja": {
         "lr": "空欄の場合は上の学習率を使います。例：1e-6。",
         "weight_decay": "空欄の場合は weight_decay（追加引数で設定、既定値は 0）を使います。例：0.01。",
-        "layer_decay": "N 個中 i 番目のブロックはタワーの学習率 × d^(N-1-i) で学習します。空欄：減衰なし。例：0.9。",
+        "layer_decay": "（スタックごとに）N 個中 i 番目のブロックはモジュールの学習率 × d^(N-1-i) で学習します。"
+        "空欄：減衰なし。例：0.9。",
         "start_step": "この最適化ステップまでモジュールの学習率は 0 です。空欄：0。例：500。",
         "warmup_steps": "開始ステップからこのステップ数で学習率が線形に上がります。空欄：なし。例：100。",
         "min_lr": "減衰するスケジュール（cosine、linear など）でモジュールが最後に下がりきる学習率です。空欄："
