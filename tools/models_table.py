@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lf_multilr.config.keys import KEY_NAMES, MODULES  # noqa: E402
+from lf_multilr.config.keys import MODULES, keys_of  # noqa: E402
 from lf_multilr.config.settings import Settings  # noqa: E402
+from lf_multilr.grouping.placement import ModuleMap  # noqa: E402
 from lf_multilr.grouping.plan import GroupPlan, build_plan  # noqa: E402
 from lf_multilr.grouping.supplement import SUPPLEMENT  # noqa: E402
-from lf_multilr.modules import TABLE  # noqa: E402
+from lf_multilr.modules import BASE, TABLE, Table  # noqa: E402
 from lf_multilr.reports.table import human  # noqa: E402
 from tools import zoo  # noqa: E402
 
@@ -36,6 +37,7 @@ TRAINED: dict[str, str] = {
     "qwen3_vl": "tests/test_models_train.py",
     "llava_next": "tests/test_models_train.py",
     "gemma3": "tests/test_models_train.py",
+    "qwen2_audio": "tests/test_audio.py",
 }
 SHORT = {row.name: row.short for row in TABLE.rows}
 NOTES = {
@@ -74,18 +76,33 @@ supplement`.
 """
 
 
-def plan_of(model_type: str) -> GroupPlan:
-    """The plan of the tiny ``model_type`` with every parameter trainable."""
+def plan_of(model_type: str, table: Table = BASE) -> GroupPlan:
+    """The plan of the tiny ``model_type`` with every parameter trainable (``table``: the run's modules; the
+    shipped table's: a run that sets an audio-tower key)."""
     from lf_multilr.patches.registry import module_map
 
-    mapping = module_map(model_type)
+    mapping = module_map(model_type, table)
     assert mapping is not None, model_type
     model = zoo.build(model_type)
-    return build_plan(model.named_parameters(), mapping, Settings(dict.fromkeys(KEY_NAMES)), 1e-3, 0.0, set())
+    settings = Settings(dict.fromkeys(key.name for key in keys_of(table)), table=table)
+    return build_plan(model.named_parameters(), mapping, settings, 1e-3, 0.0, set())
 
 
 def _sizes(plan: GroupPlan) -> list[str]:
-    return [f"{plan.rows[m].tensors} / {human(plan.rows[m].params)}" for m in MODULES]
+    sizes = [f"{plan.rows[m].tensors} / {human(plan.rows[m].params)}" for m in MODULES]
+    if not plan.module_map.keys_of("audio_tower") and not module_map_of(plan.model_type).keys_of("audio_tower"):
+        return [*sizes, ""]
+    audio = plan_of(plan.model_type, TABLE).rows["audio_tower"]
+    return [*sizes, f"{audio.tensors} / {human(audio.params)}"]
+
+
+def module_map_of(model_type: str) -> ModuleMap:
+    """``model_type``'s map for a run that sets an audio-tower key."""
+    from lf_multilr.patches.registry import module_map
+
+    mapping = module_map(model_type, TABLE)
+    assert mapping is not None, model_type
+    return mapping
 
 
 def _notes(plan: GroupPlan) -> str:
@@ -107,7 +124,7 @@ def _verified(model_type: str) -> str:
 def _row(model_type: str) -> list[str]:
     needs = zoo.NEEDS.get(model_type)
     if needs and importlib.util.find_spec(needs) is None:
-        return [f"`{model_type}`", f"not verified here (needs `{needs}`)", "", "", "", ""]
+        return [f"`{model_type}`", f"not verified here (needs `{needs}`)", "", "", "", "", ""]
     plan = plan_of(model_type)
     verified = _verified(model_type) + (f" (with `{needs}`)" if needs else "")
     return [f"`{model_type}`", verified, *_sizes(plan), _notes(plan)]
@@ -118,8 +135,11 @@ def _remote_row(model_type: str) -> list[str]:
 
     mapping = module_map(model_type)
     assert mapping is not None, model_type
-    keys = "; ".join(f"{row.short}: {', '.join(f'`{k}`' for k in mapping.keys[row.name])}" for row in TABLE.by_priority)
-    return [f"`{model_type}`", "not verifiable offline (remote code)", "", "", "", f"registry keys only: {keys}"]
+    keys = "; ".join(f"{row.short}: {', '.join(f'`{k}`' for k in mapping.keys[row.name])}" for row in BASE.by_priority)
+    audio = module_map_of(model_type).keys_of("audio_tower")
+    if audio:
+        keys += f"; with an audio-tower key, audio: {', '.join(f'`{k}`' for k in audio)}"
+    return [f"`{model_type}`", "not verifiable offline (remote code)", "", "", "", "", f"registry keys only: {keys}"]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -134,7 +154,8 @@ def page() -> str:
     from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
 
     rows = [_row(t) if t in zoo.CONFIGS else _remote_row(t) for t in sorted(COMPOSITE_MODELS)]
-    header = ["model type", "verified", *(f"{SHORT[m]} (tensors / params)" for m in MODULES), "notes"]
+    header = ["model type", "verified", *(f"{SHORT[m]} (tensors / params)" for m in MODULES)]
+    header += ["audio, with an audio-tower key (tensors / params)", "notes"]
     lines = [HEADER.format(lf=llamafactory.__version__, tf=transformers.__version__).rstrip(), ""]
     lines += _table(header, rows)
     lines.append(SUPPLEMENT_HEADER.rstrip())
@@ -145,7 +166,7 @@ def page() -> str:
             ", ".join(f"`{k}`" for k in rule.keys),
             SHORT[rule.module],
             " + ".join(SHORT[m] for m in rule.registry) or "none",
-            rule.reason,
+            rule.reason + (f" (only in a run with the {rule.with_part} apart)" if rule.with_part else ""),
         ]
         for rule in SUPPLEMENT
     ]
