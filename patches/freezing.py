@@ -8,7 +8,6 @@ and ``freeze_vision_tower`` freezes the rest of the vision keys. Unset, LLaMA-Fa
 
 from __future__ import annotations
 
-import sys
 from functools import wraps
 from typing import Any
 
@@ -55,23 +54,34 @@ def wrap_get_forbidden_modules(original: Any) -> Any:
     return get_forbidden_modules
 
 
+def _linear_names(model: Any, keys: set[str], excluded: set[str]) -> set[str]:
+    """The last name part of every linear layer under ``keys`` and under none of ``excluded``, by LLaMA-Factory's rule
+    for ``lora_target: all`` (``find_all_linear_modules``)."""
+    found = set()
+    for name, module in model.named_modules():
+        kind = module.__class__.__name__
+        if "Linear" not in kind or "Embedding" in kind:
+            continue
+        if any(key in name for key in keys) and not any(key in name for key in excluded):
+            found.add(name.split(".")[-1])
+    return found
+
+
 def wrap_patch_target_modules(original: Any) -> Any:
     """``lora_target: all``: LLaMA-Factory collects the linear layers' names with ``freeze_vision_tower`` alone, which
-    leaves out every layer name of an audio tower that ``freeze_audio_tower: false`` trains; with that flag set the
-    names are collected from the whole model, and the forbidden keys above drop the frozen tower's."""
+    leaves out the layer names only an audio tower has when ``freeze_audio_tower: false`` trains it; they are added
+    (the projector's aside, as LLaMA-Factory leaves them out), and the forbidden keys above keep the frozen tower's
+    layers out of the targets."""
 
     @wraps(original)
     def patch_target_modules(model: Any, finetuning_args: Any, target_modules: list[str]) -> list[str]:
         target = list(getattr(finetuning_args, "lora_target", []) or [])
-        split = _split(model.config, finetuning_args)
-        if (
-            target == ["all"]
-            and not getattr(finetuning_args, "use_llama_pro", False)
-            and getattr(finetuning_args, "freeze_vision_tower", False)
-            and any(not own for _, own, _, _ in split)
-        ):
-            misc = sys.modules["llamafactory.model.model_utils.misc"]
-            target_modules = misc.find_all_linear_modules(model, False)
+        if target == ["all"] and getattr(finetuning_args, "freeze_vision_tower", False):
+            mapping = module_map(getattr(model.config, "model_type", None), TABLE)
+            projector = set(mapping.keys["multi_modal_projector"]) if mapping is not None else set()
+            trained = [keys for _, own, keys, _ in _split(model.config, finetuning_args) if not own]
+            for keys in trained:
+                target_modules = [*target_modules, *sorted(_linear_names(model, keys, projector) - set(target_modules))]
         return list(original(model, finetuning_args, target_modules))
 
     return patch_target_modules
