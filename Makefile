@@ -1,5 +1,6 @@
 # The two commands (README.md): `make demo` trains the tiny default with three module LRs; `make test` runs
-#   1. `make setup`: Debian's Chromium and PostgreSQL (the browser and the database server the tests drive) and the
+#   1. `make setup`: Debian's Chromium, PostgreSQL and FFmpeg (the browser and the database server the tests drive, the
+#      audio decoder TorchCodec reads WAV files with) and the
 #      four environments of the version matrix below, side by side;
 #   2. the tests, cut into nine shards (one pytest run over some of a leg's test files each), two at a time, the
 #      longest first (the tests are single-threaded; the machine has two cores); it fails if any shard fails.
