@@ -1,5 +1,6 @@
 # The two commands (README.md): `make demo` trains the tiny default with three module LRs; `make test` runs
-#   1. `make setup`: Debian's Chromium and PostgreSQL (the browser and the database server the tests drive) and the
+#   1. `make setup`: Debian's Chromium, PostgreSQL and FFmpeg (the browser and the database server the tests drive, the
+#      audio decoder TorchCodec reads WAV files with) and the
 #      four environments of the version matrix below, side by side;
 #   2. the tests, cut into ten shards (one pytest run over some of a leg's test files each), two at a time, the
 #      longest first (the tests are single-threaded; the machine has two cores); it fails if any shard fails.
@@ -32,8 +33,8 @@ PIP = $(1)/bin/python -m pip install -q
 # interpreter start-up; lf_multilr/__init__.py finds `patches/` beside the package: docs/design.md#packaging).
 EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
-.PHONY: venv venv-main venv-t57 venv-compat venv-ray venvs setup system-packages chromium postgresql lint test \
-	test-fast test-full test-main test-t57 test-compat demo clean
+.PHONY: venv venv-main venv-t57 venv-compat venv-ray venvs setup system-packages chromium postgresql ffmpeg lint \
+	test test-fast test-full test-main test-t57 test-compat demo clean
 
 define new_venv
 	tools/new_venv $(PYTHON) $(1) $(2)
@@ -88,11 +89,14 @@ venvs:
 # The system packages the tests drive, from Debian: Chromium for LlamaBoard in a real browser (Playwright's own browser
 # download needs more than the package registries), and PostgreSQL for the shared-study sweep (its tests start the
 # server themselves, with initdb and pg_ctl, which Debian keeps in /usr/lib/postgresql/VERSION/bin, off the PATH).
-system-packages: chromium postgresql
+system-packages: chromium postgresql ffmpeg
 chromium:
 	command -v chromium >/dev/null || apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
 postgresql:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || apt-get install -y -q postgresql || (apt-get update -q && apt-get install -y -q postgresql)
+# FFmpeg's libraries, which TorchCodec (torchaudio.load, how LLaMA-Factory reads audio) decodes with.
+ffmpeg:
+	command -v ffmpeg >/dev/null || apt-get install -y -q --no-install-recommends ffmpeg || (apt-get update -q && apt-get install -y -q --no-install-recommends ffmpeg)
 
 # What `make test` needs before its first test, built side by side: the environments (pip, mostly CPU) and the system
 # packages (a download and an unpack, little CPU; apt installs one package set at a time, so they are one step).

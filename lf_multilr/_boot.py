@@ -26,6 +26,7 @@ WATCHED = frozenset(
         "llamafactory.train.callbacks",
         "llamafactory.train.tuner",
         "llamafactory.extras.ploting",
+        "llamafactory.model.model_utils.visual",
         "llamafactory.webui.locales",
         "llamafactory.webui.manager",
         "llamafactory.webui.components.train",

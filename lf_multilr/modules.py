@@ -8,12 +8,17 @@ Where a module's parameters come from is its :class:`Source`: some keys of LLaMA
 entry (for example all of ``vision_model_keys``, or only those that start with ``audio_tower``), plus the rules of
 lf-multilr's supplement (:mod:`lf_multilr.grouping.supplement`) that name the module. Where two modules' keys match
 one name, the lower :attr:`Module.priority` wins, so a module can be carved out of another's keys (the projector's
-``audio_tower.proj`` out of the tower's ``audio_tower`` today).
+``audio_tower.proj`` out of the audio tower's ``audio_tower``, the audio tower out of the vision keys).
+
+A module can be a part that a run asks for (:attr:`Module.part_of`): the audio tower is its own module only in a run
+that sets one of its keys or its freeze flag; in every other run its parameters stay with the vision tower, so a
+config written before it existed keeps its param groups, its logs and its checkpoints' layout
+(:meth:`Table.for_run`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -96,6 +101,10 @@ class Module:
     #: None where LLaMA-Factory's LoRA adapts it; otherwise it trains under LoRA only as a full copy in
     #: ``additional_target``, and this names the copy's target per family (for the message that says so).
     lora_copy: str | None = None
+    #: The module whose parameters these are in a run that sets none of this module's keys and not its freeze flag
+    #: (None: the module is in every run). Its freeze flag is then lf-multilr's own, and while it is unset the
+    #: other module's flag freezes both, as LLaMA-Factory's does.
+    part_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,11 @@ class Table:
             unknown = [kind for kind in row.kinds if kind not in KINDS]
             if unknown:
                 raise ValueError(f"module `{row.name}` brings unknown kinds of key {unknown}; known: {KINDS}")
+            if row.part_of is not None and (row.part_of not in names or row.freeze_flag is None):
+                raise ValueError(
+                    f"module `{row.name}` is part of `{row.part_of}`: that must be a module of the table, and the "
+                    "part needs a freeze flag of its own"
+                )
 
     def __getitem__(self, name: str) -> Module:
         for row in self.rows:
@@ -146,6 +160,15 @@ class Table:
         """The modules in the order they claim a parameter that several modules' keys match."""
         return tuple(sorted(self.rows, key=lambda row: row.priority))
 
+    def parts(self) -> tuple[Module, ...]:
+        """The modules that are parts a run asks for (:attr:`Module.part_of`)."""
+        return tuple(row for row in self.rows if row.part_of is not None)
+
+    def for_run(self, asked: Collection[str]) -> Table:
+        """The modules of a run that asks for the parts named in ``asked``: every part it does not ask for stays in
+        the module it is part of (its row left out, so that module's keys place its parameters)."""
+        return Table(tuple(row for row in self.rows if row.part_of is None or row.name in asked))
+
     def with_row(self, row: Module) -> Table:
         """This table with one more module (what a new module, or a test of one, builds)."""
         return Table((*self.rows, row))
@@ -166,7 +189,7 @@ TABLE = Table(
             short="vision",
             source=Source("vision_model_keys"),
             freeze_flag="freeze_vision_tower",
-            priority=1,
+            priority=2,
             order=1,
             labels={
                 "en": "Vision tower",
@@ -204,7 +227,7 @@ TABLE = Table(
             short="LLM",
             source=Source("language_model_keys"),
             freeze_flag="freeze_language_model",
-            priority=2,
+            priority=3,
             order=0,
             labels={
                 "en": "Language model",
@@ -216,5 +239,33 @@ TABLE = Table(
             color="#1f77b4",
             kinds=(*COMMON, "layer_decay"),
         ),
+        Module(
+            name="audio_tower",
+            what="the audio tower",
+            noun="audio tower",
+            short="audio",
+            # The registry files every audio encoder under the vision keys: Qwen2-Audio's, the Omni thinkers' and
+            # Gemma 3n / 4's `audio_tower`, MiniCPM-o's `apm` (and its parameterless `audio_avg_pooler`). Their
+            # output projections stay with the projector (`audio_tower.proj` is a projector key, and the
+            # projector's priority wins); MiniCPM-o's `audio_projection_layer` is moved there by the supplement.
+            source=Source("vision_model_keys", prefixes=("audio_tower", "apm", "audio_avg_pooler")),
+            freeze_flag="freeze_audio_tower",
+            priority=1,
+            order=3,
+            labels={
+                "en": "Audio tower",
+                "ru": "аудиоэнкодера",
+                "zh": "音频编码器",
+                "ko": "오디오 타워",
+                "ja": "音声タワー",
+            },
+            color="#9467bd",
+            kinds=(*COMMON, "layer_decay"),
+            part_of="vision_tower",
+        ),
     )
 )
+
+#: The modules of a run that asks for no part (:meth:`Table.for_run`): what every config that sets no audio-tower key
+#: and no ``freeze_audio_tower`` trains with, the same three modules as before the audio tower had a row.
+BASE: Table = TABLE.for_run(())

@@ -19,12 +19,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lf_multilr.config.keys import CALLBACKS, KEY_NAMES, LR_GROUPS, SWITCHES
+from lf_multilr.config.keys import CALLBACKS, FREEZE_FLAGS, KEY_NAMES, LR_GROUPS, SWITCHES
 
 #: The module of lf-multilr's patches that prints the parser's keys as a JSON list.
 LISTING = "lf_multilr.patches.parser_keys"
 
-LF_MULTILR_KEYS = frozenset((*KEY_NAMES, LR_GROUPS.name, CALLBACKS.name, *(switch.name for switch in SWITCHES)))
+LF_MULTILR_KEYS = frozenset(
+    (*KEY_NAMES, LR_GROUPS.name, CALLBACKS.name, *(switch.name for switch in SWITCHES), *(f.name for f in FREEZE_FLAGS))
+)
 
 
 class KeysUnavailable(RuntimeError):

@@ -21,6 +21,7 @@ from lf_multilr.config.checks import (
     deepspeed_given,
     fsdp_of,
     refusal,
+    refuse_absent_parts,
     refuse_backends,
     refuse_deepspeed_blocks,
     refuse_flat,
@@ -31,7 +32,7 @@ from lf_multilr.config.checks import (
     refuse_structure_optim,
     refuse_unknown_model_type,
 )
-from lf_multilr.config.keys import CALLBACKS, CALLBACKS_ENV, KEYS, LR_GROUPS, SWITCHES
+from lf_multilr.config.keys import CALLBACKS, CALLBACKS_ENV, FREEZE_FLAGS, KEYS, LR_GROUPS, SWITCHES
 from lf_multilr.config.settings import Settings, keep, settings_of
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.supplement import rules_for
@@ -73,6 +74,7 @@ def key_fields() -> list[tuple[str, Any, Any]]:
     fields: list[tuple[str, Any, Any]] = [
         (key.name, float | None, field(default=None, metadata={"help": key.help})) for key in KEYS
     ]
+    fields += [(flag.name, bool | None, field(default=None, metadata={"help": flag.help})) for flag in FREEZE_FLAGS]
     fields += [
         (switch.name, bool, field(default=switch.default, metadata={"help": switch.help})) for switch in SWITCHES
     ]
@@ -196,10 +198,20 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
     model_type = read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules
     if model_type is not None and module_map(model_type) is None:
         refuse_unknown_model_type(settings, model_type, known_types())
+    refuse_parts(settings, model_type)
     # Where the registry misses parts of a module, its freeze flag does not freeze all of it: the optimizer-time
     # check on the prepared model decides.
     unreachable = {rule.module for rule in rules_for(model_type or "") if not rule.registry}
     refuse_frozen(settings, finetuning_args, unreachable)
+
+
+def refuse_parts(settings: Settings, model_type: str | None) -> None:
+    """Refuse an audio-tower key or ``freeze_audio_tower`` on a model type without an audio tower (``model_type``:
+    as read before the model loads; None: not read)."""
+    if model_type is None or not settings.table.parts():
+        return
+    mapping = module_map(model_type, settings.table)
+    refuse_absent_parts(settings, model_type, mapping.keys_of if mapping is not None else lambda module: ())
 
 
 def parser_keys() -> list[str]:
@@ -249,6 +261,12 @@ def wrap_get_train_args(original: Any) -> Any:
         settings = settings_of(finetuning_args)
         _state.warn_unverified()
         if not settings.any_set:
+            if settings.table.parts():  # `freeze_audio_tower` alone: LLaMA-Factory's freezing, split
+                lost = _state.keys_lost()
+                if lost is not None:
+                    flag = next(str(row.freeze_flag) for row in settings.table.parts())
+                    raise ConfigError(flag, getattr(finetuning_args, flag), *lost)
+                refuse_parts(settings, read_model_type(model_args))
             guard.disarm()
             return parsed
         preflight(settings, model_args, training_args, finetuning_args)

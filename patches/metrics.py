@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import wraps
 from typing import Any
 
+from lf_multilr.config.settings import settings_of
 from lf_multilr.grouping.schema import ours
 from lf_multilr.reports.plots import plot_module_metrics
 from lf_multilr.training.metrics import GradNormMonitor, Reduce, module_entries, module_lrs, will_log
@@ -35,7 +36,8 @@ def monitor_of(trainer: Any) -> GradNormMonitor | None:
     monitor = None
     finetuning_args = getattr(trainer, "finetuning_args", None)  # only LLaMA-Factory's trainers have it
     if finetuning_args is not None and getattr(finetuning_args, "log_module_metrics", False):
-        mapping = module_map(config_model_type(model_config(trainer.model)))
+        table = settings_of(finetuning_args).table
+        mapping = module_map(config_model_type(model_config(trainer.model)), table)
         optimizer = getattr(trainer, "optimizer", None)
         groups = ours(getattr(optimizer, "param_groups", []))
         reduce, withheld = _sharding(trainer) if mapping is not None or groups else (None, None)

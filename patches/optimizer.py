@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lf_multilr.config.checks import (
+    refuse_absent_parts,
     refuse_flat_parameters,
     refuse_optimizer_structure,
     refuse_own_optimizers,
@@ -40,11 +41,13 @@ def decay_names(model: torch.nn.Module, loraplus: bool) -> set[str]:
 def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, settings: Settings) -> GroupPlan:
     """The checked plan for ``model`` as LLaMA-Factory has prepared it (frozen, PEFT-wrapped, ...)."""
     model_type = config_model_type(model_config(model))
-    mapping = module_map(model_type)
+    mapping = module_map(model_type, settings.table)
     if mapping is None and settings.module_keys_set:
         refuse_unknown_model_type(settings, model_type, known_types())
     if mapping is None:  # no module keys (a plan, or lr_groups alone): all `other`
-        mapping = ModuleMap.none(str(model_type))
+        mapping = ModuleMap.none(str(model_type), settings.table)
+    elif settings.module_keys_set:  # where the model type could not be read before the model loaded
+        refuse_absent_parts(settings, str(model_type), mapping.keys_of)
     refuse_flat_parameters(settings, model.named_parameters())
     ratio = getattr(finetuning_args, "loraplus_lr_ratio", None)
     loraplus = None if ratio is None else LoraPlus(float(ratio), float(finetuning_args.loraplus_lr_embedding))

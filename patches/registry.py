@@ -6,7 +6,7 @@ from typing import Any
 
 from lf_multilr.grouping.placement import ModuleMap
 from lf_multilr.grouping.supplement import rules_for
-from lf_multilr.modules import RegistryEntry
+from lf_multilr.modules import BASE, RegistryEntry, Table
 
 
 def _composite_models() -> dict[str, Any]:
@@ -23,8 +23,9 @@ def known_types() -> list[str]:
     return sorted(_composite_models())
 
 
-def module_map(model_type: str | None) -> ModuleMap | None:
-    """The registry's keys for ``model_type`` and the supplement's rules, or None when the registry does not know it."""
+def module_map(model_type: str | None, table: Table = BASE) -> ModuleMap | None:
+    """The registry's keys for ``model_type`` and the supplement's rules for the run's modules (``table``: the
+    settings'), or None when the registry does not know it."""
     entry = _composite_models().get(model_type or "")
     if entry is None:
         return None
@@ -32,7 +33,7 @@ def module_map(model_type: str | None) -> ModuleMap | None:
     if projector is None:  # LLaMA-Factory < 0.9.5 has a single `projector_key`
         projector = [entry.projector_key]
     keys = RegistryEntry(tuple(projector), tuple(entry.vision_model_keys), tuple(entry.language_model_keys))
-    return ModuleMap.from_registry(str(model_type), keys, rules_for(str(model_type)))
+    return ModuleMap.from_registry(str(model_type), keys, rules_for(str(model_type)), table)
 
 
 def config_model_type(config: Any) -> str | None:

@@ -12,7 +12,7 @@ from lf_multilr.compat import (
     TRANSFORMERS_CORE,
 )
 
-from . import callbacks, guard, hparams, metrics, optimizer, resume, schedule, transformers4, webui
+from . import callbacks, freezing, guard, hparams, metrics, optimizer, resume, schedule, transformers4, webui
 from ._patching import Target
 
 _STAGE_TRAINERS = tuple(f"llamafactory.train.{stage}.trainer" for stage in ("sft", "pt", "rm", "dpo", "kto", "ppo"))
@@ -88,6 +88,25 @@ TARGETS: tuple[Target, ...] = (
         optional=True,  # 0.9.4's v1 engine trains nothing yet (no `train` command): verified from 0.9.5 on
         shape=hparams.dataclass_shape,
         verified=LLAMAFACTORY_FULL,
+    ),
+    Target(
+        "llamafactory.model.model_utils.visual",
+        "get_forbidden_modules",
+        freezing.wrap_get_forbidden_modules,
+        role="`freeze_audio_tower`: the audio tower frozen apart from the vision tower",
+        importers=("llamafactory.model.adapter",),
+        signature=("config", "finetuning_args"),
+        essential=True,
+        verified=LLAMAFACTORY_CORE,
+    ),
+    Target(
+        "llamafactory.model.model_utils.visual",
+        "patch_target_modules",
+        freezing.wrap_patch_target_modules,
+        role="`freeze_audio_tower` under `lora_target: all`",
+        importers=("llamafactory.model.adapter",),
+        signature=("model", "finetuning_args", "target_modules"),
+        verified=LLAMAFACTORY_CORE,
     ),
     Target(
         "llamafactory.train.trainer_utils",

@@ -85,6 +85,30 @@ CASES = {
         {"vision_tower_lr": 1e-5, "optim": "apollo_adamw", "optim_target_modules": ["q_proj"]},
         r"`optim: apollo_adamw` builds its own parameter structure",
     ),
+    # the audio tower's keys, checked like the others; on a model without an audio tower, refused by name
+    "audio negative": ({"audio_tower_lr": -1e-5}, r"`audio_tower_lr: -1e-05` is refused: a learning rate cannot be"),
+    "audio nan": (
+        {"audio_tower_weight_decay": "nan"},
+        r"`audio_tower_weight_decay: 'nan'` is refused: it is not a fin",
+    ),
+    "audio infinite": (
+        {"audio_tower_lr": float("inf")},
+        r"`audio_tower_lr: inf` is refused: it is not a finite number",
+    ),
+    "audio boolean": ({"audio_tower_start_step": True}, r"`audio_tower_start_step: True` is refused: it is a boolean"),
+    "audio string": ({"audio_tower_warmup_steps": "soon"}, r"`audio_tower_warmup_steps: 'soon'` is refused: it is not"),
+    "audio on a vision model": (
+        {"audio_tower_lr": 1e-5},
+        r"`audio_tower_lr: 1e-05` is refused: model type `qwen2_vl` has no audio tower",
+    ),
+    "freeze audio on a vision model": (
+        {"freeze_audio_tower": False, "vision_tower_lr": 1e-5},
+        r"`freeze_audio_tower: False` is refused: model type `qwen2_vl` has no audio tower",
+    ),
+    "freeze audio not a boolean": (
+        {"freeze_audio_tower": "yes"},
+        r"`freeze_audio_tower: 'yes'` is refused: it is a str",
+    ),
     # PPO builds its scheduler itself: a module's start step or warm-up would never apply
     "ppo start step": (
         {"vision_tower_lr": 1e-5, "vision_tower_start_step": 2, **PPO},

@@ -14,20 +14,26 @@ def test_key_names_follow_the_freeze_family():
         "vision_tower_lr",
         "multi_modal_projector_lr",
         "language_model_lr",
+        "audio_tower_lr",
         "vision_tower_weight_decay",
         "multi_modal_projector_weight_decay",
         "language_model_weight_decay",
+        "audio_tower_weight_decay",
         "vision_tower_lr_layer_decay",
         "language_model_lr_layer_decay",
+        "audio_tower_lr_layer_decay",
         "vision_tower_start_step",
         "multi_modal_projector_start_step",
         "language_model_start_step",
+        "audio_tower_start_step",
         "vision_tower_warmup_steps",
         "multi_modal_projector_warmup_steps",
         "language_model_warmup_steps",
+        "audio_tower_warmup_steps",
         "vision_tower_min_lr",
         "multi_modal_projector_min_lr",
         "language_model_min_lr",
+        "audio_tower_min_lr",
     )
 
 
@@ -80,7 +86,7 @@ def test_a_layer_decay_is_a_number_above_0_and_at_most_1(name, value, why):
 
 def test_weight_decay_message_speaks_of_weight_decay():
     with pytest.raises(ConfigError, match="a weight decay cannot be negative.*inherit `weight_decay`"):
-        check_value(KEYS[3], -0.1)
+        check_value(next(key for key in KEYS if key.kind == "weight_decay"), -0.1)
 
 
 def test_resolve_inherits_unset_keys():

@@ -1,9 +1,8 @@
 """The table of modules drives the keys, the groups, the tables, the checks and LlamaBoard's fields.
 
-The shipped table keeps today's orders; a table with one more row (a hypothetical audio tower whose parameters come
-from a prefix of the registry's vision keys, or from a supplement rule, with a freeze flag of its own) gets that
-module everywhere without any other edit. The audio row here is a test's, not the product's (the shipped table has
-three modules).
+The shipped table has four rows; a run that asks for no part keeps the three modules it always had. The audio row
+(whose parameters come from a prefix of the registry's vision keys, or from a supplement rule, with a freeze flag of
+its own) gets that module everywhere without any other edit; here it also brings a layer-wise decay.
 """
 
 from __future__ import annotations
@@ -23,35 +22,18 @@ from lf_multilr.grouping.checks import check_plan
 from lf_multilr.grouping.placement import PRIORITY, ModuleMap
 from lf_multilr.grouping.plan import build_plan
 from lf_multilr.grouping.supplement import Rule
-from lf_multilr.modules import TABLE, Module, RegistryEntry, Source, Table
+from lf_multilr.modules import BASE, COMMON, KINDS, TABLE, RegistryEntry, Source, Table
 from lf_multilr.reports.as_json import plan_to_dict
 from lf_multilr.reports.table import format_table
 from lf_multilr.training.metrics import GradNormMonitor
 from lf_multilr.webui import fields as webui_fields
 from tools.testing import decay_names
 
-AUDIO = Module(
-    name="audio_tower",
-    what="the audio tower",
-    noun="audio tower",
-    short="audio",
-    source=Source("vision_model_keys", prefixes=("audio_tower", "apm")),
-    freeze_flag="freeze_audio_tower",
-    priority=1,
-    order=3,
-    labels={"en": "Audio tower", "ru": "аудиоэнкодера", "zh": "音频编码器", "ko": "오디오 타워", "ja": "音声タワー"},
-    color="#9467bd",
-    kinds=("lr", "weight_decay", "layer_decay", "start_step", "warmup_steps"),
-)
-#: The shipped table with the audio row: the projector still beats everything, audio beats the vision tower.
-WITH_AUDIO = Table(
-    (
-        replace(TABLE["vision_tower"], priority=2),
-        TABLE["multi_modal_projector"],
-        replace(TABLE["language_model"], priority=3),
-        AUDIO,
-    )
-)
+#: The shipped audio row: every kind of key, a layer-wise decay and a floor included.
+AUDIO = TABLE["audio_tower"]
+assert AUDIO.kinds == (*COMMON, "layer_decay") and set(AUDIO.kinds) == set(KINDS)
+#: The shipped table with that row: the projector still beats everything, audio beats the vision tower.
+WITH_AUDIO = Table(tuple(AUDIO if row.name == "audio_tower" else row for row in TABLE.rows))
 #: A Qwen2.5-Omni thinker's registry entry: the audio tower sits in the vision keys, its output projection in both.
 OMNI = RegistryEntry(
     projector_keys=("visual.merger", "audio_tower.proj"),
@@ -89,26 +71,33 @@ def audio_settings(**values: float) -> Settings:
 
 
 def test_the_shipped_table_gives_todays_orders_flags_and_help():
+    # A run that asks for no part: the three modules, in the orders they always had.
     assert MODULES == ("language_model", "vision_tower", "multi_modal_projector")  # HF logs group 0 as learning_rate
     assert ORDER == (*MODULES, "other")
-    assert PRIORITY == ("multi_modal_projector", "vision_tower", "language_model")
-    assert FREEZE_FLAG == {f"{name}": f"freeze_{name}" for name in TABLE.names}
+    assert FREEZE_FLAG == {f"{name}": f"freeze_{name}" for name in BASE.names}
+    assert [row.name for row in BASE.by_priority] == ["multi_modal_projector", "vision_tower", "language_model"]
+    # The shipped table: the audio tower last in the groups, and before the vision tower where keys overlap.
+    assert [row.name for row in TABLE.by_order] == [*MODULES, "audio_tower"]
+    assert PRIORITY == ("multi_modal_projector", "audio_tower", "vision_tower", "language_model")
+    assert [row.name for row in TABLE.parts()] == ["audio_tower"] and TABLE["audio_tower"].part_of == "vision_tower"
     layer = next(key for key in keys_of(TABLE) if key.kind == "layer_decay")
     assert layer.help == (
         "Layer-wise LR decay of the vision (and audio) tower, each stack of numbered blocks on its own: block i of N "
         "trains at vision_tower_lr * d**(N-1-i), its embeddings at d**N, its head at vision_tower_lr (0 < d <= 1) "
         "(lf-multilr). Unset: no decay."
     )
-    assert TABLE.nouns() == "vision tower, projector or language model"
+    assert BASE.nouns() == "vision tower, projector or language model"
 
 
 def test_a_table_refuses_rows_that_collide():
     with pytest.raises(ValueError, match="share a priority"):
-        TABLE.with_row(replace(AUDIO, priority=0))
+        BASE.with_row(replace(AUDIO, priority=0))
     with pytest.raises(ValueError, match="share a order"):
-        TABLE.with_row(replace(AUDIO, priority=7, order=0))
+        BASE.with_row(replace(AUDIO, priority=7, order=0))
     with pytest.raises(ValueError, match="not a module"):
-        TABLE.with_row(replace(AUDIO, name="other", priority=7))
+        BASE.with_row(replace(AUDIO, name="other", priority=7))
+    with pytest.raises(ValueError, match="part of `vision`"):
+        BASE.with_row(replace(AUDIO, part_of="vision"))
     with pytest.raises(ValueError, match="not a registry field"):
         Source("audio_model_keys")
 
@@ -117,7 +106,7 @@ def test_a_row_brings_its_keys_with_their_help_and_checks():
     names = [key.name for key in keys_of(WITH_AUDIO)]
     assert names[:4] == ["vision_tower_lr", "multi_modal_projector_lr", "language_model_lr", "audio_tower_lr"]
     assert names.index("audio_tower_lr_layer_decay") == names.index("language_model_lr_layer_decay") + 1
-    assert names[-1] == "language_model_min_lr" and len(names) == 17 + 5  # the row brings no floor: its kinds say so
+    assert names[-1] == "audio_tower_min_lr" and len(names) == 17 + 6
     keys = {key.name: key for key in keys_of(WITH_AUDIO)}
     assert keys["audio_tower_lr"].help == "Learning rate of the audio tower (lf-multilr). Unset: `learning_rate`."
     assert "trains at audio_tower_lr * d**(N-1-i)" in keys["audio_tower_lr_layer_decay"].help
@@ -145,8 +134,8 @@ def test_a_row_takes_its_parameters_from_a_prefix_of_the_registry_keys_and_wins_
 def test_a_row_the_registry_does_not_name_takes_its_parameters_from_the_supplement():
     entry = RegistryEntry(("merger",), ("visual",), ("language_model",))
     rule = Rule(("toy_apm",), ("apm.",), "audio_tower", (), "an audio encoder no registry key names")
-    no_registry = replace(AUDIO, source=Source(None), freeze_flag=None)
-    table = Table((*TABLE.rows, replace(no_registry, priority=9)))
+    no_registry = replace(AUDIO, source=Source(None), freeze_flag=None, part_of=None)
+    table = Table((*BASE.rows, replace(no_registry, priority=9)))
     mapping = ModuleMap.from_registry("toy_apm", entry, [rule], table)
     assert mapping.keys["audio_tower"] == () and mapping.keys_of("audio_tower") == ("apm.",)
     placed = mapping.placement("apm.layers.0.weight")
@@ -251,4 +240,4 @@ def test_the_web_ui_fields_derive_the_row():
     assert entries["audio_tower_warmup_steps"]["ru"]["label"] == "Шаги прогрева аудиоэнкодера"
     assert entries["audio_tower_lr_layer_decay"]["ja"]["label"] == "音声タワーの層別学習率減衰"
     assert webui_fields.value(keys_of(WITH_AUDIO)[3], "1,5e-5") == 1.5e-5
-    assert "audio_tower_lr" not in webui_fields.locales()  # the shipped table has no audio row
+    assert webui_fields.locales()["audio_tower_lr"]["en"]["label"] == "Audio tower learning rate"  # shipped

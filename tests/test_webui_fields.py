@@ -96,13 +96,13 @@ def test_english_and_chinese_labels():
 
 
 def test_a_module_without_words_in_a_language_gets_fields_with_its_name_and_cli_help():
-    unlabelled = replace(TABLE["vision_tower"], name="audio_tower", what="the audio tower", priority=9, order=9)
+    unlabelled = replace(TABLE["vision_tower"], name="speech_tower", what="the speech tower", priority=9, order=9)
     table = TABLE.with_row(replace(unlabelled, labels={}))
-    later = next(key for key in keys_of(table) if key.name == "audio_tower_lr")
+    later = next(key for key in keys_of(table) if key.name == "speech_tower_lr")
     entries = webui_fields.locales(table)
     for lang in webui_fields.LANGUAGES:
-        assert entries["audio_tower_lr"][lang] == {"label": "audio_tower_lr", "info": later.help}
-    assert later.help.startswith("Learning rate of the audio tower (lf-multilr).")
+        assert entries["speech_tower_lr"][lang] == {"label": "speech_tower_lr", "info": later.help}
+    assert later.help.startswith("Learning rate of the speech tower (lf-multilr).")
     assert later in webui_fields.rows(table)[0]
 
 

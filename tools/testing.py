@@ -90,6 +90,7 @@ TEMPLATE = {
     "llava": "llava",
     "llava_next": "llava_next",
     "gemma3": "gemma3",
+    "qwen2_audio": "qwen2_audio",
 }
 PROJECTOR_COPY = {
     "qwen2_vl": "merger",

@@ -107,6 +107,9 @@ from transformers import (  # noqa: E402
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2AudioConfig,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioProcessor,
     Qwen2Tokenizer,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
@@ -116,12 +119,13 @@ from transformers import (  # noqa: E402
     Qwen3VLForConditionalGeneration,
     Qwen3VLProcessor,
     SiglipVisionConfig,
+    WhisperFeatureExtractor,
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # noqa: E402
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor  # noqa: E402
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor  # noqa: E402
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "gemma3")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "gemma3", "qwen2_audio")
 
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. A red square, a green circle and a blue triangle "
@@ -443,6 +447,46 @@ def _build_gemma3() -> tuple[PreTrainedModel, ProcessorMixin]:
     return model, processor
 
 
+#: Qwen2-Audio's audio special tokens, in the order its tokenizer has them.
+QWEN_AUDIO_SPECIALS = ("<|audio_bos|>", "<|audio_eos|>", "<|AUDIO|>")
+#: Audio: 16 kHz, at most 2 s (Whisper's feature extractor pads every clip to 200 frames of 16 mel bins), so the
+#: encoder sees 100 positions and a 1 s clip becomes 25 audio tokens.
+AUDIO_RATE, AUDIO_SECONDS, AUDIO_MELS = 16000, 2, 16
+
+
+def _build_qwen2_audio() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Random Qwen2-Audio (Whisper-style audio encoder, linear projector, Qwen2) and its processor (Whisper's
+    feature extractor, the Qwen tokenizer with the audio tokens)."""
+    tokenizer = _qwen_tokenizer("qwen2_vl")
+    tokenizer.add_special_tokens({"additional_special_tokens": [*QWEN_SPECIALS[1:], *QWEN_AUDIO_SPECIALS]})
+    ids = tokenizer.get_vocab()
+    text = {
+        **TEXT,
+        "model_type": "qwen2",
+        "vocab_size": _padded_vocab(tokenizer),
+        **_rope({"rope_type": "default", "rope_theta": 1000000.0}),
+        "bos_token_id": None,
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    audio = {
+        "num_mel_bins": AUDIO_MELS,
+        "d_model": 32,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "max_source_positions": AUDIO_SECONDS * 50,  # 100 frames a second, halved by the second conv
+    }
+    config = Qwen2AudioConfig(
+        audio_config=audio, text_config=text, audio_token_index=ids["<|AUDIO|>"], tie_word_embeddings=False
+    )
+    features = WhisperFeatureExtractor(
+        feature_size=AUDIO_MELS, sampling_rate=AUDIO_RATE, chunk_length=AUDIO_SECONDS, hop_length=160, n_fft=400
+    )
+    processor = Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+    return Qwen2AudioForConditionalGeneration(config), processor
+
+
 def build_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Write a loadable tiny random model of ``family`` (one of ``FAMILIES``) to ``out_dir``."""
     if family not in FAMILIES:
@@ -451,6 +495,8 @@ def build_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     if family.startswith("llava"):
         model, processor = _build_llava(family)
+    elif family == "qwen2_audio":
+        model, processor = _build_qwen2_audio()
     else:
         model, processor = _build_gemma3() if family == "gemma3" else _build_qwen(family)
     model.float().save_pretrained(out)
@@ -602,6 +648,48 @@ def build_dataset(out_dir: str | Path) -> Path:
             "columns": {**mm_columns, "kto_tag": "label"},
             "tags": SHAREGPT_TAGS,
         },
+    }
+    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+#: Pitches of the generated audio clips (Hz), each named as the answer says it.
+TONES = {"low": 220.0, "middle": 440.0, "high": 880.0}
+
+
+def _write_tone(path: Path, hertz: float, seconds: float) -> None:
+    """A sine wave of ``hertz`` for ``seconds``, written as 16-bit mono WAV at :data:`AUDIO_RATE`."""
+    import wave
+
+    samples = torch.arange(int(AUDIO_RATE * seconds)) / AUDIO_RATE
+    wave_ = (0.3 * torch.sin(2 * torch.pi * hertz * samples) * 32767).to(torch.int16)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(AUDIO_RATE)
+        out.writeframes(wave_.numpy().tobytes())
+
+
+def build_audio_dataset(out_dir: str | Path) -> Path:
+    """Write sine-wave WAV clips, ``tiny_audio.json`` and ``dataset_info.json`` (declaring ``tiny_audio``) to
+    ``out_dir``; audio paths are relative to it, LLaMA-Factory's ``media_dir`` by default."""
+    out = Path(out_dir)
+    (out / "audios").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (name, hertz) in enumerate(TONES.items()):
+        for seconds in (0.5, 1.0):
+            clip = f"audios/{name}_{seconds:g}s.wav"
+            _write_tone(out / clip, hertz, seconds)
+            question = ("<audio>Which pitch is the tone?", "<audio>Describe the sound.")[i % 2]
+            rows.append({"messages": _chat(question, f"A {name} tone of {seconds:g} seconds."), "audios": [clip]})
+    (out / "tiny_audio.json").write_text(json.dumps(rows, indent=2) + "\n")
+    info = {
+        "tiny_audio": {
+            "file_name": "tiny_audio.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "audios": "audios"},
+            "tags": SHAREGPT_TAGS,
+        }
     }
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return out

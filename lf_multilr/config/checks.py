@@ -7,7 +7,7 @@ model type) and raise what these functions raise. Every refusal names the first 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from lf_multilr.config.backends import Backend
 from lf_multilr.config.keys import key_name
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
-from lf_multilr.modules import TABLE, Module
+from lf_multilr.modules import BASE, TABLE, Module
 from lf_multilr.training.floors import DECAYING
 
 #: What accelerate and HF read as true in their environment switches (`strtobool`); lf-multilr's: `_boot.flag`.
@@ -250,7 +250,7 @@ def flat_parameters(named_parameters: Iterable[tuple[str, Any]]) -> list[str]:
 #: Why FSDP1 without ``use_orig_params`` is refused, and the fix (before the model loads and at optimizer time).
 FLAT_WHY = (
     "FSDP1 without `use_orig_params` hands the optimizer one flattened tensor per wrapped block, which mixes "
-    f"the modules' parameters, so there is no {TABLE.nouns()} to give its own LR"
+    f"the modules' parameters, so there is no {BASE.nouns()} to give its own LR"
 )
 FLAT_FIX = (
     "set `fsdp_use_orig_params: true` in the accelerate config (or `use_orig_params: true` under `fsdp_config`), "
@@ -269,6 +269,32 @@ def frozen_fix(module: Module, finetuning_type: str) -> str:
     return unfreeze + " so that LoRA adapts it" if finetuning_type == "lora" else unfreeze
 
 
+def freezing_flag(module: Module, finetuning_args: Any) -> str | None:
+    """The flag that freezes ``module`` in this config: its own, or, for a part of another module whose own flag is
+    unset, that module's (LLaMA-Factory's ``freeze_vision_tower`` freezes the audio tower too)."""
+    flag = module.freeze_flag
+    if module.part_of is not None and flag is not None and getattr(finetuning_args, flag, None) is None:
+        return TABLE[module.part_of].freeze_flag
+    return flag
+
+
+def refuse_absent_parts(settings: Settings, model_type: str, keys_of: Callable[[str], tuple[str, ...]]) -> None:
+    """Refuse a part's key (the audio tower's, or its freeze flag) on a model type that has no such part: none of the
+    registry's or the supplement's keys for ``model_type`` place a parameter in it (``keys_of``: the keys of a
+    module of the run)."""
+    for module in settings.table.parts():
+        if keys_of(module.name):
+            continue
+        keys = settings.explicit(module.name)
+        key, value = (keys[0], settings.values[keys[0]]) if keys else (module.freeze_flag, settings.flags[module.name])
+        raise ConfigError(
+            str(key),
+            value,
+            f"model type `{model_type}` has no {module.noun}: LLaMA-Factory's registry names none for it",
+            "remove the key (the keys of the other modules work as before)",
+        )
+
+
 def refuse_frozen(settings: Settings, finetuning_args: Any, unreachable: Collection[str] = ()) -> None:
     """Refuse a key for a module that the config's own flags leave untrained.
 
@@ -281,13 +307,19 @@ def refuse_frozen(settings: Settings, finetuning_args: Any, unreachable: Collect
     modules = settings.table.by_order
     for module in modules:
         keys = settings.explicit(module.name)
-        flag = module.freeze_flag
+        flag = freezing_flag(module, finetuning_args)
         if keys and not copies and module.name not in unreachable and flag and getattr(finetuning_args, flag, False):
+            fix = frozen_fix(module, finetuning_type)
+            if flag != module.freeze_flag:  # a part whose own flag is unset: LLaMA-Factory's flag freezes it
+                fix = (
+                    f"set `{module.freeze_flag}: false` (while it is unset, `{flag}` freezes the {module.noun} "
+                    "too, as in LLaMA-Factory)"
+                )
             raise ConfigError(
                 keys[0],
                 settings.values[keys[0]],
                 f"`{flag}: true` freezes the {module.name}, so its value would do nothing",
-                f"{frozen_fix(module, finetuning_type)}, or remove the key",
+                f"{fix}, or remove the key",
             )
     for module in modules:
         keys = settings.explicit(module.name)

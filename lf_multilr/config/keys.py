@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lf_multilr.errors import ConfigError
-from lf_multilr.modules import KINDS, OTHER, TABLE, ModuleKind, Table
+from lf_multilr.modules import BASE, KINDS, OTHER, TABLE, ModuleKind, Table
 
-#: The modules, in param-group order: the language model first, because HF logs group 0 as ``learning_rate``.
-MODULES: tuple[str, ...] = tuple(row.name for row in TABLE.by_order)
-#: The modules and ``other``, in param-group and table order.
-ORDER: tuple[str, ...] = TABLE.group_names
+#: The modules of a run that asks for no part (:data:`~lf_multilr.modules.BASE`), in param-group order: the language
+#: model first, because HF logs group 0 as ``learning_rate``. A run's own: ``Settings.table``.
+MODULES: tuple[str, ...] = tuple(row.name for row in BASE.by_order)
+#: Those modules and ``other``, in param-group and table order.
+ORDER: tuple[str, ...] = BASE.group_names
 
-#: The flag that freezes each module (LLaMA-Factory's own for the shipped ones).
-FREEZE_FLAG: dict[str, str] = {row.name: row.freeze_flag for row in TABLE.rows if row.freeze_flag is not None}
+#: The flag that freezes each of those modules (LLaMA-Factory's own; the parts' flags: :data:`FREEZE_FLAGS`).
+FREEZE_FLAG: dict[str, str] = {row.name: row.freeze_flag for row in BASE.rows if row.freeze_flag is not None}
 
 
 Kind = ModuleKind | Literal["groups"]
@@ -122,6 +123,44 @@ CALLBACKS = Option(
 )
 #: The environment variable that names callbacks for every run, comma-separated, like ``trainer_callbacks``.
 CALLBACKS_ENV = "LF_MULTILR_CALLBACKS"
+
+
+@dataclass(frozen=True)
+class FreezeFlag:
+    """The freeze flag of a module that is part of another (:attr:`~lf_multilr.modules.Module.part_of`): lf-multilr's
+    own, ``None`` when unset (then the other module's flag freezes both, as LLaMA-Factory's does)."""
+
+    name: str
+    module: str
+    #: The flag of the module it is part of (``freeze_vision_tower``).
+    parent: str
+
+    @property
+    def help(self) -> str:
+        part, parent = TABLE[self.module], TABLE[str(TABLE[self.module].part_of)]
+        return (
+            f"Whether to freeze {part.what} apart from the {parent.noun} (lf-multilr). Unset: `{self.parent}` "
+            f"freezes both, as in LLaMA-Factory; set (true or false): `{self.parent}` freezes the {parent.noun} only."
+        )
+
+
+#: The freeze flags lf-multilr adds with the modules that are parts of others.
+FREEZE_FLAGS: tuple[FreezeFlag, ...] = tuple(
+    FreezeFlag(str(row.freeze_flag), row.name, str(TABLE[str(row.part_of)].freeze_flag)) for row in TABLE.parts()
+)
+
+
+def check_flag(flag: FreezeFlag, value: Any) -> bool | None:
+    """``value`` of a freeze flag: true, false or unset; anything else is refused."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise ConfigError(
+        flag.name,
+        value,
+        f"it is a {type(value).__name__}, not true or false",
+        f"give true or false, or remove the key (unset: `{flag.parent}` freezes both, as in LLaMA-Factory)",
+    )
+
 
 SWITCHES: tuple[Switch, ...] = (
     Switch(

@@ -8,12 +8,12 @@ re-reads or re-checks them later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lf_multilr.config.custom_groups import CustomGroup, parse_lr_groups
-from lf_multilr.config.keys import LR_GROUPS, Key, check_value, key_name, keys_of
-from lf_multilr.modules import OTHER, TABLE, Table
+from lf_multilr.config.keys import FREEZE_FLAGS, LR_GROUPS, Key, check_flag, check_value, key_name, keys_of
+from lf_multilr.modules import BASE, OTHER, TABLE, Table
 
 #: The attribute of the parsed arguments that holds their settings.
 ATTRIBUTE = "lf_multilr_settings"
@@ -28,20 +28,33 @@ class Settings:
     groups: tuple[CustomGroup, ...] = ()
     #: ``lr_groups`` as given, for messages.
     groups_value: Any = None
-    #: The modules whose keys these are.
-    table: Table = TABLE
+    #: The modules of this run: the table's, less the parts it does not ask for (:meth:`Table.for_run`).
+    table: Table = BASE
+    #: The freeze flags of the parts of modules (``freeze_audio_tower``) by module, as set (``None``: unset).
+    flags: dict[str, bool | None] = field(default_factory=dict)
 
     @classmethod
     def read(cls, args: Any, table: Table = TABLE) -> Settings:
-        """Read (and check) the keys from any object that has them as attributes, e.g. finetuning args."""
+        """Read (and check) the keys from any object that has them as attributes, e.g. finetuning args. A part of a
+        module (the audio tower) is a module of this run when one of its keys or its freeze flag is set."""
         raw = getattr(args, LR_GROUPS.name, None)
         values = {key.name: check_value(key, getattr(args, key.name, None)) for key in keys_of(table)}
-        return cls(values, parse_lr_groups(raw, table), raw, table)
+        flags = {flag.module: check_flag(flag, getattr(args, flag.name, None)) for flag in FREEZE_FLAGS}
+        asked = {
+            row.name
+            for row in table.parts()
+            if flags.get(row.name) is not None
+            or any(values[key.name] is not None for key in keys_of(table) if key.module == row.name)
+        }
+        run = table.for_run(asked)
+        values = {key.name: values[key.name] for key in keys_of(run)}
+        return cls(values, parse_lr_groups(raw, run), raw, run, flags)
 
     @classmethod
     def none(cls, table: Table = TABLE) -> Settings:
-        """No key set."""
-        return cls(dict.fromkeys(key.name for key in keys_of(table)), table=table)
+        """No key set (nor a part's freeze flag)."""
+        run = table.for_run(())
+        return cls(dict.fromkeys(key.name for key in keys_of(run)), table=run)
 
     @property
     def keys(self) -> tuple[Key, ...]:
@@ -89,9 +102,9 @@ class Settings:
             if key.kind in ("start_step", "warmup_steps", "min_lr") and self.values.get(key.name) is not None
         ]
         for index, group in enumerate(self.groups):
-            for field in ("start_step", "warmup_steps", "min_lr"):
-                if getattr(group, field) is not None:
-                    found.append((f"{LR_GROUPS.name}[{index}].{field}", getattr(group, field)))
+            for name in ("start_step", "warmup_steps", "min_lr"):
+                if getattr(group, name) is not None:
+                    found.append((f"{LR_GROUPS.name}[{index}].{name}", getattr(group, name)))
         return found
 
     def floors(self) -> list[tuple[str, float]]:

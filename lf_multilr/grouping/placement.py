@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from lf_multilr.grouping.supplement import Rule
-from lf_multilr.modules import OTHER, TABLE, RegistryEntry, Table
+from lf_multilr.modules import BASE, OTHER, TABLE, RegistryEntry, Table
 
-#: The shipped table's modules by priority: where keys overlap, the first listed wins (the projector beats the vision
-#: tower).
+#: The shipped table's modules by priority: where keys overlap, the first listed wins (the projector beats the audio
+#: tower, the audio tower the vision tower).
 PRIORITY: tuple[str, ...] = tuple(row.name for row in TABLE.by_priority)
 
 _LEADING_WRAPPERS: tuple[str, ...] = ("base_model.model.", "pretrained_model.", "module.", "_orig_mod.")
@@ -62,14 +62,21 @@ class ModuleMap:
     model_type: str
     keys: dict[str, tuple[str, ...]]
     supplement: tuple[Rule, ...] = ()
-    table: Table = TABLE
+    #: The modules of the run (a run that asks for no part: :data:`~lf_multilr.modules.BASE`).
+    table: Table = BASE
 
     @classmethod
     def from_registry(
-        cls, model_type: str, entry: RegistryEntry, supplement: Iterable[Rule] = (), table: Table = TABLE
+        cls, model_type: str, entry: RegistryEntry, supplement: Iterable[Rule] = (), table: Table = BASE
     ) -> ModuleMap:
-        """The map of ``model_type`` from its registry entry: each module takes the keys its row's source names."""
-        return cls(model_type, {row.name: row.source.keys(entry) for row in table.rows}, tuple(supplement), table)
+        """The map of ``model_type`` from its registry entry: each module takes the keys its row's source names.
+        The supplement's rules for modules the table lacks, or for a part it does not hold, are left out."""
+        rules = tuple(
+            rule
+            for rule in supplement
+            if rule.module in table.names and (rule.with_part is None or rule.with_part in table.names)
+        )
+        return cls(model_type, {row.name: row.source.keys(entry) for row in table.rows}, rules, table)
 
     @classmethod
     def of(
@@ -80,15 +87,15 @@ class ModuleMap:
         language_model_keys: Iterable[str],
         supplement: Iterable[Rule] = (),
     ) -> ModuleMap:
-        """The shipped table's map of a registry entry given as its three lists of keys, in the registry's order
-        (another table: :meth:`from_registry`)."""
+        """The map of a registry entry given as its three lists of keys, in the registry's order, for a run that
+        asks for no part (another table: :meth:`from_registry`)."""
         entry = RegistryEntry(tuple(projector_keys), tuple(vision_model_keys), tuple(language_model_keys))
         return cls.from_registry(model_type, entry, supplement)
 
     @classmethod
-    def none(cls, model_type: str) -> ModuleMap:
+    def none(cls, model_type: str, table: Table = BASE) -> ModuleMap:
         """A map with no keys: every parameter belongs to ``other`` (a model type the registry does not know)."""
-        return cls.from_registry(model_type, RegistryEntry())
+        return cls.from_registry(model_type, RegistryEntry(), table=table)
 
     def keys_of(self, module: str) -> tuple[str, ...]:
         """The keys that can place a parameter in ``module``: the registry's, then the supplement's."""

@@ -27,6 +27,9 @@ class Rule:
     #: The modules LLaMA-Factory's registry gives these names (empty: none, so no freeze flag reaches them).
     registry: tuple[str, ...]
     reason: str
+    #: A part of a module (:attr:`lf_multilr.modules.Module.part_of`) the rule waits for: it applies only in a run
+    #: that asks for that part (None: always), so a run that does not keeps its groups.
+    with_part: str | None = None
 
     def matches(self, normalized_name: str) -> bool:
         return any(key in normalized_name for key in self.keys)
@@ -98,6 +101,17 @@ SUPPLEMENT: tuple[Rule, ...] = (
         (),
         "Gemma 3n's projectors are the multimodal embedders `embed_vision` / `embed_audio` (the Gemma 4 entry "
         "uses these keys); the registry's default key `multi_modal_projector` matches nothing",
+    ),
+    Rule(
+        ("minicpmo",),
+        ("audio_projection_layer",),
+        "multi_modal_projector",
+        ("vision_tower",),
+        "MiniCPM-o's `audio_projection_layer` maps the audio encoder's features to the LLM's width, as "
+        "`resampler` does for vision and as Qwen-Omni's `audio_tower.proj` and Gemma's `embed_audio` do: the "
+        "projector, once the audio tower is a module of its own. The registry files it with the towers; in a run "
+        "that sets no audio-tower key it stays with the vision tower, where it always was",
+        with_part="audio_tower",
     ),
 )
 
