@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from functools import wraps
 from typing import Any
@@ -17,7 +18,7 @@ from lf_multilr.config.checks import (
 from lf_multilr.config.settings import Settings, settings_of
 from lf_multilr.grouping.checks import check_plan
 from lf_multilr.grouping.placement import ModuleMap
-from lf_multilr.grouping.plan import GroupPlan, LoraPlus, build_plan
+from lf_multilr.grouping.plan import GroupPlan, LoraPlus, MuonSplit, Split, build_plan
 from lf_multilr.reports.table import format_table
 from lf_multilr.training.metrics import stage_notes
 
@@ -37,6 +38,38 @@ def decay_names(model: torch.nn.Module, loraplus: bool) -> set[str]:
     return set(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
 
 
+def split_of(finetuning_args: Any) -> Split:
+    """How each module is split into roles, in LLaMA-Factory's order of precedence (``create_custom_optimizer``):
+    LoRA+ before Muon, HF's decay split when neither is set."""
+    ratio = getattr(finetuning_args, "loraplus_lr_ratio", None)
+    if ratio is not None:
+        return LoraPlus(float(ratio), float(finetuning_args.loraplus_lr_embedding))
+    if getattr(finetuning_args, "use_muon", False):
+        return MuonSplit()
+    return None
+
+
+def muon_optimizer(param_groups: list[Any], training_args: Any) -> torch.optim.Optimizer:
+    """LLaMA-Factory's own Muon class, built as its ``_create_muon_optimizer`` builds it (the class's defaults, the
+    run's ``learning_rate`` and ``weight_decay`` as its defaults, the run's AdamW betas and epsilon; each tensor marked
+    Muon or AdamW), then holding the plan's groups instead of its one: its step reads ``lr`` and its weight decay
+    ``wd`` from each group, so every group gets its module's."""
+    muon_class = importlib.import_module("llamafactory.third_party.muon").Muon
+    optimizer = muon_class(
+        lr=training_args.learning_rate,
+        wd=training_args.weight_decay,
+        muon_params=[tensor for group in param_groups if group["role"] == "muon" for tensor in group["params"]],
+        adamw_params=[tensor for group in param_groups if group["role"] == "adamw" for tensor in group["params"]],
+        adamw_betas=(training_args.adam_beta1, training_args.adam_beta2),
+        adamw_eps=training_args.adam_epsilon,
+    )
+    optimizer.param_groups = []
+    for group in param_groups:
+        optimizer.add_param_group(group)
+        group["wd"] = group["weight_decay"]
+    return optimizer
+
+
 def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, settings: Settings) -> GroupPlan:
     """The checked plan for ``model`` as LLaMA-Factory has prepared it (frozen, PEFT-wrapped, ...)."""
     model_type = config_model_type(model_config(model))
@@ -46,16 +79,15 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
     if mapping is None:  # no module keys (a plan, or lr_groups alone): all `other`
         mapping = ModuleMap.none(str(model_type))
     refuse_flat_parameters(settings, model.named_parameters())
-    ratio = getattr(finetuning_args, "loraplus_lr_ratio", None)
-    loraplus = None if ratio is None else LoraPlus(float(ratio), float(finetuning_args.loraplus_lr_embedding))
+    split = split_of(finetuning_args)
     plan = build_plan(
         model.named_parameters(),
         mapping,
         settings,
         float(training_args.learning_rate),
         float(training_args.weight_decay),
-        decay_names(model, loraplus is not None),
-        loraplus,
+        decay_names(model, isinstance(split, LoraPlus)),
+        split,
         fsdp1_sizes(model),
     )
     check_plan(plan, finetuning_args.finetuning_type)
@@ -92,8 +124,11 @@ def wrap_create_custom_optimizer(original: Any) -> Any:
         same = check_ranks(plan.param_groups)  # every rank, before any of them trains
         if same is not None:
             logger().info(same)
-        cls, kwargs = optimizer_cls_and_kwargs(training_args, model, settings)
-        optimizer = cls(plan.param_groups, **kwargs)
+        if isinstance(split_of(finetuning_args), MuonSplit):
+            optimizer = muon_optimizer(plan.param_groups, training_args)
+        else:
+            cls, kwargs = optimizer_cls_and_kwargs(training_args, model, settings)
+            optimizer = cls(plan.param_groups, **kwargs)
         guard.expect(optimizer.param_groups)
         plan.notes.extend(stage_notes(getattr(finetuning_args, "stage", None)))
         logger().info_rank0(format_table(plan, warnings=False))

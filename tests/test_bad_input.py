@@ -60,7 +60,6 @@ CASES = {
     "apollo": ({"vision_tower_lr": 1e-5, "use_apollo": True}, r"`use_apollo: true`"),
     "badam": ({"vision_tower_lr": 1e-5, "use_badam": True}, r"`use_badam: true`"),
     "adam-mini": ({"vision_tower_lr": 1e-5, "use_adam_mini": True}, r"`use_adam_mini: true`"),
-    "muon": ({"vision_tower_lr": 1e-5, "use_muon": True}, r"`use_muon: true`"),
     # HF optimizers that build their own parameter structure: refused before the model loads, not at optimizer time
     "optim lomo": ({"vision_tower_lr": 1e-5, "optim": "lomo"}, r"`optim: lomo` builds its own parameter structure"),
     "optim adalomo": ({"language_model_lr": 1e-5, "optim": "adalomo"}, r"`optim: adalomo` builds its own"),

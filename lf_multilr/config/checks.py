@@ -19,8 +19,9 @@ from lf_multilr.modules import TABLE, Module
 #: What accelerate and HF read as true in their environment switches (`strtobool`); lf-multilr's: `_boot.flag`.
 _TRUE = ("1", "true", "yes", "y", "on", "t")
 
-#: LLaMA-Factory flags that build an optimizer of their own, which would silently drop the module groups.
-OWN_OPTIMIZER_FLAGS: tuple[str, ...] = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
+#: LLaMA-Factory flags that build an optimizer of their own, which would silently drop the module groups. (``use_muon``
+#: is not one: lf-multilr builds LLaMA-Factory's Muon with the module groups.)
+OWN_OPTIMIZER_FLAGS: tuple[str, ...] = ("use_galore", "use_apollo", "use_badam", "use_adam_mini")
 
 
 def refusal(settings: Settings, why: str, fix: str) -> ConfigError:
