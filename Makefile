@@ -11,6 +11,7 @@
 #                and every test of a patch target's behaviour (`targets`), LlamaBoard in Chromium included
 #   .venv-t57    LLaMA-Factory 0.9.5 + transformers 5.7.0 (DISABLE_VERSION_CHECK=1, as LLaMA-Factory advises): `core`
 #   .venv-lf094  LLaMA-Factory 0.9.4 + transformers 4.57.1 (constraints-lf094.txt): `core`
+#   .venv-optim  .venv + GaLore, APOLLO, BAdam and bitsandbytes (constraints-optim.txt): the tests marked `optim`
 # .venv-main and .venv-t57 start as hard-link copies of .venv (tools/new_venv: seconds, where installing torch's
 # CUDA build takes minutes), then pip changes what differs.
 # The interpreter the environments are made from (tools/python_for_venvs: the distribution's optimised CPython where
@@ -31,7 +32,7 @@ PIP = $(1)/bin/python -m pip install -q
 # interpreter start-up; lf_multilr/__init__.py finds `patches/` beside the package: docs/design.md#packaging).
 EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
-.PHONY: venv venv-main venv-t57 venv-compat venvs setup system-packages chromium postgresql lint test test-fast \
+.PHONY: venv venv-main venv-t57 venv-compat venv-optim venvs setup system-packages chromium postgresql lint test test-fast \
 	test-full test-main test-t57 test-compat demo clean
 
 define new_venv
@@ -68,13 +69,22 @@ $(call STAMP,.venv-lf094): constraints-lf094.txt pyproject.toml setup.py
 	$(call PIP,.venv-lf094) -c constraints-lf094.txt $(EDITABLE)
 	touch $@
 
+# LLaMA-Factory's optional optimizers in an environment of their own: wherever galore-torch or apollo-torch is
+# installed, every LLaMA-Factory start-up imports it.
+$(call STAMP,.venv-optim): $(call STAMP,.venv) constraints.txt constraints-optim.txt pyproject.toml setup.py
+	$(call new_venv,.venv-optim,.venv)
+	$(call PIP,.venv-optim) -c constraints.txt $(EDITABLE)
+	$(call PIP,.venv-optim) -c constraints.txt -c constraints-optim.txt galore-torch apollo-torch badam bitsandbytes
+	touch $@
+
 venv: $(call STAMP,.venv)
 venv-main: $(call STAMP,.venv-main)
 venv-t57: $(call STAMP,.venv-t57)
 venv-compat: $(call STAMP,.venv-lf094)
+venv-optim: $(call STAMP,.venv-optim)
 # Every environment of the matrix (.venv-main says once why it is skipped when LLaMA-Factory's main is not at hand).
 venvs:
-	$(MAKE) --no-print-directory -j2 venv venv-compat venv-main venv-t57
+	$(MAKE) --no-print-directory -j2 venv venv-compat venv-main venv-t57 venv-optim
 
 # The system packages the tests drive, from Debian: Chromium for LlamaBoard in a real browser (Playwright's own browser
 # download needs more than the package registries), and PostgreSQL for the shared-study sweep (its tests start the
@@ -88,7 +98,7 @@ postgresql:
 # What `make test` needs before its first test, built side by side: the environments (pip, mostly CPU) and the system
 # packages (a download and an unpack, little CPU; apt installs one package set at a time, so they are one step).
 setup:
-	$(MAKE) --no-print-directory -j2 venv venv-compat system-packages venv-main venv-t57
+	$(MAKE) --no-print-directory -j2 venv venv-compat system-packages venv-main venv-t57 venv-optim
 
 lint: venv
 	.venv/bin/ruff check lf_multilr lf_multilr_sweep patches tests tools bench examples
@@ -101,6 +111,7 @@ FULL = .venv/bin/python -m pytest $(PYTEST_ARGS)
 MAIN = .venv-main/bin/python -m pytest -m "core or targets" $(PYTEST_ARGS)
 T57 = DISABLE_VERSION_CHECK=1 .venv-t57/bin/python -m pytest -m core $(PYTEST_ARGS)
 COMPAT = .venv-lf094/bin/python -m pytest -m core $(PYTEST_ARGS)
+OPTIM = .venv-optim/bin/python -m pytest -m optim $(PYTEST_ARGS)
 # Without LLaMA-Factory's main at hand, .venv-main's build has said why the leg is skipped: its tests do not run.
 if_main = if [ -f $(call STAMP,.venv-main) ]; then $(1); fi
 
@@ -110,7 +121,8 @@ DISTRIBUTED := tests/test_distributed.py
 SWEEP := tests/sweep tests/test_evidence.py
 RESUME := tests/test_resume.py tests/test_backends.py
 STAGES := tests/test_models_train.py tests/test_stages.py
-SHARDS := shard-main shard-compat shard-full shard-distributed shard-t57 shard-sweep shard-resume shard-stages shard-lint
+SHARDS := shard-main shard-compat shard-full shard-distributed shard-t57 shard-sweep shard-resume shard-stages \
+	shard-optim shard-lint
 ignoring = $(foreach file,$(1),--ignore=$(file))
 .PHONY: $(SHARDS)
 
@@ -135,6 +147,8 @@ shard-resume:
 	$(FULL) $(RESUME)
 shard-stages:
 	$(FULL) $(STAGES)
+shard-optim:
+	$(OPTIM)
 shard-lint:
 	@$(MAKE) --no-print-directory lint
 
@@ -158,4 +172,4 @@ demo: venv
 	.venv/bin/python examples/demo.py
 
 clean:
-	rm -rf .venv .venv-main .venv-t57 .venv-lf094 build dist *.egg-info demo_output
+	rm -rf .venv .venv-main .venv-t57 .venv-lf094 .venv-optim build dist *.egg-info demo_output

@@ -113,6 +113,20 @@ def optimizer_cls_and_kwargs(
     return cls, kwargs
 
 
+def keep_embeddings_in_32_bits(cls: Any, kwargs: dict[str, Any], model: torch.nn.Module) -> int:
+    """What HF's ``Trainer.create_optimizer`` does after building an 8-bit bitsandbytes optimizer, and only when it
+    builds the optimizer itself: register 32-bit optimizer state for the weight of every ``nn.Embedding``
+    (bitsandbytes' ``GlobalOptimManager``, read at the optimizer's first step). The same rule, for the optimizer
+    lf-multilr builds instead; returns how many embeddings were registered."""
+    if "bitsandbytes" not in str(cls) or kwargs.get("optim_bits", None) != 8:
+        return 0
+    manager = importlib.import_module("bitsandbytes.optim").GlobalOptimManager.get_instance()
+    embeddings = [module for module in model.modules() if isinstance(module, torch.nn.Embedding)]
+    for module in embeddings:
+        manager.register_module_override(module, "weight", {"optim_bits": 32})
+    return len(embeddings)
+
+
 def wrap_create_custom_optimizer(original: Any) -> Any:
     @wraps(original)
     def create_custom_optimizer(model: Any, training_args: Any, finetuning_args: Any) -> Any:
@@ -129,6 +143,7 @@ def wrap_create_custom_optimizer(original: Any) -> Any:
         else:
             cls, kwargs = optimizer_cls_and_kwargs(training_args, model, settings)
             optimizer = cls(plan.param_groups, **kwargs)
+            keep_embeddings_in_32_bits(cls, kwargs, model)
         guard.expect(optimizer.param_groups)
         plan.notes.extend(stage_notes(getattr(finetuning_args, "stage", None)))
         logger().info_rank0(format_table(plan, warnings=False))
