@@ -20,6 +20,7 @@ from lf_multilr.config.callbacks import callback_classes, names_of
 from lf_multilr.config.checks import (
     deepspeed_given,
     fsdp_of,
+    own_optimizer,
     refusal,
     refuse_backends,
     refuse_deepspeed_blocks,
@@ -33,13 +34,11 @@ from lf_multilr.config.checks import (
 from lf_multilr.config.keys import CALLBACKS, CALLBACKS_ENV, KEYS, LR_GROUPS, SWITCHES
 from lf_multilr.config.settings import Settings, keep, settings_of
 from lf_multilr.errors import ConfigError
-from lf_multilr.grouping.plan import MuonSplit
 from lf_multilr.grouping.supplement import rules_for
 
 from . import _state, guard
 from ._state import STATE
 from .callbacks import add_to_run
-from .optimizer import split_of
 from .registry import config_model_type, known_types, module_map
 
 
@@ -190,7 +189,7 @@ def read_model_type(model_args: Any) -> str | None:
 
 def preflight(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
     """Everything that can be refused before the model loads (the run and ``lf-multilr plan`` alike)."""
-    if not isinstance(split_of(finetuning_args), MuonSplit):  # LLaMA-Factory's Muon takes no `optim`
+    if own_optimizer(finetuning_args) != "muon":  # LLaMA-Factory's Muon takes no `optim`
         refuse_structure_optim(settings, getattr(training_args, "optim", ""))
     refuse_deepspeed_blocks(settings, deepspeed_given(getattr(training_args, "deepspeed", None), os.environ))
     refuse_flat(settings, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))

@@ -34,7 +34,8 @@ from lf_multilr.grouping.supplement import Rule
 from lf_multilr.modules import OTHER, Table
 
 #: Roles inside a module, in group order.
-ROLES: tuple[str, ...] = ("decay", "no_decay", "lora_a", "lora_b", "lora_b_nodecay", "embedding", "muon", "adamw")
+ROLES: tuple[str, ...] = ("decay", "no_decay", "lora_a", "lora_b", "lora_b_nodecay", "embedding")
+ROLES += ("muon", "adamw", "galore", "apollo")
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,20 @@ class MuonSplit:
         return tensor.ndim == 2 and "embed" not in name and "lm_head" not in name
 
 
-#: How each module is split into roles: HF's decay split (None), LoRA+'s, or Muon's.
-Split = LoraPlus | MuonSplit | None
+@dataclass(frozen=True)
+class Projected:
+    """GaLore or APOLLO (LLaMA-Factory's ``use_galore`` / ``use_apollo``, or HF's ``optim: galore_*`` / ``apollo_*``):
+    the tensors it projects (``kind``: galore or apollo; named as the model's ``named_parameters()`` gives them) form a
+    role of their own, which carries the projection's settings; the rest split into decay / no-decay by the decay names
+    given. LLaMA-Factory's projected tensors decay; HF's build applies no weight decay at all (``decays`` False)."""
+
+    kind: str
+    names: frozenset[str]
+    decays: bool = True
+
+
+#: How each module is split into roles: HF's decay split (None), LoRA+'s, Muon's, or GaLore's / APOLLO's.
+Split = LoraPlus | MuonSplit | Projected | None
 
 
 @dataclass
@@ -243,7 +256,9 @@ def count(params: Sequence[Param], rows: Mapping[str, ModuleRow]) -> list[Supple
 def role(param: Param, decay: Collection[str], split: Split) -> Role:
     """The role of a trainable parameter: HF's decay split, or LLaMA-Factory's LoRA+ or Muon split."""
     name = param.name
-    if split is None:
+    if isinstance(split, Projected) and name in split.names:
+        return Role(split.kind, 1.0, split.decays)
+    if split is None or isinstance(split, Projected):
         return Role("decay", 1.0, True) if name in decay else Role("no_decay", 1.0, False)
     if isinstance(split, MuonSplit):
         return Role("muon", 1.0, True) if split.uses_muon(name, param.tensor) else Role("adamw", 1.0, True)
