@@ -2,7 +2,7 @@
 #   1. `make setup`: Debian's Chromium, PostgreSQL and FFmpeg (the browser and the database server the tests drive, the
 #      audio decoder TorchCodec reads WAV files with) and the
 #      four environments of the version matrix below, side by side;
-#   2. the tests, cut into ten shards (one pytest run over some of a leg's test files each), two at a time, the
+#   2. the tests, cut into eleven shards (one pytest run over some of a leg's test files each), two at a time, the
 #      longest first (the tests are single-threaded; the machine has two cores); it fails if any shard fails.
 # `make test-fast` is the inner loop: every test that starts no subprocess, on .venv.
 #
@@ -13,8 +13,9 @@
 #   .venv-t57    LLaMA-Factory 0.9.5 + transformers 5.7.0 (DISABLE_VERSION_CHECK=1, as LLaMA-Factory advises): `core`
 #   .venv-lf094  LLaMA-Factory 0.9.4 + transformers 4.57.1 (constraints-lf094.txt): `core`
 #   .venv-ray    .venv + Ray (constraints-ray.txt): the tests marked `ray` (LLaMA-Factory's Ray launcher, USE_RAY=1)
-# .venv-main, .venv-t57 and .venv-ray start as hard-link copies of .venv (tools/new_venv: seconds, where installing
-# torch's CUDA build takes minutes), then pip changes what differs.
+#   .venv-optim  .venv + GaLore, APOLLO, BAdam and bitsandbytes (constraints-optim.txt): the tests marked `optim`
+# .venv-main, .venv-t57, .venv-ray and .venv-optim start as hard-link copies of .venv (tools/new_venv: seconds, where
+# installing torch's CUDA build takes minutes), then pip changes what differs.
 # The interpreter the environments are made from (tools/python_for_venvs: the distribution's optimised CPython where
 # there is one); an environment made from another interpreter is made anew, as its stamp names the interpreter.
 PYTHON ?= $(shell tools/python_for_venvs)
@@ -33,8 +34,8 @@ PIP = $(1)/bin/python -m pip install -q
 # interpreter start-up; lf_multilr/__init__.py finds `patches/` beside the package: docs/design.md#packaging).
 EDITABLE = -e '.[test]' --config-settings editable_mode=compat
 
-.PHONY: venv venv-main venv-t57 venv-compat venv-ray venvs setup system-packages chromium postgresql ffmpeg lint \
-	test test-fast test-full test-main test-t57 test-compat demo clean
+.PHONY: venv venv-main venv-t57 venv-compat venv-ray venv-optim venvs setup system-packages chromium postgresql ffmpeg \
+	lint test test-fast test-full test-main test-t57 test-compat demo clean
 
 define new_venv
 	tools/new_venv $(PYTHON) $(1) $(2)
@@ -77,14 +78,23 @@ $(call STAMP,.venv-ray): $(call STAMP,.venv) constraints.txt constraints-ray.txt
 	$(call PIP,.venv-ray) -c constraints.txt -c constraints-ray.txt ray
 	touch $@
 
+# LLaMA-Factory's optional optimizers in an environment of their own: wherever galore-torch or apollo-torch is
+# installed, every LLaMA-Factory start-up imports it.
+$(call STAMP,.venv-optim): $(call STAMP,.venv) constraints.txt constraints-optim.txt pyproject.toml setup.py
+	$(call new_venv,.venv-optim,.venv)
+	$(call PIP,.venv-optim) -c constraints.txt $(EDITABLE)
+	$(call PIP,.venv-optim) -c constraints.txt -c constraints-optim.txt galore-torch apollo-torch badam bitsandbytes
+	touch $@
+
 venv: $(call STAMP,.venv)
 venv-main: $(call STAMP,.venv-main)
 venv-t57: $(call STAMP,.venv-t57)
 venv-compat: $(call STAMP,.venv-lf094)
 venv-ray: $(call STAMP,.venv-ray)
+venv-optim: $(call STAMP,.venv-optim)
 # Every environment of the matrix (.venv-main says once why it is skipped when LLaMA-Factory's main is not at hand).
 venvs:
-	$(MAKE) --no-print-directory -j2 venv venv-compat venv-main venv-t57 venv-ray
+	$(MAKE) --no-print-directory -j2 venv venv-compat venv-main venv-t57 venv-ray venv-optim
 
 # The system packages the tests drive, from Debian: Chromium for LlamaBoard in a real browser (Playwright's own browser
 # download needs more than the package registries), and PostgreSQL for the shared-study sweep (its tests start the
@@ -101,7 +111,7 @@ ffmpeg:
 # What `make test` needs before its first test, built side by side: the environments (pip, mostly CPU) and the system
 # packages (a download and an unpack, little CPU; apt installs one package set at a time, so they are one step).
 setup:
-	$(MAKE) --no-print-directory -j2 venv venv-compat system-packages venv-main venv-t57 venv-ray
+	$(MAKE) --no-print-directory -j2 venv venv-compat system-packages venv-main venv-t57 venv-ray venv-optim
 
 lint: venv
 	.venv/bin/ruff check lf_multilr lf_multilr_sweep patches tests tools bench examples
@@ -115,6 +125,7 @@ MAIN = .venv-main/bin/python -m pytest -m "core or targets" $(PYTEST_ARGS)
 T57 = DISABLE_VERSION_CHECK=1 .venv-t57/bin/python -m pytest -m core $(PYTEST_ARGS)
 COMPAT = .venv-lf094/bin/python -m pytest -m core $(PYTEST_ARGS)
 RAY = .venv-ray/bin/python -m pytest -m ray $(PYTEST_ARGS) tests/test_ray.py
+OPTIM = .venv-optim/bin/python -m pytest -m optim $(PYTEST_ARGS)
 # Without LLaMA-Factory's main at hand, .venv-main's build has said why the leg is skipped: its tests do not run.
 if_main = if [ -f $(call STAMP,.venv-main) ]; then $(1); fi
 
@@ -125,7 +136,7 @@ SWEEP := tests/sweep tests/test_evidence.py
 RESUME := tests/test_resume.py tests/test_backends.py
 STAGES := tests/test_models_train.py tests/test_stages.py
 SHARDS := shard-main shard-compat shard-full shard-distributed shard-t57 shard-sweep shard-resume shard-stages \
-	shard-ray shard-lint
+	shard-ray shard-optim shard-lint
 ignoring = $(foreach file,$(1),--ignore=$(file))
 .PHONY: $(SHARDS)
 
@@ -152,6 +163,8 @@ shard-stages:
 	$(FULL) $(STAGES)
 shard-ray:
 	$(RAY)
+shard-optim:
+	$(OPTIM)
 shard-lint:
 	@$(MAKE) --no-print-directory lint
 
@@ -175,4 +188,4 @@ demo: venv
 	.venv/bin/python examples/demo.py
 
 clean:
-	rm -rf .venv .venv-main .venv-t57 .venv-lf094 .venv-ray build dist *.egg-info demo_output
+	rm -rf .venv .venv-main .venv-t57 .venv-lf094 .venv-ray .venv-optim build dist *.egg-info demo_output

@@ -20,6 +20,7 @@ from lf_multilr.config.callbacks import callback_classes, names_of
 from lf_multilr.config.checks import (
     deepspeed_given,
     fsdp_of,
+    own_optimizer,
     refusal,
     refuse_absent_parts,
     refuse_backends,
@@ -191,7 +192,8 @@ def read_model_type(model_args: Any) -> str | None:
 
 def preflight(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
     """Everything that can be refused before the model loads (the run and ``lf-multilr plan`` alike)."""
-    refuse_structure_optim(settings, getattr(training_args, "optim", ""))
+    if own_optimizer(finetuning_args) != "muon":  # LLaMA-Factory's Muon takes no `optim`
+        refuse_structure_optim(settings, getattr(training_args, "optim", ""))
     refuse_floors(settings, training_args.lr_scheduler_type, float(training_args.learning_rate))
     refuse_deepspeed_blocks(settings, deepspeed_given(getattr(training_args, "deepspeed", None), os.environ))
     refuse_flat(settings, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,18 @@ from tools.testing import clean_env
 SUBPROCESS_FIXTURES = frozenset({"env", "boards", "sharded", "pg", "ray_run"})
 
 
+#: What the tests marked `optim` import: LLaMA-Factory's optional optimizers and bitsandbytes (.venv-optim has them).
+OPTIM_PACKAGES = ("galore_torch", "apollo_torch", "badam", "bitsandbytes")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    missing = [name for name in OPTIM_PACKAGES if importlib.util.find_spec(name) is None]
     for item in items:
         if SUBPROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if missing and item.get_closest_marker("optim"):
+            reason = f"needs {', '.join(missing)}: only .venv-optim has them (`make test` runs these in shard-optim)"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

@@ -69,11 +69,26 @@ CASES = {
         r"Fix: set `freeze_language_model: false`",
     ),
     "lora projector": ({"multi_modal_projector_lr": 1e-5, "finetuning_type": "lora"}, r"additional_target"),
-    "galore": ({"vision_tower_lr": 1e-5, "use_galore": True}, r"`use_galore: true` builds an optimizer of its own"),
-    "apollo": ({"vision_tower_lr": 1e-5, "use_apollo": True}, r"`use_apollo: true`"),
-    "badam": ({"vision_tower_lr": 1e-5, "use_badam": True}, r"`use_badam: true`"),
-    "adam-mini": ({"vision_tower_lr": 1e-5, "use_adam_mini": True}, r"`use_adam_mini: true`"),
-    "muon": ({"vision_tower_lr": 1e-5, "use_muon": True}, r"`use_muon: true`"),
+    # LLaMA-Factory's own optimizers whose structure cannot hold the module groups (the others take them)
+    "galore": (
+        {"vision_tower_lr": 1e-5, "use_galore": True, "galore_layerwise": True},
+        r"`galore_layerwise: true` is set, and layer-wise GaLore steps one optimizer per tensor inside its "
+        r"gradient hook.*Fix: set `galore_layerwise: false`",
+    ),
+    "apollo": (
+        {"vision_tower_lr": 1e-5, "use_apollo": True, "apollo_layerwise": True},
+        r"`apollo_layerwise: true` is set, and layer-wise APOLLO steps one optimizer per tensor",
+    ),
+    "badam": (
+        {"vision_tower_lr": 1e-5, "use_badam": True},
+        r"`badam_mode: layer` is set, and BAdam's BlockOptimizer gives every group the first group's LR.*"
+        r"Fix: set `badam_mode: ratio`",
+    ),
+    "adam-mini": (
+        {"vision_tower_lr": 1e-5, "use_adam_mini": True},
+        r"`use_adam_mini: true` is set, and Adam-mini is handed the model's named parameters and builds its param "
+        r"groups itself",
+    ),
     # HF optimizers that build their own parameter structure: refused before the model loads, not at optimizer time
     "optim lomo": ({"vision_tower_lr": 1e-5, "optim": "lomo"}, r"`optim: lomo` builds its own parameter structure"),
     "optim adalomo": ({"language_model_lr": 1e-5, "optim": "adalomo"}, r"`optim: adalomo` builds its own"),
@@ -82,8 +97,9 @@ CASES = {
         r"`optim: galore_adamw_layerwise` builds its own parameter structure",
     ),
     "optim apollo": (
-        {"vision_tower_lr": 1e-5, "optim": "apollo_adamw", "optim_target_modules": ["q_proj"]},
-        r"`optim: apollo_adamw` builds its own parameter structure",
+        {"vision_tower_lr": 1e-5, "optim": "apollo_adamw_layerwise", "optim_target_modules": ["q_proj"]},
+        r"`optim: apollo_adamw_layerwise` builds its own parameter structure.*Fix: use its non-layer-wise form "
+        r"\(`optim: apollo_adamw`",
     ),
     # the audio tower's keys, checked like the others; on a model without an audio tower, refused by name
     "audio negative": ({"audio_tower_lr": -1e-5}, r"`audio_tower_lr: -1e-05` is refused: a learning rate cannot be"),

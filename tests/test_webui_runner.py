@@ -124,10 +124,11 @@ REFUSALS = {
         {"multi_modal_projector_lr": 1e-4},
         "lf-multilr: `multi_modal_projector_lr: 0.0001` is refused: under LoRA the projector has nothing trainable",
     ),
-    "GaLore": (
-        {"language_model_lr": "1e-4", "train.use_galore": True},
+    "BAdam's layer mode": (
+        {"language_model_lr": "1e-4", "train.use_badam": True, "train.badam_mode": "layer"},
         {"language_model_lr": 1e-4},
-        "lf-multilr: `language_model_lr: 0.0001` is refused: `use_galore: true` builds an optimizer of its own",
+        "lf-multilr: `language_model_lr: 0.0001` is refused: `badam_mode: layer` is set, and BAdam's BlockOptimizer gives "
+        "every group the first group's LR before each step",
     ),
     "bad value in the extra arguments": (
         {"train.extra_args": '{"optim": "adamw_torch", "vision_tower_lr": "fast"}'},

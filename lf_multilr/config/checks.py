@@ -21,9 +21,6 @@ from lf_multilr.training.floors import DECAYING
 #: What accelerate and HF read as true in their environment switches (`strtobool`); lf-multilr's: `_boot.flag`.
 _TRUE = ("1", "true", "yes", "y", "on", "t")
 
-#: LLaMA-Factory flags that build an optimizer of their own, which would silently drop the module groups.
-OWN_OPTIMIZER_FLAGS: tuple[str, ...] = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
-
 
 def refusal(settings: Settings, why: str, fix: str) -> ConfigError:
     """The error for a run that sets ``settings``' first key, refused because ``why``."""
@@ -31,14 +28,60 @@ def refusal(settings: Settings, why: str, fix: str) -> ConfigError:
     return ConfigError(key, value, why, fix)
 
 
-def refuse_own_optimizers(settings: Settings, finetuning_args: Any) -> None:
-    for flag in OWN_OPTIMIZER_FLAGS:
-        if getattr(finetuning_args, flag, False):
-            raise refusal(
-                settings,
-                f"`{flag}: true` builds an optimizer of its own, which would drop the per-module groups",
-                f"remove `{flag}` or the lf-multilr keys ({', '.join(settings.set_keys())})",
+def own_optimizer(finetuning_args: Any) -> str | None:
+    """Which of LLaMA-Factory's own optimizers its factory builds, in ``create_custom_optimizer``'s order (galore,
+    apollo, loraplus, badam, adam_mini, muon), or None."""
+    flags = ("use_galore", "use_apollo", "loraplus_lr_ratio", "use_badam", "use_adam_mini", "use_muon")
+    for flag in flags:
+        value = getattr(finetuning_args, flag, None)
+        if value is not None and value is not False:
+            return flag.removeprefix("use_").removesuffix("_lr_ratio")
+    return None
+
+
+def _own_structure(finetuning_args: Any) -> tuple[str, Any, str, str] | None:
+    """(flag, value, why, fix) where LLaMA-Factory's own optimizer keeps a structure that cannot hold the module
+    groups; None where lf-multilr builds it with them."""
+    builds = own_optimizer(finetuning_args)
+    for kind, label in (("galore", "GaLore"), ("apollo", "APOLLO")):
+        if builds == kind and getattr(finetuning_args, f"{kind}_layerwise", False):
+            return (
+                f"{kind}_layerwise",
+                "true",
+                f"layer-wise {label} steps one optimizer per tensor inside its gradient hook, under one scheduler per "
+                "tensor that LLaMA-Factory builds itself, where lf-multilr's module start steps, first-step check and "
+                "per-module logs cannot reach",
+                f"set `{kind}_layerwise: false` (the module keys work with its non-layer-wise form)",
             )
+    if builds == "badam" and getattr(finetuning_args, "badam_mode", "layer") == "layer":
+        return (
+            "badam_mode",
+            "layer",
+            "BAdam's BlockOptimizer gives every group the first group's LR before each step and rebuilds its base "
+            "optimizer's groups (one decay, one no-decay) at every block switch, so no module group would last",
+            "set `badam_mode: ratio` (its optimizer keeps the module groups), or remove `use_badam`",
+        )
+    if builds == "adam_mini":
+        return (
+            "use_adam_mini",
+            "true",
+            "Adam-mini is handed the model's named parameters and builds its param groups itself (one per tensor, "
+            "keyed by the tensor's name, which its step reads), so it takes no module groups",
+            "remove `use_adam_mini` (the keys work with the default AdamW, `use_muon`, `use_galore`, `use_apollo` "
+            "and `badam_mode: ratio`)",
+        )
+    return None
+
+
+def refuse_own_optimizers(settings: Settings, finetuning_args: Any) -> None:
+    """Refuse LLaMA-Factory's own optimizers whose structure cannot hold the module groups (lf-multilr builds the
+    others with them)."""
+    found = _own_structure(finetuning_args)
+    if found is not None:
+        flag, value, why, fix = found
+        keys = ", ".join(settings.set_keys())
+        why = f"`{flag}: {value}` is set, and {why}"
+        raise refusal(settings, why, f"{fix}, or remove the lf-multilr keys ({keys})")
 
 
 def refuse_backends(settings: Settings, found: Sequence[Backend]) -> None:
@@ -57,7 +100,8 @@ def refuse_optimizer_structure(settings: Settings, optim: str) -> None:
 
 
 #: HF ``optim`` values whose optimizer builds its own parameter structure instead of taking param groups (HF hands
-#: them ``model``, ``params`` or ``optimizer_dict``): LOMO, AdaLOMO, and every GaLore and APOLLO form.
+#: them ``model`` or ``optimizer_dict``): LOMO, AdaLOMO, and the layer-wise GaLore and APOLLO forms (their other forms
+#: are built with the module groups).
 STRUCTURE_OPTIMS = frozenset({"lomo", "adalomo"})
 STRUCTURE_OPTIM_PREFIXES = ("galore_", "apollo_")
 
@@ -66,8 +110,16 @@ def refuse_structure_optim(settings: Settings, optim: Any) -> None:
     """Refuse, before any weight loads, an ``optim`` known to build its own structure (the optimizer factory refuses
     the rest, such as an optimizer factory class, when it builds the optimizer)."""
     name = str(getattr(optim, "value", optim))
-    if name in STRUCTURE_OPTIMS or name.startswith(STRUCTURE_OPTIM_PREFIXES):
+    if name in STRUCTURE_OPTIMS:
         refuse_optimizer_structure(settings, name)
+    if name.startswith(STRUCTURE_OPTIM_PREFIXES) and name.endswith("_layerwise"):
+        raise refusal(
+            settings,
+            f"`optim: {name}` builds its own parameter structure (one optimizer per tensor, stepped inside its "
+            "gradient hook under LLaMA-Factory's per-tensor schedulers), which would drop the module groups",
+            f"use its non-layer-wise form (`optim: {name.removesuffix('_layerwise')}`, which takes the module "
+            "groups), or remove the lf-multilr keys",
+        )
 
 
 def refuse_ppo_schedule(settings: Settings, finetuning_args: Any) -> None:

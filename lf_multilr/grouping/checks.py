@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from lf_multilr.config.checks import frozen_fix
 from lf_multilr.config.keys import key_name
 from lf_multilr.errors import ConfigError
+from lf_multilr.grouping.placement import normalize
 from lf_multilr.grouping.plan import GroupPlan, SupplementUse
 from lf_multilr.modules import OTHER
 
@@ -117,3 +120,22 @@ def check_plan(plan: GroupPlan, finetuning_type: str) -> None:
             f"learning_rate / weight_decay in group `other` ({shown})."
         )
     plan.warnings.extend(registry_gap_warnings(plan, finetuning_type))
+
+
+def badam_ratio_warnings(plan: GroupPlan, names: Sequence[str]) -> list[str]:
+    """What BAdam's ratio mode (``BlockOptimizerRatio`` as LLaMA-Factory builds it) does that the keys cannot change:
+    it freezes its first tensor named ``*embed*`` and its first named ``*lm_head*`` itself (``names``: the model's
+    parameter names in order), whatever their module's LR, and its sparse Adam step applies no weight decay."""
+    found = []
+    for key in ("embed", "lm_head"):
+        name = next((name for name in names if key in name), None)
+        if name is not None:
+            module = plan.module_map.placement(name).module
+            found.append(
+                f"BAdam's ratio mode freezes `{normalize(name)}` ({module}) itself, as the first tensor named "
+                f"*{key}*: it does not train, whatever the {module}'s LR."
+            )
+    decays = [key for key in plan.settings.set_keys() if key.endswith("_weight_decay")]
+    if decays:
+        found.append(f"BAdam's ratio mode applies no weight decay: {', '.join(decays)} do nothing.")
+    return found

@@ -3,9 +3,11 @@
 The default path (HF's) splits a module into decay / no-decay by HF's decay-name rule. With LoRA+
 (``loraplus_lr_ratio``) each module is split the way LLaMA-Factory's LoRA+ optimizer splits the whole model:
 ``lora_A`` (and everything else) at the module's LR, ``lora_B`` and 1-D tensors at LR x ratio, LoRA embedding
-B matrices at ``loraplus_lr_embedding``. Every trainable parameter lands in exactly one group, frozen ones in
-none, and no group is empty. The plan records the parameters lf-multilr's supplement placed, because the
-registry's keys miss or misplace them.
+B matrices at ``loraplus_lr_embedding``. With LLaMA-Factory's Muon (``use_muon``) each module is split the way its
+``_create_muon_optimizer`` splits the whole model: 2-D matrices but embeddings and ``lm_head`` (by name) step with
+Muon, the rest with Muon's internal AdamW, and every tensor decays. Every trainable parameter lands in exactly one
+group, frozen ones in none, and no group is empty. The plan records the parameters lf-multilr's supplement placed,
+because the registry's keys miss or misplace them.
 
 :func:`build_plan` runs the steps in order: :func:`place` each parameter (module, custom group, size),
 :func:`count` them into the rows of the table, give each trainable one its :func:`role` and its layer-decay
@@ -34,6 +36,7 @@ from lf_multilr.modules import OTHER, Table
 
 #: Roles inside a module, in group order.
 ROLES: tuple[str, ...] = ("decay", "no_decay", "lora_a", "lora_b", "lora_b_nodecay", "embedding")
+ROLES += ("muon", "adamw", "galore", "apollo")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,34 @@ class LoraPlus:
 
     ratio: float
     embedding_lr: float
+
+
+@dataclass(frozen=True)
+class MuonSplit:
+    """LLaMA-Factory's Muon (``use_muon``): which tensors its ``_create_muon_optimizer`` hands to Muon, the rest going
+    to Muon's internal AdamW. That class decays every tensor (its one ``wd``), so every role here decays."""
+
+    @staticmethod
+    def uses_muon(name: str, tensor: torch.Tensor) -> bool:
+        """LLaMA-Factory's rule, on the name as the model's ``named_parameters()`` gives it: a 2-D tensor whose name
+        has neither ``embed`` nor ``lm_head``."""
+        return tensor.ndim == 2 and "embed" not in name and "lm_head" not in name
+
+
+@dataclass(frozen=True)
+class Projected:
+    """GaLore or APOLLO (LLaMA-Factory's ``use_galore`` / ``use_apollo``, or HF's ``optim: galore_*`` / ``apollo_*``):
+    the tensors it projects (``kind``: galore or apollo; named as the model's ``named_parameters()`` gives them) form a
+    role of their own, which carries the projection's settings; the rest split into decay / no-decay by the decay names
+    given. LLaMA-Factory's projected tensors decay; HF's build applies no weight decay at all (``decays`` False)."""
+
+    kind: str
+    names: frozenset[str]
+    decays: bool = True
+
+
+#: How each module is split into roles: HF's decay split (None), LoRA+'s, Muon's, or GaLore's / APOLLO's.
+Split = LoraPlus | MuonSplit | Projected | None
 
 
 @dataclass
@@ -272,11 +303,16 @@ def count(params: Sequence[Param], rows: Mapping[str, ModuleRow]) -> list[Supple
     return list(uses.values())
 
 
-def role(param: Param, decay: Collection[str], loraplus: LoraPlus | None) -> Role:
-    """The role of a trainable parameter: HF's decay split, or LLaMA-Factory's LoRA+ split."""
+def role(param: Param, decay: Collection[str], split: Split) -> Role:
+    """The role of a trainable parameter: HF's decay split, or LLaMA-Factory's LoRA+ or Muon split."""
     name = param.name
-    if loraplus is None:
+    if isinstance(split, Projected) and name in split.names:
+        return Role(split.kind, 1.0, split.decays)
+    if split is None or isinstance(split, Projected):
         return Role("decay", 1.0, True) if name in decay else Role("no_decay", 1.0, False)
+    if isinstance(split, MuonSplit):
+        return Role("muon", 1.0, True) if split.uses_muon(name, param.tensor) else Role("adamw", 1.0, True)
+    loraplus = split
     if "lora_embedding_B" in name:
         return Role("embedding", None, True)
     if "lora_B" in name or param.tensor.ndim == 1:
@@ -332,7 +368,7 @@ def bucket(
     rows: Mapping[str, ModuleRow],
     settings: Settings,
     decay: Collection[str],
-    loraplus: LoraPlus | None,
+    split: Split,
     layers: Mapping[int, tuple[float, str]],
 ) -> list[ModuleGroup]:
     """The trainable parameters in groups: one per row, role, layer-decay block and schedule."""
@@ -341,14 +377,15 @@ def bucket(
     for position, param in enumerate(params):
         if not param.tensor.requires_grad:
             continue
-        row, kind = rows[param.row], role(param, decay, loraplus)
+        row, kind = rows[param.row], role(param, decay, split)
         layer, tag = layers.get(position, (1.0, ""))
         start, warmup = schedule(param, settings)
         key = (row.module, kind.name, tag, start, warmup)
         group = groups.get(key)
         if group is None:
             scale = None if kind.scale is None else kind.scale * layer
-            lr = row.lr * scale if scale is not None else (loraplus.embedding_lr if loraplus else row.lr)
+            own = split.embedding_lr if isinstance(split, LoraPlus) else row.lr
+            lr = row.lr * scale if scale is not None else own
             group = groups[key] = ModuleGroup(
                 params=[],
                 lr=lr,
@@ -413,7 +450,7 @@ def build_plan(
     learning_rate: float,
     weight_decay: float,
     decay_names: Collection[str],
-    loraplus: LoraPlus | None = None,
+    split: Split = None,
     sizes: Mapping[int, int] | None = None,
 ) -> GroupPlan:
     """The plan for ``named_parameters`` (see the module docstring)."""
@@ -423,7 +460,7 @@ def build_plan(
     supplement = count(params, rows)
     stacks = blocks(params, settings, module_map.model_type)
     layers = {position: factor for found in stacks.values() for position, factor in found.factors.items()}
-    groups = order(bucket(params, rows, settings, decay_names, loraplus, layers), rows)
+    groups = order(bucket(params, rows, settings, decay_names, split, layers), rows)
     check_exactly_once(groups, params)
     other = [param.name for param in params if param.row == OTHER and param.tensor.requires_grad]
     plan = GroupPlan(module_map, settings, rows, groups, other, supplement=supplement)

@@ -6,7 +6,7 @@ supplement rule that placed parameters says which, where, and why the registry's
 
 from __future__ import annotations
 
-from lf_multilr.grouping.plan import GroupPlan, SupplementUse
+from lf_multilr.grouping.plan import GroupPlan, SupplementUse, numel
 
 
 def human(count: int) -> str:
@@ -25,6 +25,26 @@ def supplement_line(plan: GroupPlan, use: SupplementUse) -> str:
         f"{use.module} by lf-multilr's supplement (model type `{plan.model_type}`; registry: {registry}): "
         f"{use.rule.reason}"
     )
+
+
+def muon_lines(plan: GroupPlan) -> list[str]:
+    """Under LLaMA-Factory's Muon (groups of roles ``muon`` / ``adamw``): what of each module steps with Muon and what
+    with its AdamW. Nothing for other optimizers."""
+    if not any(group["role"] in ("muon", "adamw") for group in plan.param_groups):
+        return []
+    lines = [
+        "use_muon: LLaMA-Factory's Muon steps the 2-D matrices (not embeddings or lm_head), its AdamW the rest; "
+        "every tensor decays at its module's weight_decay"
+    ]
+    for module in plan.rows:
+        parts = []
+        for role, label in (("muon", "Muon"), ("adamw", "AdamW")):
+            tensors = [t for g in plan.param_groups if g["module"] == module and g["role"] == role for t in g["params"]]
+            if tensors:
+                parts.append(f"{label} {len(tensors)} tensors ({human(sum(numel(t) for t in tensors))} params)")
+        if parts:
+            lines.append(f"{module}: {', '.join(parts)}")
+    return lines
 
 
 def format_table(plan: GroupPlan, warnings: bool = True) -> str:
@@ -53,6 +73,7 @@ def format_table(plan: GroupPlan, warnings: bool = True) -> str:
     lines.append(f"  frozen: {tensors} tensors, {human(params)} params; groups: {len(plan.param_groups)}")
     lines.extend(f"  {supplement_line(plan, use)}" for use in plan.supplement)
     lines.extend(f"  {note}" for note in plan.notes)
+    lines.extend(f"  {line}" for line in muon_lines(plan))
     if warnings:
         lines.extend(f"  warning: {warning}" for warning in plan.warnings)
     return "\n".join(lines)
