@@ -93,8 +93,9 @@ class Module:
     color: str
     #: The keys it brings (``<name>_lr`` ...): the common ones, and the vision tower's layer-wise decay.
     kinds: tuple[ModuleKind, ...] = COMMON
-    #: None where LLaMA-Factory's LoRA adapts it; otherwise it trains under LoRA only as a full copy in
-    #: ``additional_target``, and this names the copy's target per family (for the message that says so).
+    #: None where LLaMA-Factory's LoRA adapts it on every model; otherwise its layers get adapters only where
+    #: ``lora_target`` reaches them (``all`` does on some models, such as Qwen3-VL's mergers), and this names its
+    #: full copy in ``additional_target`` per family (for the message that says how to train it).
     lora_copy: str | None = None
 
 

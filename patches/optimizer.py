@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import importlib
 from functools import wraps
 from typing import Any
 
@@ -30,7 +30,9 @@ from .registry import config_model_type, known_types, model_config, module_map
 def decay_names(model: torch.nn.Module, loraplus: bool) -> set[str]:
     """The names the replaced path decays: LLaMA-Factory's rule for LoRA+, HF's for the default path."""
     if loraplus:
-        return set(sys.modules["llamafactory.train.trainer_utils"]._get_decay_parameter_names(model))
+        # imported here too: a plan, and the check before the weights load, run before LLaMA-Factory's trainers import
+        trainer_utils = importlib.import_module("llamafactory.train.trainer_utils")
+        return set(trainer_utils._get_decay_parameter_names(model))
     from transformers import Trainer
 
     # HF's rule is an instance method that reads nothing from the instance.
@@ -39,6 +41,13 @@ def decay_names(model: torch.nn.Module, loraplus: bool) -> set[str]:
 
 def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, settings: Settings) -> GroupPlan:
     """The checked plan for ``model`` as LLaMA-Factory has prepared it (frozen, PEFT-wrapped, ...)."""
+    plan = build_for(model, training_args, finetuning_args, settings)
+    check_plan(plan, finetuning_args.finetuning_type)
+    return plan
+
+
+def build_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, settings: Settings) -> GroupPlan:
+    """The plan for ``model`` as LLaMA-Factory has prepared it, before :func:`check_plan`."""
     model_type = config_model_type(model_config(model))
     mapping = module_map(model_type)
     if mapping is None and settings.module_keys_set:
@@ -48,7 +57,7 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
     refuse_flat_parameters(settings, model.named_parameters())
     ratio = getattr(finetuning_args, "loraplus_lr_ratio", None)
     loraplus = None if ratio is None else LoraPlus(float(ratio), float(finetuning_args.loraplus_lr_embedding))
-    plan = build_plan(
+    return build_plan(
         model.named_parameters(),
         mapping,
         settings,
@@ -58,8 +67,6 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
         loraplus,
         fsdp1_sizes(model),
     )
-    check_plan(plan, finetuning_args.finetuning_type)
-    return plan
 
 
 def optimizer_cls_and_kwargs(

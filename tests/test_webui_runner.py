@@ -122,7 +122,8 @@ REFUSALS = {
     "LoRA projector without a copy": (
         {"multi_modal_projector_lr": "1e-4", "top.finetuning_type": "lora"},
         {"multi_modal_projector_lr": 1e-4},
-        "lf-multilr: `multi_modal_projector_lr: 0.0001` is refused: under LoRA the projector has nothing trainable",
+        "lf-multilr: `multi_modal_projector_lr: 0.0001` is refused: the multi_modal_projector has nothing trainable in "
+        "this run: LoRA put no adapter on it",
     ),
     "GaLore": (
         {"language_model_lr": "1e-4", "train.use_galore": True},

@@ -11,6 +11,7 @@ changes nothing). ``registry`` says what LLaMA-Factory's registry does with the 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -102,3 +103,11 @@ SUPPLEMENT: tuple[Rule, ...] = (
 def rules_for(model_type: str) -> tuple[Rule, ...]:
     """The supplement's rules for ``model_type``, in table order."""
     return tuple(rule for rule in SUPPLEMENT if model_type in rule.model_types)
+
+
+def left_open(model_type: str, frozen: Collection[str]) -> set[str]:
+    """The modules of which the supplement places parts in ``model_type`` that no freeze flag of the ``frozen``
+    modules reaches (LLaMA-Factory's registry gives those parts to no frozen module), so that these flags alone
+    cannot say the module has nothing trainable: Qwen3-VL's DeepStack mergers train under
+    ``freeze_multi_modal_projector: true`` unless the vision tower is frozen too."""
+    return {rule.module for rule in rules_for(model_type) if not set(rule.registry) & set(frozen)}
