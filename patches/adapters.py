@@ -23,9 +23,11 @@ from lf_multilr.grouping.checks import check_modules
 from . import _state
 from .optimizer import build_for
 
-#: LLaMA-Factory's model classes, in the order its loader tries them for a config (``load_model``).
+#: LLaMA-Factory's model classes, in the order its loader tries them for a config (``load_model``; 0.9.4 tries
+#: ``AutoModelForVision2Seq`` second, which transformers 5 no longer has).
 _LOAD_CLASSES = (
     "AutoModelForImageTextToText",
+    "AutoModelForVision2Seq",
     "AutoModelForSeq2SeqLM",
     "AutoModelForTextToWaveform",
     "AutoModelForCausalLM",
@@ -38,16 +40,15 @@ def structure_on_meta(config: Any, trust_remote_code: bool) -> torch.nn.Module:
     """The model ``config`` describes, built on the meta device with the class LLaMA-Factory's loader picks."""
     import transformers
 
+    classes = [getattr(transformers, name) for name in _LOAD_CLASSES if hasattr(transformers, name)]
     with torch.device("meta"):
-        for name in _LOAD_CLASSES:
+        for auto in classes:
             try:
-                model = getattr(transformers, name).from_config(config, trust_remote_code=trust_remote_code)
+                model = auto.from_config(config, trust_remote_code=trust_remote_code)
             except ValueError:  # not a config of this auto class: the loader's next choice
                 continue
-            break
-    if getattr(config, "model_type", None) in _THINKERS:
-        model = model.thinker
-    return model
+            return model.thinker if getattr(config, "model_type", None) in _THINKERS else model
+    raise ValueError(f"no model class of LLaMA-Factory's loader builds `{getattr(config, 'model_type', None)}`")
 
 
 def prepared_on_meta(config: Any, model_args: Any, finetuning_args: Any) -> torch.nn.Module | None:

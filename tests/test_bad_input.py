@@ -58,12 +58,14 @@ CASES = {
     # LLaMA-Factory's `lora_target: all` puts no adapter on Qwen2-VL's merger (its own rule, on the meta device)
     "lora projector": (
         {"multi_modal_projector_lr": 1e-5, "finetuning_type": "lora"},
-        r"the multi_modal_projector has nothing trainable in this run: LoRA put no adapter on it.*Fix: under LoRA "
+        r"`multi_modal_projector_lr: 1e-05` is refused: the multi_modal_projector has nothing trainable in this run: "
+        r"LoRA put no adapter on it.*Fix: under LoRA "
         r"the projector trains through adapters where `lora_target` reaches its linear layers.*additional_target",
     ),
     "oft projector": (
         {"multi_modal_projector_lr": 1e-5, "finetuning_type": "oft"},
-        r"the multi_modal_projector has nothing trainable in this run: OFT put no adapter on it",
+        r"`multi_modal_projector_lr: 1e-05` is refused: the multi_modal_projector has nothing trainable in this run: "
+        r"OFT put no adapter on it",
     ),
     "galore": ({"vision_tower_lr": 1e-5, "use_galore": True}, r"`use_galore: true` builds an optimizer of its own"),
     "apollo": ({"vision_tower_lr": 1e-5, "use_apollo": True}, r"`use_apollo: true`"),
