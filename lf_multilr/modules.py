@@ -98,8 +98,9 @@ class Module:
     color: str
     #: The keys it brings (``<name>_lr`` ...): the common ones, and a layer-wise decay where it has numbered blocks.
     kinds: tuple[ModuleKind, ...] = COMMON
-    #: None where LLaMA-Factory's LoRA adapts it; otherwise it trains under LoRA only as a full copy in
-    #: ``additional_target``, and this names the copy's target per family (for the message that says so).
+    #: None where LLaMA-Factory's LoRA adapts it on every model; otherwise its layers get adapters only where
+    #: ``lora_target`` reaches them (``all`` does on some models, such as Qwen3-VL's mergers), and this names its
+    #: full copy in ``additional_target`` per family (for the message that says how to train it).
     lora_copy: str | None = None
     #: The module whose parameters these are in a run that sets none of this module's keys and not its freeze flag
     #: (None: the module is in every run). Its freeze flag is then lf-multilr's own, and while it is unset the

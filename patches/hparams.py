@@ -18,7 +18,9 @@ from typing import Any
 from lf_multilr.config import backends
 from lf_multilr.config.callbacks import callback_classes, names_of
 from lf_multilr.config.checks import (
+    ADAPTER_TYPES,
     deepspeed_given,
+    freezing_flag,
     fsdp_of,
     own_optimizer,
     refusal,
@@ -36,10 +38,11 @@ from lf_multilr.config.checks import (
 from lf_multilr.config.keys import CALLBACKS, CALLBACKS_ENV, FREEZE_FLAGS, KEYS, LR_GROUPS, SWITCHES
 from lf_multilr.config.settings import Settings, keep, settings_of
 from lf_multilr.errors import ConfigError
-from lf_multilr.grouping.supplement import rules_for
+from lf_multilr.grouping.supplement import left_open
 
 from . import _state, guard
 from ._state import STATE
+from .adapters import check_adapted
 from .callbacks import add_to_run
 from .registry import config_model_type, known_types, module_map
 
@@ -167,13 +170,13 @@ def with_keys(classes: list[type]) -> list[type]:
     return [keyed_class(cls) if cls.__name__ == "FinetuningArguments" else cls for cls in classes]
 
 
-def read_model_type(model_args: Any) -> str | None:
-    """The model type from the model's config alone; None, with one warning, when it cannot be read without loading
+def read_config(model_args: Any) -> Any:
+    """The model's config alone (``config.json``); None, with one warning, when it cannot be read without loading
     more (a config the hub must be asked for, remote code): then the same checks run on the loaded model."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(
+        return AutoConfig.from_pretrained(
             model_args.model_name_or_path,
             trust_remote_code=getattr(model_args, "trust_remote_code", False),
             cache_dir=getattr(model_args, "cache_dir", None),
@@ -187,7 +190,13 @@ def read_model_type(model_args: Any) -> str | None:
             "the keys are checked against the model once it has loaded."
         )
         return None
-    return config_model_type(config)
+
+
+def frozen_modules(settings: Settings, finetuning_args: Any) -> set[str]:
+    """The modules whose freeze flag the run sets (a part whose own flag is unset: the flag of the module it is part
+    of, as in LLaMA-Factory)."""
+    flags = {module.name: freezing_flag(module, finetuning_args) for module in settings.table.rows}
+    return {name for name, flag in flags.items() if flag and getattr(finetuning_args, flag, False)}
 
 
 def preflight(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
@@ -197,14 +206,23 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
     refuse_floors(settings, training_args.lr_scheduler_type, float(training_args.learning_rate))
     refuse_deepspeed_blocks(settings, deepspeed_given(getattr(training_args, "deepspeed", None), os.environ))
     refuse_flat(settings, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))
-    model_type = read_model_type(model_args) if settings.module_keys_set else None  # lr_groups need no modules
+    refuse_untrained(settings, model_args, training_args, finetuning_args)
+
+
+def refuse_untrained(settings: Settings, model_args: Any, training_args: Any, finetuning_args: Any) -> None:
+    """Refuse a module key for a module the run would not train, from the model's ``config.json`` alone: a type the
+    registry does not know, a module its freeze flag freezes, and under LoRA or OFT a module that LLaMA-Factory's
+    adapter setup leaves without an adapter or a copy (on the model built on the meta device)."""
+    config = read_config(model_args) if settings.module_keys_set else None  # lr_groups need no modules
+    model_type = None if config is None else config_model_type(config)
     if model_type is not None and module_map(model_type) is None:
         refuse_unknown_model_type(settings, model_type, known_types())
     refuse_parts(settings, model_type)
-    # Where the registry misses parts of a module, its freeze flag does not freeze all of it: the optimizer-time
-    # check on the prepared model decides.
-    unreachable = {rule.module for rule in rules_for(model_type or "") if not rule.registry}
-    refuse_frozen(settings, finetuning_args, unreachable)
+    # Where the supplement places parts of a module that no set flag reaches, the flags alone do not freeze all of
+    # it: the prepared model decides.
+    refuse_frozen(settings, finetuning_args, left_open(model_type or "", frozen_modules(settings, finetuning_args)))
+    if config is not None and finetuning_args.finetuning_type in ADAPTER_TYPES:
+        check_adapted(settings, config, model_args, training_args, finetuning_args)
 
 
 def refuse_parts(settings: Settings, model_type: str | None) -> None:
@@ -268,7 +286,8 @@ def wrap_get_train_args(original: Any) -> Any:
                 if lost is not None:
                     flag = next(str(row.freeze_flag) for row in settings.table.parts())
                     raise ConfigError(flag, getattr(finetuning_args, flag), *lost)
-                refuse_parts(settings, read_model_type(model_args))
+                config = read_config(model_args)
+                refuse_parts(settings, None if config is None else config_model_type(config))
             guard.disarm()
             return parsed
         preflight(settings, model_args, training_args, finetuning_args)

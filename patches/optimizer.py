@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import sys
 from functools import wraps
 from typing import Any
 
@@ -31,8 +30,9 @@ from .registry import config_model_type, known_types, model_config, module_map
 
 
 def trainer_utils() -> Any:
-    """LLaMA-Factory's optimizer factory module (loaded: the factory being wrapped lives there)."""
-    return sys.modules["llamafactory.train.trainer_utils"]
+    """LLaMA-Factory's optimizer factory module (imported where it is not yet: a plan, and the check before the weights
+    load, run before LLaMA-Factory's trainers import it)."""
+    return importlib.import_module("llamafactory.train.trainer_utils")
 
 
 def decay_names(model: torch.nn.Module, llamafactorys: bool) -> set[str]:
@@ -226,6 +226,13 @@ def muon_optimizer(param_groups: list[Any], training_args: Any) -> torch.optim.O
 
 def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, settings: Settings) -> GroupPlan:
     """The checked plan for ``model`` as LLaMA-Factory has prepared it (frozen, PEFT-wrapped, ...)."""
+    plan = build_for(model, training_args, finetuning_args, settings)
+    check_plan(plan, finetuning_args.finetuning_type)
+    return plan
+
+
+def build_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, settings: Settings) -> GroupPlan:
+    """The plan for ``model`` as LLaMA-Factory has prepared it, before :func:`check_plan`."""
     model_type = config_model_type(model_config(model))
     mapping = module_map(model_type, settings.table)
     if mapping is None and settings.module_keys_set:
@@ -247,7 +254,6 @@ def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, s
         split,
         fsdp1_sizes(model),
     )
-    check_plan(plan, finetuning_args.finetuning_type)
     if own_optimizer(finetuning_args) == "badam":  # its ratio mode: the layer mode is refused
         plan.warnings.extend(badam_ratio_warnings(plan, [name for name, _ in model.named_parameters()]))
     decays = [key for key in settings.set_keys() if key.endswith("_weight_decay")]

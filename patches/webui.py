@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import fields
 from functools import wraps
+from types import SimpleNamespace
 from typing import Any
 
 from lf_multilr.config.checks import refuse_frozen
@@ -172,11 +173,12 @@ def check_args(args: dict[str, Any]) -> None:
     """Refuse what the CLI refuses about lf-multilr's keys from the config alone, with its message.
 
     The arguments go through the CLI's own finetuning-arguments class (bad values, optimizers that drop the
-    groups, other back ends) and its frozen-module rule. A value LLaMA-Factory's own finetuning arguments refuse
+    groups, other back ends) and its checks of what the run trains (the model's config; under LoRA or OFT
+    LLaMA-Factory's adapter setup on the meta device). A value LLaMA-Factory's own finetuning arguments refuse
     (a ``ValueError`` of theirs) is left to the run to report, as without lf-multilr; anything else is a bug and
     is raised.
     """
-    from llamafactory.hparams import FinetuningArguments
+    from llamafactory.hparams import FinetuningArguments, ModelArguments
 
     keyed = hparams.keyed_class(FinetuningArguments)
     names = {field.name for field in fields(keyed) if field.init}
@@ -187,8 +189,21 @@ def check_args(args: dict[str, Any]) -> None:
     except ValueError:  # LLaMA-Factory's own refusal: the run reports it, as without lf-multilr
         return
     settings = settings_of(finetuning_args)
-    if settings.any_set:
+    if not settings.any_set:
+        return
+    model_fields = {field.name for field in fields(ModelArguments) if field.init}
+    try:
+        model_args = ModelArguments(**{name: value for name, value in args.items() if name in model_fields})
+    except ValueError:  # LLaMA-Factory's own refusal: the run reports it
         refuse_frozen(settings, finetuning_args)
+        return
+    # the numbers the groups are built with (the checks read only what trains, not how the optimizer splits it)
+    numbers = SimpleNamespace(
+        learning_rate=float(args.get("learning_rate", 0.0)),
+        weight_decay=float(args.get("weight_decay", 0.0)),
+        optim="adamw_torch",
+    )
+    hparams.refuse_untrained(settings, model_args, numbers, finetuning_args)
 
 
 def wrap_initialize(original: Any) -> Any:

@@ -8,7 +8,7 @@ import pytest
 from lf_multilr.config.checks import refuse_deepspeed_blocks
 from lf_multilr.config.settings import Settings
 from lf_multilr.patches.hparams import own_hyper_parallel_trainer
-from tools.testing import PROJECTOR_COPY, base_config, train, write_config
+from tools.testing import PROJECTOR_COPY, WEIGHTS_LOADING, base_config, train, write_config
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,18 @@ CASES = {
         {"language_model_lr": 1e-5, "freeze_language_model": True},
         r"Fix: set `freeze_language_model: false`",
     ),
-    "lora projector": ({"multi_modal_projector_lr": 1e-5, "finetuning_type": "lora"}, r"additional_target"),
+    # LLaMA-Factory's `lora_target: all` puts no adapter on Qwen2-VL's merger (its own rule, on the meta device)
+    "lora projector": (
+        {"multi_modal_projector_lr": 1e-5, "finetuning_type": "lora"},
+        r"`multi_modal_projector_lr: 1e-05` is refused: the multi_modal_projector has nothing trainable in this run: "
+        r"LoRA put no adapter on it.*Fix: under LoRA "
+        r"the projector trains through adapters where `lora_target` reaches its linear layers.*additional_target",
+    ),
+    "oft projector": (
+        {"multi_modal_projector_lr": 1e-5, "finetuning_type": "oft"},
+        r"`multi_modal_projector_lr: 1e-05` is refused: the multi_modal_projector has nothing trainable in this run: "
+        r"OFT put no adapter on it",
+    ),
     # LLaMA-Factory's own optimizers whose structure cannot hold the module groups (the others take them)
     "galore": (
         {"vision_tower_lr": 1e-5, "use_galore": True, "galore_layerwise": True},
@@ -258,7 +269,9 @@ def test_a_deepspeed_config_with_its_own_optimizer_or_scheduler_is_refused(block
 
 
 @pytest.mark.core
-def test_a_module_left_frozen_by_the_prepared_model_is_refused_at_optimizer_time(tiny, data, tmp_path, env):
+def test_a_module_left_frozen_by_the_prepared_model_is_refused_before_the_weights_load(tiny, data, tmp_path, env):
+    """A copy in `additional_target` leaves the flags undecided: LLaMA-Factory's adapter setup on the model's structure
+    (the meta device) shows the vision tower has nothing trainable."""
     family = "qwen2_vl"
     config, out = write_config(
         tmp_path,
@@ -272,6 +285,9 @@ def test_a_module_left_frozen_by_the_prepared_model_is_refused_at_optimizer_time
     )
     result = train(config, env)
     assert result.returncode != 0
-    assert "the vision_tower is frozen in this run (25 tensors, none trainable)" in result.stderr
+    assert (
+        "the vision_tower has nothing trainable in this run: LoRA put no adapter on it and `additional_target` "
+        "copies none of it (25 frozen tensors)" in result.stderr
+    )
     assert "Fix: set `freeze_vision_tower: false` so that LoRA adapts it" in result.stderr
-    assert not (out / "trainer_log.jsonl").exists()
+    assert WEIGHTS_LOADING not in result.stdout + result.stderr and not out.exists()

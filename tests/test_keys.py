@@ -109,4 +109,22 @@ def test_a_frozen_flag_the_registry_cannot_reach_is_left_to_the_prepared_model()
     args = SimpleNamespace(finetuning_type="full", additional_target=None, freeze_vision_tower=True)
     with pytest.raises(ConfigError, match="freeze_vision_tower: true"):
         refuse_frozen(settings, args)
-    refuse_frozen(settings, args, unreachable={"vision_tower"})  # e.g. Video-LLaVA: the flag freezes nothing
+    refuse_frozen(settings, args, open_modules={"vision_tower"})  # e.g. Video-LLaVA: the flag freezes nothing
+
+
+def test_a_projector_flag_leaves_qwen3_vls_deepstack_mergers_to_the_vision_towers_flag():
+    """LLaMA-Factory's registry counts Qwen3-VL's DeepStack mergers (projector to lf-multilr) as vision tower: only
+    `freeze_vision_tower` freezes them, so `freeze_multi_modal_projector: true` alone leaves the projector open."""
+    from types import SimpleNamespace
+
+    from lf_multilr.config.checks import refuse_frozen
+    from lf_multilr.grouping.supplement import left_open
+
+    settings = Settings({**dict.fromkeys(KEY_NAMES), "multi_modal_projector_lr": 1e-5})
+    args = SimpleNamespace(finetuning_type="lora", additional_target=None, freeze_multi_modal_projector=True)
+    assert left_open("qwen3_vl", {"multi_modal_projector"}) == {"multi_modal_projector"}
+    refuse_frozen(settings, args, left_open("qwen3_vl", {"multi_modal_projector"}))
+    assert left_open("qwen3_vl", {"multi_modal_projector", "vision_tower"}) == set()
+    with pytest.raises(ConfigError, match="freeze_multi_modal_projector: true` freezes the multi_modal_projector"):
+        refuse_frozen(settings, args, left_open("qwen3_vl", {"multi_modal_projector", "vision_tower"}))
+    assert left_open("qwen2_vl", {"multi_modal_projector"}) == set()

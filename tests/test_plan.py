@@ -99,6 +99,63 @@ def test_plan_counts_the_lora_adapters_the_run_trains(tiny, data, tmp_path, env)
     )
 
 
+#: Where LLaMA-Factory itself trains the projector under LoRA or OFT, and a projector LR the run accepts there:
+#: Qwen3-VL's `lora_target: all` adapts the merger and the DeepStack mergers when both freeze flags are false (LoRA+
+#: included); OFT trains a projector copy in `additional_target` under LLaMA-Factory's default
+#: `freeze_multi_modal_projector: true`. (family, the config, the projector's tensors as `plan --json` names them.)
+ADAPTED_PROJECTOR = {
+    "qwen3_vl lora+": (
+        "qwen3_vl",
+        {"finetuning_type": "lora", "lora_target": "all", "loraplus_lr_ratio": 4.0},
+        {
+            f"{prefix}.{layer}.lora_{ab}.default.weight"
+            for prefix in ("model.visual.merger", "model.visual.deepstack_merger_list.0")
+            for layer in ("linear_fc1", "linear_fc2")
+            for ab in "AB"
+        },
+    ),
+    # the flag keeps LoRA off `visual.merger`; the DeepStack mergers (vision tower to the flags) still get adapters
+    "qwen3_vl lora, projector flag": (
+        "qwen3_vl",
+        {"finetuning_type": "lora", "lora_target": "all", "freeze_multi_modal_projector": True},
+        {
+            f"model.visual.deepstack_merger_list.0.{layer}.lora_{ab}.default.weight"
+            for layer in ("linear_fc1", "linear_fc2")
+            for ab in "AB"
+        },
+    ),
+    "qwen2_vl oft copy": (
+        "qwen2_vl",
+        {"finetuning_type": "oft", "additional_target": "merger", "freeze_multi_modal_projector": True},
+        {
+            f"model.visual.merger.modules_to_save.default.{tensor}"
+            for tensor in ("ln_q.weight", "ln_q.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias")
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ADAPTED_PROJECTOR))
+def test_the_projector_lr_reaches_what_llamafactory_trains_of_the_projector(case, tiny, data, tmp_path):
+    """In-process: the plan (LLaMA-Factory's prepared model on the meta device) puts exactly the projector's adapters or
+    copy in its groups, at its LR (lora_B at LR x ratio under LoRA+); the run's checks before the weights load pass."""
+    from lf_multilr.patches.dry_run import make_plan, read_config
+    from lf_multilr.reports.as_json import plan_to_dict
+
+    family, overrides, expected = ADAPTED_PROJECTOR[case]
+    config, out = write_config(tmp_path, tiny(family), data, family, **LRS, **overrides)
+    planned = plan_to_dict(make_plan(read_config([str(config)])))
+    projector = [group for group in planned["param_groups"] if group["module"] == "multi_modal_projector"]
+    assert {name for group in projector for name in group["params"]} == expected
+    ratio = overrides.get("loraplus_lr_ratio", 1.0)
+    for group in projector:
+        lrs = {1.0e-3 * ratio if ".lora_B." in name else 1.0e-3 for name in group["params"]}
+        assert lrs == {group["lr"]}, group["name"]
+    others = {name for group in planned["param_groups"] if group not in projector for name in group["params"]}
+    assert others and not any("merger" in name for name in others)
+    assert not out.exists()
+
+
 @pytest.mark.core
 def test_plan_refuses_what_the_run_refuses_with_the_same_message(tiny, data, tmp_path, env):
     """Through both commands, for a refusal that needs the model's own arguments (a key on a module the run freezes):

@@ -9,6 +9,7 @@ from tools.testing import (
     adapter,
     log_records,
     max_steps_by_module,
+    owner,
     train,
     weights,
     write_config,
@@ -42,33 +43,42 @@ def test_full_one_adamw_step_moves_every_changed_tensor_by_its_module_lr(family,
     assert record["lr/language_model"] == record["lr"] == 1.0e-2
 
 
-@pytest.mark.core
-def test_lora_groups_adapters_by_the_module_they_adapt(tiny, data, tmp_path, env):
-    family = "qwen2_5_vl"
+@pytest.mark.parametrize(
+    "family, overrides",
+    [
+        pytest.param("qwen2_5_vl", {"additional_target": PROJECTOR_COPY["qwen2_5_vl"]}, marks=pytest.mark.core),
+        # LLaMA-Factory's `all` adapts Qwen3-VL's merger and DeepStack mergers when both freeze flags are false
+        # (write_config's default): their adapters train at the projector's LR; under LoRA+ lora_B at LR x ratio
+        pytest.param("qwen3_vl", {"loraplus_lr_ratio": 4.0}),
+    ],
+    ids=["qwen2_5_vl-copy", "qwen3_vl-merger-adapters-loraplus"],
+)
+def test_lora_groups_adapters_by_the_module_they_adapt(family, overrides, tiny, data, tmp_path, env):
     config, out = write_config(
-        tmp_path,
-        tiny(family),
-        data,
-        family,
-        finetuning_type="lora",
-        lora_target="all",
-        additional_target=PROJECTOR_COPY[family],
-        **LRS,
+        tmp_path, tiny(family), data, family, finetuning_type="lora", lora_target="all", **overrides, **LRS
     )
     result = train(config, env)
     assert result.returncode == 0, result.stderr[-3000:]
     base = weights(tiny(family))
-    seen = set()
+    ratio = overrides.get("loraplus_lr_ratio", 1.0)
+    seen: dict[str, set[str]] = {}
     for name, tensor in adapter(out).items():
+        module = owner(family, name)
         if "lora_B" in name:  # B starts at zero, so its largest entry after one step is the step size
-            module = "vision_tower" if ".visual." in name else "language_model"
-            assert tensor.abs().max().item() == pytest.approx(EXPECTED[module], rel=1e-3), name
-            seen.add(module)
-        elif "merger" in name:
+            assert tensor.abs().max().item() == pytest.approx(EXPECTED[module] * ratio, rel=1e-3), name
+            seen.setdefault(module, set()).add(name)
+        elif "lora_A" not in name:  # a copy in `additional_target` (A gets no gradient on the first step)
             original = base[name.replace("base_model.model.", "", 1)]
-            assert (tensor - original).abs().max().item() == pytest.approx(1.0e-3, rel=1e-3), name
-            seen.add("multi_modal_projector")
-    assert seen == set(EXPECTED)
+            assert (tensor - original).abs().max().item() == pytest.approx(EXPECTED[module], rel=1e-3), name
+            seen.setdefault(module, set()).add(name)
+    assert set(seen) == set(EXPECTED)
+    if family == "qwen3_vl":
+        projector = seen["multi_modal_projector"]
+        assert all(".lora_B." in name for name in projector)
+        assert {name.split(".linear_fc")[0].removeprefix("base_model.model.model.visual.") for name in projector} == {
+            "merger",
+            "deepstack_merger_list.0",
+        }
 
 
 @pytest.mark.core

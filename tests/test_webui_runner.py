@@ -122,13 +122,14 @@ REFUSALS = {
     "LoRA projector without a copy": (
         {"multi_modal_projector_lr": "1e-4", "top.finetuning_type": "lora"},
         {"multi_modal_projector_lr": 1e-4},
-        "lf-multilr: `multi_modal_projector_lr: 0.0001` is refused: under LoRA the projector has nothing trainable",
+        "lf-multilr: `multi_modal_projector_lr: 0.0001` is refused: the multi_modal_projector has nothing trainable in "
+        "this run: LoRA put no adapter on it",
     ),
     "BAdam's layer mode": (
         {"language_model_lr": "1e-4", "train.use_badam": True, "train.badam_mode": "layer"},
         {"language_model_lr": 1e-4},
-        "lf-multilr: `language_model_lr: 0.0001` is refused: `badam_mode: layer` is set, and BAdam's BlockOptimizer gives "
-        "every group the first group's LR before each step",
+        "lf-multilr: `language_model_lr: 0.0001` is refused: `badam_mode: layer` is set, and BAdam's BlockOptimizer "
+        "gives every group the first group's LR before each step",
     ),
     "bad value in the extra arguments": (
         {"train.extra_args": '{"optim": "adamw_torch", "vision_tower_lr": "fast"}'},

@@ -310,15 +310,24 @@ FLAT_FIX = (
 )
 
 
+#: The finetuning types whose base weights LLaMA-Factory freezes, training PEFT adapters on the layers its target
+#: rule picks (``lora_target``) and full copies of the modules named in ``additional_target``; their names in messages.
+ADAPTER_TYPES: dict[str, str] = {"lora": "LoRA", "oft": "OFT"}
+
+
 def frozen_fix(module: Module, finetuning_type: str) -> str:
     """How to make ``module`` trainable under ``finetuning_type`` (for the error that refuses a frozen module)."""
     unfreeze = f"set `{module.freeze_flag}: false`" if module.freeze_flag else f"make the {module.noun} trainable"
-    if finetuning_type == "lora" and module.lora_copy is not None:
-        return (
-            f"under LoRA the {module.noun} trains only as a full copy: add it to `additional_target` "
-            f"(e.g. {module.lora_copy}) and {unfreeze}"
-        )
-    return unfreeze + " so that LoRA adapts it" if finetuning_type == "lora" else unfreeze
+    method = ADAPTER_TYPES.get(finetuning_type)
+    if method is None:
+        return unfreeze
+    if module.lora_copy is None:
+        return f"{unfreeze} so that {method} adapts it"
+    return (
+        f"under {method} the {module.noun} trains through adapters where `lora_target` reaches its linear layers "
+        f"(with `{module.freeze_flag}: false`; LLaMA-Factory's `all` reaches them on some models only, such as "
+        f"Qwen3-VL's mergers), or as a full copy in `additional_target` ({module.lora_copy})"
+    )
 
 
 def freezing_flag(module: Module, finetuning_args: Any) -> str | None:
@@ -347,20 +356,22 @@ def refuse_absent_parts(settings: Settings, model_type: str, keys_of: Callable[[
         )
 
 
-def refuse_frozen(settings: Settings, finetuning_args: Any, unreachable: Collection[str] = ()) -> None:
+def refuse_frozen(settings: Settings, finetuning_args: Any, open_modules: Collection[str] = ()) -> None:
     """Refuse a key for a module that the config's own flags leave untrained.
 
     ``finetuning_args`` is anything with LLaMA-Factory's ``finetuning_type``, ``additional_target`` and ``freeze_*``
-    attributes. Under LoRA a frozen module can still train as a full copy in ``additional_target``: the
-    optimizer-time check on the prepared model decides then.
+    attributes. ``open_modules`` are the modules with parts no set flag reaches (the supplement's placements, see
+    :func:`lf_multilr.grouping.supplement.left_open`): their flag alone does not freeze them. Under LoRA or OFT a
+    frozen module can still train as a full copy in ``additional_target``; whether its layers get adapters, and
+    whether a copy matches them, is decided on the prepared model (before the weights load where the model's
+    structure can be built on the meta device, else when the optimizer is built).
     """
     finetuning_type = finetuning_args.finetuning_type
-    copies = finetuning_type == "lora" and bool(finetuning_args.additional_target)
-    modules = settings.table.by_order
-    for module in modules:
+    copies = finetuning_type in ADAPTER_TYPES and bool(finetuning_args.additional_target)
+    for module in settings.table.by_order:
         keys = settings.explicit(module.name)
         flag = freezing_flag(module, finetuning_args)
-        if keys and not copies and module.name not in unreachable and flag and getattr(finetuning_args, flag, False):
+        if keys and not copies and module.name not in open_modules and flag and getattr(finetuning_args, flag, False):
             fix = frozen_fix(module, finetuning_type)
             if flag != module.freeze_flag:  # a part whose own flag is unset: LLaMA-Factory's flag freezes it
                 fix = (
@@ -372,18 +383,4 @@ def refuse_frozen(settings: Settings, finetuning_args: Any, unreachable: Collect
                 settings.values[keys[0]],
                 f"`{flag}: true` freezes the {module.name}, so its value would do nothing",
                 f"{fix}, or remove the key",
-            )
-    for module in modules:
-        keys = settings.explicit(module.name)
-        if (
-            keys
-            and module.lora_copy is not None
-            and finetuning_type == "lora"
-            and not finetuning_args.additional_target
-        ):
-            raise ConfigError(
-                keys[0],
-                settings.values[keys[0]],
-                f"under LoRA the {module.noun} has nothing trainable unless it is a full copy in `additional_target`",
-                f"{frozen_fix(module, 'lora')}, or remove the key",
             )

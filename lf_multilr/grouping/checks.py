@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lf_multilr.config.checks import frozen_fix
+from lf_multilr.config.checks import ADAPTER_TYPES, frozen_fix
 from lf_multilr.config.keys import key_name
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.placement import normalize
@@ -68,12 +68,13 @@ def registry_gap_warnings(plan: GroupPlan, finetuning_type: str) -> list[str]:
     return [warning for warning in found if warning is not None]
 
 
-def check_plan(plan: GroupPlan, finetuning_type: str) -> None:
-    """Refuse keys (of the settings the plan was built from) that set a module with nothing to train; add warnings
-    for legal but costly choices."""
+def check_modules(plan: GroupPlan, finetuning_type: str) -> None:
+    """Refuse keys (of the settings the plan was built from) that set a module with nothing to train in the model the
+    plan was built from: the model that steps, or LLaMA-Factory's prepared model on the meta device before the
+    weights load."""
     settings = plan.settings
-    modules = settings.table.by_order
-    for module in modules:
+    method = ADAPTER_TYPES.get(finetuning_type)
+    for module in settings.table.by_order:
         row, keys = plan.rows[module.name], settings.explicit(module.name)
         if not keys or row.trainable:
             continue
@@ -87,13 +88,26 @@ def check_plan(plan: GroupPlan, finetuning_type: str) -> None:
                 f"lf-multilr's supplement: {keys_text}) match none of its parameters",
                 "remove the key",
             )
+        why = (
+            f"the {module.name} is frozen in this run ({row.tensors} tensors, none trainable)"
+            if method is None
+            else f"the {module.name} has nothing trainable in this run: {method} put no adapter on it and "
+            f"`additional_target` copies none of it ({row.tensors} frozen tensors)"
+        )
         raise ConfigError(
             key,
             settings.values[key],
-            f"the {module.name} is frozen in this run ({row.tensors} tensors, none trainable), "
-            "so its value would do nothing",
+            f"{why}, so its value would do nothing",
             f"{frozen_fix(module, finetuning_type)}, or remove the key",
         )
+
+
+def check_plan(plan: GroupPlan, finetuning_type: str) -> None:
+    """Refuse keys (of the settings the plan was built from) that set a module with nothing to train, or a custom
+    group that matches nothing trainable; add warnings for legal but costly choices."""
+    check_modules(plan, finetuning_type)
+    settings = plan.settings
+    modules = settings.table.by_order
     for index, custom in enumerate(settings.groups):
         matched = plan.rows.get(custom.name)
         if matched is None or not matched.trainable:

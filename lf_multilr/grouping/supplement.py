@@ -14,6 +14,7 @@ a tensor in another order than its forward pass runs it, a :class:`Position` say
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -214,3 +215,11 @@ POSITIONS: tuple[Position, ...] = (
 def positions_for(model_type: str) -> tuple[Position, ...]:
     """The layer-decay positions for ``model_type``, in table order."""
     return tuple(rule for rule in POSITIONS if model_type in rule.model_types)
+
+
+def left_open(model_type: str, frozen: Collection[str]) -> set[str]:
+    """The modules of which the supplement places parts in ``model_type`` that no freeze flag of the ``frozen``
+    modules reaches (LLaMA-Factory's registry gives those parts to no frozen module), so that these flags alone
+    cannot say the module has nothing trainable: Qwen3-VL's DeepStack mergers train under
+    ``freeze_multi_modal_projector: true`` unless the vision tower is frozen too."""
+    return {rule.module for rule in rules_for(model_type) if not set(rule.registry) & set(frozen)}
