@@ -10,6 +10,7 @@ builds exactly the groups it built before the audio tower had a row. LLaMA-Facto
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import replace
 from functools import cache
 from types import SimpleNamespace
@@ -325,3 +326,40 @@ def test_the_audio_keys_reach_llamaboard_in_its_five_languages_and_the_sweeps_ax
     assert [key.name for row in webui_fields.rows() for key in row if key.module == "audio_tower"] == audio
     assert {*audio, "freeze_audio_tower"} <= LF_MULTILR_KEYS
     assert parse_range("audio_tower_lr=1e-6:1e-3:log").key == "audio_tower_lr"
+
+
+@pytest.mark.parametrize(
+    "model_type", [t for t in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker") if t in zoo.CONFIGS]
+)
+def test_on_an_omni_thinker_each_towers_decay_key_decays_its_own_stack_only(model_type):
+    """The audio tower its own module: ``audio_tower_lr_layer_decay`` counts the audio layers (N_audio + 1 factors,
+    embeddings to head) and ``vision_tower_lr_layer_decay`` the visual blocks alone; no tensor of one tower takes a
+    factor of the other's decay."""
+    keys = {
+        "vision_tower_lr": 1.0,
+        "vision_tower_lr_layer_decay": 0.5,
+        "audio_tower_lr": 2.0,
+        "audio_tower_lr_layer_decay": 0.8,
+    }
+    plan = plan_of(model_type, Settings.read(SimpleNamespace(**keys)))
+    names = [normalize(name) for name, _ in model(model_type).named_parameters()]
+    audio_layers = {
+        name.split("audio_tower.layers.")[1].split(".")[0] for name in names if "audio_tower.layers." in name
+    }
+    visual_blocks = {name.split("visual.blocks.")[1].split(".")[0] for name in names if "visual.blocks." in name}
+    assert len(audio_layers) >= 2 and len(visual_blocks) >= 2
+
+    def exponents(module: str, base: float, decay: float) -> set[int]:
+        found = set()
+        for group in plan.param_groups:
+            if group["module"] == module:
+                power = math.log(group["lr"] / base) / math.log(decay)
+                assert abs(power - round(power)) < 1e-9, (group["name"], group["lr"])
+                found.add(round(power))
+        return found
+
+    assert exponents("audio_tower", 2.0, 0.8) == set(range(len(audio_layers) + 1))
+    assert exponents("vision_tower", 1.0, 0.5) == set(range(len(visual_blocks) + 1))
+    audio = members(plan, "audio_tower")
+    assert audio and all("audio_tower." in name for name in audio)
+    assert not {name for name in members(plan, "vision_tower") if "audio_tower." in name}
