@@ -90,6 +90,16 @@ TARGETS: tuple[Target, ...] = (
         verified=LLAMAFACTORY_FULL,
     ),
     Target(
+        "llamafactory.train.trainer_utils",
+        "create_custom_optimizer",
+        optimizer.wrap_create_custom_optimizer,
+        role="the module param groups",
+        importers=_STAGE_TRAINERS,
+        signature=("model", "training_args", "finetuning_args"),
+        essential=True,
+        verified=LLAMAFACTORY_CORE,
+    ),
+    Target(
         "llamafactory.model.model_utils.visual",
         "get_forbidden_modules",
         freezing.wrap_get_forbidden_modules,
@@ -106,16 +116,6 @@ TARGETS: tuple[Target, ...] = (
         role="`freeze_audio_tower` under `lora_target: all`",
         importers=("llamafactory.model.adapter",),
         signature=("model", "finetuning_args", "target_modules"),
-        verified=LLAMAFACTORY_CORE,
-    ),
-    Target(
-        "llamafactory.train.trainer_utils",
-        "create_custom_optimizer",
-        optimizer.wrap_create_custom_optimizer,
-        role="the module param groups",
-        importers=_STAGE_TRAINERS,
-        signature=("model", "training_args", "finetuning_args"),
-        essential=True,
         verified=LLAMAFACTORY_CORE,
     ),
     Target(
