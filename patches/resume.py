@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any
 
@@ -189,25 +190,32 @@ def wrap_load_optimizer_and_scheduler(original: Any) -> Any:
         optimizer = getattr(self, "optimizer", None)
         if checkpoint is None or optimizer is None or self.is_deepspeed_enabled:
             return original(self, checkpoint, *args, **kwargs)
-        load = optimizer.load_state_dict
-        lora = _is_peft(self.model)
-
-        def checked_load(state_dict: dict[str, Any], *load_args: Any, **load_kwargs: Any) -> Any:
-            current = optimizer.param_groups
-            why = mismatch(state_dict["param_groups"], current)
-            if why is not None:
-                refuse_other_layout(checkpoint, why, lora)
-            message = lr_message(checkpoint, lr_changes(state_dict["param_groups"], current))
-            if message is not None:
-                logger().warning_rank0(f"lf-multilr: {message}")
-            loaded = load(state_dict, *load_args, **load_kwargs)
-            guard.expect(optimizer.param_groups)  # the checkpoint's LRs are in force now, as the warning says
-            return loaded
-
-        optimizer.load_state_dict = checked_load
-        try:
+        with checked_loading(optimizer, checkpoint, _is_peft(self.model)):
             return original(self, checkpoint, *args, **kwargs)
-        finally:
-            del optimizer.load_state_dict
 
     return _load_optimizer_and_scheduler
+
+
+@contextmanager
+def checked_loading(optimizer: Any, checkpoint: str, lora: bool) -> Iterator[None]:
+    """While it lasts, ``optimizer.load_state_dict`` refuses a state saved for other param groups and names the LRs
+    that stay in force (the checkpoint's); v0's and v1's resuming both load the optimizer state through it."""
+    load = optimizer.load_state_dict
+
+    def checked_load(state_dict: dict[str, Any], *load_args: Any, **load_kwargs: Any) -> Any:
+        current = optimizer.param_groups
+        why = mismatch(state_dict["param_groups"], current)
+        if why is not None:
+            refuse_other_layout(checkpoint, why, lora)
+        message = lr_message(checkpoint, lr_changes(state_dict["param_groups"], current))
+        if message is not None:
+            logger().warning_rank0(f"lf-multilr: {message}")
+        loaded = load(state_dict, *load_args, **load_kwargs)
+        guard.expect(optimizer.param_groups)  # the checkpoint's LRs are in force now, as the warning says
+        return loaded
+
+    optimizer.load_state_dict = checked_load
+    try:
+        yield
+    finally:
+        del optimizer.load_state_dict

@@ -86,7 +86,8 @@ def test_importers_hold_the_patched_name_and_the_table_misses_none(loaded):
     for target in applied_targets():
         _, name, current = target.resolve()
         for importer in target.importers:
-            if importer in sys.modules:
+            # an importer that does not bind the name in this release (0.9.5's empty v1 dpo_trainer) holds nothing
+            if importer in sys.modules and hasattr(sys.modules[importer], name):
                 assert getattr(sys.modules[importer], name) is current, (target.dotted, importer)
         if "." not in target.attr:  # module-level names: nobody else may still hold the original
             assert holders(_patching.original_of(target)) == set(), target.dotted

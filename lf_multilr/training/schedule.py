@@ -12,6 +12,7 @@ groups' multipliers are gated by :func:`module_multiplier` on top of the run's s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -94,3 +95,29 @@ def gate_scheduler(scheduler: Any, param_groups: Sequence[dict[str, Any]]) -> in
     if gated:
         scheduler._last_lr = [group["lr"] for group in param_groups]
     return gated
+
+
+def warmup_decay(warmup: int, total: int, decay: str, min_rate: float, step: int) -> float:
+    """The v1 scheduler plugin's multiplier at optimizer step ``step`` (0-based), for every group alike: a linear
+    warm-up ``step / warmup`` (HF's), then ``decay`` (cosine, linear or constant) from 1 down to ``min_rate`` at
+    ``total`` steps."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if decay == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
+    return min_rate + (1.0 - min_rate) * shape
+
+
+def v1_lambdas(
+    param_groups: Sequence[dict[str, Any]], total: int, warmup: int, decay: str, min_rate: float
+) -> list[Callable[[int], float]]:
+    """One ``LambdaLR`` multiplier per group: the run's warm-up and decay, gated by the group's own start step and
+    warm-up where its module sets them (they travel in the group: :func:`~lf_multilr.grouping.schema.schedule_of`)."""
+    base = partial(warmup_decay, warmup, total, decay, min_rate)
+    lambdas: list[Callable[[int], float]] = []
+    for group in param_groups:
+        start, own = schedule_of(group)
+        lambdas.append(gate(base, start, own) if start or own else base)
+    return lambdas

@@ -1,0 +1,110 @@
+"""LLaMA-Factory's v1 engine (``USE_V1=1``, LLaMA-Factory main): lf-multilr's keys in ``optim_config: {name: multilr}``
+and its schedule in ``lr_scheduler_config: {name: multilr}``, through v1's own plugin registries.
+
+Real ``llamafactory-cli sft`` runs of the tiny Qwen2.5-VL on the v1 engine's data format, measured per module; the
+scheduler and the refusals in-process, through v1's own registries and parser.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+import yaml
+
+from tools.testing import BIN, LLAMAFACTORY, max_steps_by_module, one_step, run, weights
+
+FAMILY = "qwen2_5_vl"
+#: The v1 engine with one registry per plugin family (LLaMA-Factory main); 0.9.5's refuses the plugins by name.
+HAS_REGISTRIES = importlib.util.find_spec("llamafactory.v1") is not None and (
+    importlib.util.find_spec("llamafactory.v1.plugins.trainer_plugins.optimizers") is not None
+)
+pytestmark = [
+    pytest.mark.targets,
+    pytest.mark.skipif(not HAS_REGISTRIES, reason=f"LLaMA-Factory {LLAMAFACTORY}'s v1 engine has no plugin families"),
+]
+LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
+EXPECTED = {"vision_tower": 1.0e-4, "multi_modal_projector": 1.0e-3, "language_model": 1.0e-2}
+MODULES = tuple(EXPECTED)
+#: What transformers prints as it loads a model's weights (a progress bar): a run refused before the model loads
+#: never prints it.
+LOADING = "Loading weights"
+
+
+@pytest.fixture(scope="session")
+def v1_data(tmp_path_factory):
+    from tools import tiny as builder
+
+    return builder.build_v1_dataset(tmp_path_factory.mktemp("v1_data"))
+
+
+def v1_config(tmp_path, model, data, name="train", **overrides):
+    """A v1 training YAML: one step at a constant LR of 1e-3, fp32, one process's batch of two samples."""
+    out = tmp_path / f"out_{name}"
+    config = {
+        "model": str(model),
+        "train_dataset": str(data),
+        "output_dir": str(out),
+        "micro_batch_size": 2,
+        "global_batch_size": 2,
+        "cutoff_len": 256,
+        "learning_rate": 1.0e-3,
+        "max_steps": 1,
+        "bf16": False,
+        "batching_workers": 0,
+        "enable_activation_checkpointing": False,
+        "seed": 0,
+        "logging_steps": 1,
+        **overrides,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, out
+
+
+def sft(config, env, **extra_env):
+    return run([str(BIN / "llamafactory-cli"), "sft", str(config)], {**env, "USE_V1": "1", **extra_env})
+
+
+def v1_log(out):
+    import json
+
+    return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+
+
+def test_one_adamw_step_moves_every_changed_tensor_by_its_module_lr_and_logs_each_module(tiny, v1_data, tmp_path, env):
+    optim = {"name": "multilr", **LRS, "weight_decay": 0.0, "eps": 1.0e-20}
+    config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, optim_config=optim)
+    result = sft(config, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = max_steps_by_module(FAMILY, weights(tiny(FAMILY)), weights(out))
+    assert set(steps) == set(EXPECTED)
+    for module, values in steps.items():
+        assert values == one_step(EXPECTED[module], len(values)), module
+
+    output = result.stdout + result.stderr
+    assert "lf-multilr param groups for model type `qwen2_5_vl`:" in output
+    assert LOADING in output  # the refusal tests' marker: absent there, here present
+    (record,) = v1_log(out)
+    assert {module: record[f"lr/{module}"] for module in MODULES} == EXPECTED
+    norms = [record[f"grad_norm/{module}"] for module in MODULES]
+    assert all(norm > 0 for norm in norms)
+    assert math.sqrt(sum(norm * norm for norm in norms)) == pytest.approx(record["grad_norm"], rel=1e-5)
+
+
+def test_module_lrs_equal_to_learning_rate_reproduce_a_stock_v1_run_exactly(tiny, v1_data, tmp_path, env):
+    stock, stock_out = v1_config(tmp_path, tiny(FAMILY), v1_data, name="stock")
+    same = {"name": "multilr", **dict.fromkeys(LRS, 1.0e-3)}  # no weight-decay key: torch's AdamW default, as stock
+    ours, our_out = v1_config(tmp_path, tiny(FAMILY), v1_data, name="multilr", optim_config=same)
+    for config in (stock, ours):
+        result = sft(config, env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    before, after_stock, after_ours = weights(tiny(FAMILY)), weights(stock_out), weights(our_out)
+    moved = [name for name in before if not torch.equal(before[name], after_stock[name])]
+    assert len(moved) > 50  # the control: the stock step moved (nearly) every tensor
+    unequal = [name for name in after_stock if not torch.equal(after_stock[name], after_ours[name])]
+    assert unequal == []
+    (stock_record,), (our_record,) = v1_log(stock_out), v1_log(our_out)
+    assert our_record["loss"] == stock_record["loss"] and our_record["grad_norm"] == stock_record["grad_norm"]
