@@ -108,3 +108,41 @@ def test_module_lrs_equal_to_learning_rate_reproduce_a_stock_v1_run_exactly(tiny
     assert unequal == []
     (stock_record,), (our_record,) = v1_log(stock_out), v1_log(our_out)
     assert our_record["loss"] == stock_record["loss"] and our_record["grad_norm"] == stock_record["grad_norm"]
+
+
+def expected_lr(module, step, total, warmup, start, ramp):
+    """The LR the schedule must give ``module`` at optimizer step ``step`` (0-based), written out from its definition:
+    HF's linear warm-up and cosine decay, times the module's own start and warm-up."""
+    if step < warmup:
+        shape = step / warmup
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    gate = 0.0 if step < start else min(1.0, (step - start + 1) / ramp) if ramp else 1.0
+    return EXPECTED[module] * shape * gate
+
+
+def test_the_scheduler_plugin_gives_every_module_its_exact_lr_at_every_step_of_warmup_and_cosine(tiny, tmp_path):
+    from llamafactory.v1.plugins.trainer_plugins.lr_scheduler import LRSchedulerPlugin
+    from llamafactory.v1.plugins.trainer_plugins.optimizers.optimizer import OptimizerPlugin
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny(FAMILY), dtype=torch.float32)
+    keys = {**LRS, "vision_tower_start_step": 3, "multi_modal_projector_warmup_steps": 4}
+    optimizer = OptimizerPlugin("multilr")(model, {"name": "multilr", "lr": 1.0e-3, **keys})  # v1 adds `lr`
+    total, warmup = 12, 2
+    own = {"vision_tower": (3, None), "multi_modal_projector": (0, 4), "language_model": (0, None)}
+    # the scheduler is handed only the optimizer, the step count and its config: the starts travel in the groups
+    scheduler = LRSchedulerPlugin("multilr")(optimizer, total, {"name": "multilr", "warmup_steps": warmup})
+    seen = {module: [] for module in MODULES}
+    for step in range(total):
+        for group in optimizer.param_groups:
+            module = group["module"]
+            want = expected_lr(module, step, total, warmup, *own[module])
+            assert group["lr"] == pytest.approx(want, rel=1e-12, abs=1e-18), (module, step)
+        for module in MODULES:
+            seen[module].append(next(g["lr"] for g in optimizer.param_groups if g["module"] == module))
+        optimizer.step()
+        scheduler.step()
+    assert seen["vision_tower"][:3] == [0.0, 0.0, 0.0] and seen["vision_tower"][3] > 0  # held, then started
+    assert seen["language_model"][0] == 0.0 and seen["language_model"][1] == pytest.approx(0.5e-2)  # the warm-up
+    torch.save(scheduler.state_dict(), tmp_path / "scheduler.pt")  # v1 checkpoints it: the multipliers pickle
