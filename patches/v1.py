@@ -30,6 +30,7 @@ from lf_multilr.config.v1 import (
     OPTIM_CONFIG,
     PLUGIN,
     SCHEDULER_CONFIG,
+    OptimConfig,
     names_plugin,
     read_optim_config,
     read_scheduler_config,
@@ -37,7 +38,7 @@ from lf_multilr.config.v1 import (
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.checks import check_plan
 from lf_multilr.grouping.placement import ModuleMap
-from lf_multilr.grouping.plan import build_plan
+from lf_multilr.grouping.plan import GroupPlan, build_plan
 from lf_multilr.grouping.schema import ours
 from lf_multilr.reports.table import format_table
 from lf_multilr.training.guard import V1_FIX, missing_groups, stop_message, ungated, ungated_message
@@ -100,18 +101,7 @@ def hf_decay_names(model: torch.nn.Module) -> set[str]:
 def create_optimizer(model: torch.nn.Module, optim_config: Mapping[str, Any]) -> torch.optim.Optimizer:
     """The ``multilr`` optimizer plugin: AdamW over lf-multilr's module groups of the model v1 hands it (wrapped
     for DDP or sharded by FSDP2: the wrapper prefixes are removed before a name is placed)."""
-    config = read_optim_config(optim_config)
-    settings = config.settings
-    model_type = config_model_type(model_config(unwrap(model)))
-    mapping = module_map(model_type)
-    if mapping is None and settings.module_keys_set:
-        refuse_unknown_model_type(settings, model_type, known_types())
-    if mapping is None:
-        mapping = ModuleMap.none(str(model_type))
-    named = list(model.named_parameters())
-    decay = {name for name, _ in named} if config.decay_every_tensor else hf_decay_names(model)
-    plan = build_plan(named, mapping, settings, config.learning_rate, config.weight_decay, decay)
-    check_plan(plan, "lora" if _is_peft(model) else "full")
+    plan, config = plan_for(model, optim_config)
     same = check_ranks(plan.param_groups)  # every rank, before any of them trains
     if same is not None:
         logger().info(same)
@@ -129,6 +119,24 @@ def create_optimizer(model: torch.nn.Module, optim_config: Mapping[str, Any]) ->
     for warning in plan.warnings:
         logger().warning_rank0(f"lf-multilr: {warning}")
     return optimizer
+
+
+def plan_for(model: torch.nn.Module, optim_config: Mapping[str, Any]) -> tuple[GroupPlan, OptimConfig]:
+    """The checked plan for the model v1 hands the optimizer plugin (or ``lf-multilr plan`` builds on the meta
+    device), and the plugin's config read."""
+    config = read_optim_config(optim_config)
+    settings = config.settings
+    model_type = config_model_type(model_config(unwrap(model)))
+    mapping = module_map(model_type)
+    if mapping is None and settings.module_keys_set:
+        refuse_unknown_model_type(settings, model_type, known_types())
+    if mapping is None:
+        mapping = ModuleMap.none(str(model_type))
+    named = list(model.named_parameters())
+    decay = {name for name, _ in named} if config.decay_every_tensor else hf_decay_names(model)
+    plan = build_plan(named, mapping, settings, config.learning_rate, config.weight_decay, decay)
+    check_plan(plan, "lora" if _is_peft(model) else "full")
+    return plan, config
 
 
 def create_scheduler(optimizer: Any, num_training_steps: int, lr_scheduler_config: Mapping[str, Any]) -> Any:
@@ -161,7 +169,8 @@ def unsupported(section: str) -> str | None:
     """Why this LLaMA-Factory's v1 engine cannot take lf-multilr's plugin for ``section``; None where it can. Imports
     the registry's module (a few small ones), which registers the plugin."""
     owner, registry = (OPTIMIZERS, OPTIMIZER_REGISTRY) if section == OPTIM_CONFIG else (SCHEDULERS, SCHEDULER_REGISTRY)
-    try:
+    try:  # main's optimizer family has a module of its own; 0.9.5's one registry serves every family
+        importlib.import_module(OPTIMIZERS)
         importlib.import_module(owner)
     except ImportError:
         return SHARED_REGISTRY
@@ -345,3 +354,40 @@ def wrap_resume(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, ckpt_path, *args, **kwargs)
 
     return resume
+
+
+# -- lf-multilr plan ----------------------------------------------------------------------------------------------
+
+
+def make_plan(config: dict[str, Any]) -> GroupPlan:
+    """``lf-multilr plan`` of a v1 config: v1's own parser with the run's checks, the model built from its
+    ``config.json`` on the meta device with the auto class v1 picks, and the optimizer plugin's plan."""
+    from llamafactory.v1.config import get_args
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    model_args, _, training_args, _ = get_args(config)
+    guard.disarm()  # nothing trains here
+    optim_config = getattr(training_args, OPTIM_CONFIG, None)
+    if not names_plugin(optim_config):
+        raise ConfigError(
+            f"{OPTIM_CONFIG}.name",
+            getattr(optim_config, "get", lambda _: None)("name"),
+            "this v1 config does not name lf-multilr's optimizer plugin, so it trains without module groups",
+            f"add `{OPTIM_CONFIG}: {{name: {PLUGIN}, ...}}` with the keys",
+        )
+    if getattr(model_args, "peft_config", None) is not None:
+        raise ConfigError(
+            "peft_config",
+            dict(model_args.peft_config),
+            "lf-multilr plan builds v1 models without their adapters",
+            "plan the full fine-tuning config (the same module keys), or run it: the run prints its table",
+        )
+    hf_config = AutoConfig.from_pretrained(model_args.model, trust_remote_code=model_args.trust_remote_code)
+    auto = (
+        AutoModelForImageTextToText
+        if type(hf_config) in AutoModelForImageTextToText._model_mapping
+        else AutoModelForCausalLM
+    )
+    with torch.device("meta"):
+        model = auto.from_config(hf_config, trust_remote_code=model_args.trust_remote_code)
+    return plan_for(model, optim_config)[0]

@@ -21,10 +21,11 @@ FAMILY = "qwen2_5_vl"
 HAS_REGISTRIES = importlib.util.find_spec("llamafactory.v1") is not None and (
     importlib.util.find_spec("llamafactory.v1.plugins.trainer_plugins.optimizers") is not None
 )
-pytestmark = [
-    pytest.mark.targets,
-    pytest.mark.skipif(not HAS_REGISTRIES, reason=f"LLaMA-Factory {LLAMAFACTORY}'s v1 engine has no plugin families"),
-]
+HAS_V1_TRAIN = importlib.util.find_spec("llamafactory.v1") is not None and LLAMAFACTORY not in ("0.9.4",)
+pytestmark = pytest.mark.targets
+needs_registries = pytest.mark.skipif(
+    not HAS_REGISTRIES, reason=f"LLaMA-Factory {LLAMAFACTORY}'s v1 engine has no plugin families"
+)
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
 EXPECTED = {"vision_tower": 1.0e-4, "multi_modal_projector": 1.0e-3, "language_model": 1.0e-2}
 MODULES = tuple(EXPECTED)
@@ -74,6 +75,7 @@ def v1_log(out):
     return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
 
 
+@needs_registries
 def test_one_adamw_step_moves_every_changed_tensor_by_its_module_lr_and_logs_each_module(tiny, v1_data, tmp_path, env):
     optim = {"name": "multilr", **LRS, "weight_decay": 0.0, "eps": 1.0e-20}
     config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, optim_config=optim)
@@ -94,6 +96,7 @@ def test_one_adamw_step_moves_every_changed_tensor_by_its_module_lr_and_logs_eac
     assert math.sqrt(sum(norm * norm for norm in norms)) == pytest.approx(record["grad_norm"], rel=1e-5)
 
 
+@needs_registries
 def test_module_lrs_equal_to_learning_rate_reproduce_a_stock_v1_run_exactly(tiny, v1_data, tmp_path, env):
     stock, stock_out = v1_config(tmp_path, tiny(FAMILY), v1_data, name="stock")
     same = {"name": "multilr", **dict.fromkeys(LRS, 1.0e-3)}  # no weight-decay key: torch's AdamW default, as stock
@@ -121,6 +124,7 @@ def expected_lr(module, step, total, warmup, start, ramp):
     return EXPECTED[module] * shape * gate
 
 
+@needs_registries
 def test_the_scheduler_plugin_gives_every_module_its_exact_lr_at_every_step_of_warmup_and_cosine(tiny, tmp_path):
     from llamafactory.v1.plugins.trainer_plugins.lr_scheduler import LRSchedulerPlugin
     from llamafactory.v1.plugins.trainer_plugins.optimizers.optimizer import OptimizerPlugin
@@ -146,3 +150,112 @@ def test_the_scheduler_plugin_gives_every_module_its_exact_lr_at_every_step_of_w
     assert seen["vision_tower"][:3] == [0.0, 0.0, 0.0] and seen["vision_tower"][3] > 0  # held, then started
     assert seen["language_model"][0] == 0.0 and seen["language_model"][1] == pytest.approx(0.5e-2)  # the warm-up
     torch.save(scheduler.state_dict(), tmp_path / "scheduler.pt")  # v1 checkpoints it: the multipliers pickle
+
+
+def parse_v1(tmp_path, model, **keys):
+    """v1's own parser on a config with ``keys`` (the run's checks before the model loads); the error it raises."""
+    from llamafactory.v1.config import get_args
+
+    from lf_multilr.patches import guard
+
+    args = {"model": str(model), "output_dir": str(tmp_path / "out"), **keys}
+    try:
+        get_args(args)
+    except ValueError as error:
+        return str(error)
+    finally:
+        guard.disarm()
+    return "ACCEPTED"
+
+
+REFUSED = [
+    (
+        {"optim_config": {"name": "multilr", "vision_lr": 1.0e-5}},
+        "lf-multilr: `optim_config.vision_lr: 1e-05` is refused: it is not a key of lf-multilr's optimizer plugin "
+        "`multilr`. Fix: remove it, or use one of: lr, weight_decay, betas, eps, vision_tower_lr,",
+    ),
+    (  # the same key, check and message as v0's
+        {"optim_config": {"name": "multilr", "vision_tower_lr": -1.0}},
+        "lf-multilr: `vision_tower_lr: -1.0` is refused: a learning rate cannot be negative. Fix: give a number >= 0 "
+        "such as 1.0e-5, or remove the key to inherit `learning_rate`",
+    ),
+    (
+        {"optim_config": {"name": "multilr", "vision_tower_start_step": 2.5}},
+        "lf-multilr: `vision_tower_start_step: 2.5` is refused: a number of steps must be a whole number",
+    ),
+    (
+        {"optim_config": {"name": "multilr", "lr_groups": [{"name": "x"}]}},
+        "lf-multilr: `lr_groups[0]",
+    ),
+    (
+        {"optim_config": {"name": "multilr", "weight_decay": "much"}},
+        "lf-multilr: `optim_config.weight_decay: 'much'` is refused: it is not a number",
+    ),
+    (
+        {"lr_scheduler_config": {"name": "multilr", "warmup": 10}},
+        "lf-multilr: `lr_scheduler_config.warmup: 10` is refused: it is not a key of lf-multilr's scheduler plugin "
+        "`multilr`. Fix: remove it, or use one of: warmup_steps, decay, min_lr_rate",
+    ),
+    (
+        {"lr_scheduler_config": {"name": "multilr", "decay": "step"}},
+        "lf-multilr: `lr_scheduler_config.decay: 'step'` is refused: it is not a decay the plugin knows. Fix: use one "
+        "of: cosine, linear, constant",
+    ),
+    (  # a v0 key at the top level of a v1 config
+        {"vision_tower_lr": 1.0e-4},
+        "lf-multilr: `vision_tower_lr: 0.0001` is refused: `USE_V1=1` trains with LLaMA-Factory's v1 engine, which "
+        "takes lf-multilr's keys inside `optim_config`. Fix: move it there: `optim_config: {name: multilr, "
+        "vision_tower_lr: 0.0001}`",
+    ),
+]
+
+
+@needs_registries
+@pytest.mark.parametrize(("keys", "message"), REFUSED, ids=[str(i) for i in range(len(REFUSED))])
+def test_a_bad_v1_config_is_refused_by_v1s_parser_naming_the_key(keys, message, tiny, tmp_path):
+    assert parse_v1(tmp_path, tiny(FAMILY), **keys).startswith(message)
+
+
+@needs_registries
+def test_module_keys_for_a_model_type_the_registry_does_not_know_are_refused_before_it_loads(tiny, tmp_path):
+    text_only = tmp_path / "qwen2"
+    text_only.mkdir()
+    (text_only / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}')
+    refused = parse_v1(tmp_path, text_only, optim_config={"name": "multilr", **LRS})
+    assert refused.startswith(
+        "lf-multilr: `vision_tower_lr: 0.0001` is refused: model type `qwen2` is not in LLaMA-Factory's composite-model "
+        "registry"
+    )
+    assert parse_v1(tmp_path, tiny(FAMILY), optim_config={"name": "multilr", **LRS}) == "ACCEPTED"  # the control
+
+
+@needs_registries
+def test_the_cli_refuses_before_the_model_loads_with_nothing_written_and_plan_says_the_same(
+    tiny, v1_data, tmp_path, env
+):
+    bad = {"name": "multilr", **LRS, "vision_lr": 1.0e-5}
+    config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, optim_config=bad)
+    result = sft(config, env)
+    message = "lf-multilr: `optim_config.vision_lr: 1e-05` is refused: it is not a key of lf-multilr's optimizer"
+    assert result.returncode != 0 and message in result.stderr
+    assert LOADING not in result.stdout + result.stderr and not out.exists()
+    plan = run([str(BIN / "lf-multilr"), "plan", str(config)], {**env, "USE_V1": "1"})
+    assert plan.returncode != 0 and message in plan.stderr
+
+    good, _ = v1_config(tmp_path, tiny(FAMILY), v1_data, name="good", optim_config={"name": "multilr", **LRS})
+    plan = run([str(BIN / "lf-multilr"), "plan", str(good)], {**env, "USE_V1": "1"})
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in plan.stdout.splitlines()[2:5]}
+    assert plan.stdout.startswith("lf-multilr param groups for model type `qwen2_5_vl`:")
+    assert {module: float(rows[module][4]) for module in MODULES} == EXPECTED
+
+
+@pytest.mark.skipif(HAS_REGISTRIES or not HAS_V1_TRAIN, reason="a v1 engine with one registry per plugin family")
+def test_a_v1_engine_with_one_shared_registry_refuses_the_plugins_by_name(tiny, tmp_path):
+    for section in ("optim_config", "lr_scheduler_config"):
+        refused = parse_v1(tmp_path, tiny(FAMILY), **{section: {"name": "multilr"}})
+        assert refused.startswith(
+            f"lf-multilr: `{section}.name: 'multilr'` is refused: this LLaMA-Factory's v1 engine keeps one plugin "
+            "registry for every plugin family (an optimizer and a scheduler both named `multilr` would overwrite each "
+            "other) and has no multimodal data path. Fix: train with LLaMA-Factory's default engine"
+        ), refused
