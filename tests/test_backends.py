@@ -177,9 +177,8 @@ def test_other_back_ends_are_refused_before_the_model_loads_naming_the_back_end(
     if V1:
         assert found["v1"].startswith(refused + "`USE_V1=1` trains with LLaMA-Factory's v1 engine")
         if ON_MAIN:  # its v1 engine takes the keys inside `optim_config` (tests/test_v1.py)
-            assert "which takes lf-multilr's keys inside `optim_config`. Fix: move it there: `optim_config: {name: " in (
-                found["v1"]
-            )
+            into = "which takes lf-multilr's keys inside `optim_config`. Fix: move it there: `optim_config: {name: "
+            assert into in found["v1"]
         else:
             assert "Fix: unset USE_V1 to train with LLaMA-Factory's default engine" in found["v1"]
         assert found["v1 without keys"] == "ACCEPTED"  # the control

@@ -223,8 +223,8 @@ def test_module_keys_for_a_model_type_the_registry_does_not_know_are_refused_bef
     (text_only / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}')
     refused = parse_v1(tmp_path, text_only, optim_config={"name": "multilr", **LRS})
     assert refused.startswith(
-        "lf-multilr: `vision_tower_lr: 0.0001` is refused: model type `qwen2` is not in LLaMA-Factory's composite-model "
-        "registry"
+        "lf-multilr: `vision_tower_lr: 0.0001` is refused: model type `qwen2` is not in LLaMA-Factory's "
+        "composite-model registry"
     )
     assert parse_v1(tmp_path, tiny(FAMILY), optim_config={"name": "multilr", **LRS}) == "ACCEPTED"  # the control
 
