@@ -81,7 +81,6 @@ class Target:
         return None
 
 
-
 def is_applied(target: Target) -> bool:
     return target.dotted in STATE.applied
 
