@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import re
 
 import pytest
 import torch
 import yaml
 
-from tools.testing import BIN, LLAMAFACTORY, max_steps_by_module, one_step, run, weights
+from tools.testing import BIN, LLAMAFACTORY, ROOT, max_steps_by_module, one_step, run, weights
 
 FAMILY = "qwen2_5_vl"
 #: The v1 engine with one registry per plugin family (LLaMA-Factory main); 0.9.5's refuses the plugins by name.
@@ -259,3 +261,66 @@ def test_a_v1_engine_with_one_shared_registry_refuses_the_plugins_by_name(tiny, 
             "registry for every plugin family (an optimizer and a scheduler both named `multilr` would overwrite each "
             "other) and has no multimodal data path. Fix: train with LLaMA-Factory's default engine"
         ), refused
+
+
+#: A v1 run whose trainer builds its optimizer itself (overriding v1's `_init_optimizer`), ignoring `optim_config`.
+BYPASSING = """
+import sys
+
+import torch
+from llamafactory.v1.trainers import sft_trainer
+
+
+class BypassingTrainer(sft_trainer.SFTTrainer):
+    def _init_optimizer(self):
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.args.learning_rate)
+
+
+sft_trainer.SFTTrainer = BypassingTrainer
+sft_trainer.run_sft()
+"""
+
+
+@needs_registries
+def test_a_v1_trainer_whose_optimizer_lacks_the_groups_is_stopped_before_its_first_step(tiny, v1_data, tmp_path, env):
+    config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, optim_config={"name": "multilr", **LRS})
+    result = run([str(BIN / "python"), "-c", BYPASSING, str(config)], env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert (
+        "lf-multilr: the optimizer about to take the first step does not hold lf-multilr's module groups: it holds "
+        "1 group: unnamed (57)" in result.stderr
+    ), result.stderr[-3000:]
+    assert "from `BypassingTrainer._init_optimizer`, not lf-multilr's optimizer plugin" in result.stderr
+    assert "Fix: let the v1 engine build the optimizer from `optim_config: {name: multilr, ...}`" in result.stderr
+    assert not (out / "trainer_log.jsonl").exists()  # no step was taken, none logged
+
+
+#: v1 on two CPU ranks needs one shim (tests/v1_cpu/sitecustomize.py: torch's CUDA build takes CUDA for the
+#: accelerator that v1 synchronizes after every step).
+CPU_SHIM = ROOT / "tests" / "v1_cpu"
+SIGNATURE = re.compile(r"lf-multilr: rank (\d) of 2: 6 param groups, signature ([0-9a-f]{16}), the same on every rank")
+
+
+@needs_registries
+def test_two_ddp_ranks_build_the_same_groups_and_step_every_module_by_its_lr(tiny, v1_data, tmp_path, env):
+    optim = {"name": "multilr", **LRS, "weight_decay": 0.0, "eps": 1.0e-20}
+    config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, micro_batch_size=1, optim_config=optim)
+    two_ranks = {
+        "FORCE_TORCHRUN": "1",
+        "NPROC_PER_NODE": "2",
+        "PATH": f"{BIN}:{env['PATH']}",  # v1's launcher runs `torchrun` from PATH
+        "PYTHONPATH": os.pathsep.join([str(CPU_SHIM), *filter(None, [env.get("PYTHONPATH")])]),
+    }
+    result = sft(config, env, **two_ranks)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "falling back to DistributedDataParallel" in output  # v1's DDP fallback, not one process
+    found = dict(SIGNATURE.findall(output))
+    assert set(found) == {"0", "1"} and found["0"] == found["1"], output[-3000:]
+    steps = max_steps_by_module(FAMILY, weights(tiny(FAMILY)), weights(out))
+    assert set(steps) == set(EXPECTED)
+    for module, values in steps.items():
+        assert values == one_step(EXPECTED[module], len(values)), module
+    (record,) = v1_log(out)
+    norms = [record[f"grad_norm/{module}"] for module in MODULES]
+    assert math.sqrt(sum(norm * norm for norm in norms)) == pytest.approx(record["grad_norm"], rel=1e-5)
