@@ -27,6 +27,7 @@ from lf_multilr.config.checks import refuse_unknown_model_type
 from lf_multilr.config.keys import CALLBACKS, CALLBACKS_ENV
 from lf_multilr.config.settings import Settings, keep
 from lf_multilr.config.v1 import (
+    FREEZE_FLAGS,
     OPTIM_CONFIG,
     PLUGIN,
     SCHEDULER_CONFIG,
@@ -130,13 +131,34 @@ def plan_for(model: torch.nn.Module, optim_config: Mapping[str, Any]) -> tuple[G
     mapping = module_map(model_type)
     if mapping is None and settings.module_keys_set:
         refuse_unknown_model_type(settings, model_type, known_types())
+    if mapping is None and config.frozen:
+        flag = next(flag for flag, module in FREEZE_FLAGS.items() if module == config.frozen[0])
+        raise ConfigError(
+            f"{OPTIM_CONFIG}.{flag}",
+            True,
+            f"model type `{model_type}` is not in LLaMA-Factory's composite-model registry, so lf-multilr cannot tell "
+            f"which parameters are its {config.frozen[0]}",
+            f"remove the key, or train a model type the registry knows ({', '.join(known_types())})",
+        )
     if mapping is None:
         mapping = ModuleMap.none(str(model_type))
     named = list(model.named_parameters())
+    freeze(named, mapping, config.frozen)
     decay = {name for name, _ in named} if config.decay_every_tensor else hf_decay_names(model)
     plan = build_plan(named, mapping, settings, config.learning_rate, config.weight_decay, decay)
     check_plan(plan, "lora" if _is_peft(model) else "full")
     return plan, config
+
+
+def freeze(named: list[tuple[str, torch.nn.Parameter]], mapping: ModuleMap, frozen: tuple[str, ...]) -> None:
+    """v1 has no freeze flags: the modules the plugin's ``freeze_*`` keys name stop taking gradients before the groups
+    are built, so none of their tensors joins a group or gets optimizer state. v1 wrapped the model before (DDP
+    keeps its hooks on them, and reduces nothing for a tensor without a gradient)."""
+    if not frozen:
+        return
+    for name, param in named:
+        if mapping.owner(name) in frozen:
+            param.requires_grad_(False)
 
 
 def create_scheduler(optimizer: Any, num_training_steps: int, lr_scheduler_config: Mapping[str, Any]) -> Any:
@@ -341,8 +363,10 @@ def wrap_callback_call(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def wrap_resume(original: Callable[..., Any]) -> Callable[..., Any]:
-    """v1's checkpoint resume: the optimizer state is loaded only into the param groups it was saved for."""
-    from .resume import checked_loading
+    """v1's checkpoint resume: the optimizer state is loaded only into the param groups it was saved for, and a full
+    checkpoint's weights (DDP or one process; the saved hub layout) through the model's own key renaming, which v1's
+    loader lacks (stock v1 stops on the missing keys of a composite model)."""
+    from .resume import checked_loading, hub_layout_loading
 
     @wraps(original)
     def resume(self: Any, ckpt_path: str, *args: Any, **kwargs: Any) -> Any:
@@ -350,7 +374,10 @@ def wrap_resume(original: Callable[..., Any]) -> Callable[..., Any]:
         optimizer = guard.innermost(getattr(trainer, "optimizer", None))
         if optimizer is None or not ours(optimizer.param_groups):
             return original(self, ckpt_path, *args, **kwargs)
-        with checked_loading(optimizer, ckpt_path, _is_peft(trainer.model)):
+        with (
+            checked_loading(optimizer, ckpt_path, _is_peft(trainer.model), "model"),
+            hub_layout_loading(unwrap(trainer.model), ckpt_path),
+        ):
             return original(self, ckpt_path, *args, **kwargs)
 
     return resume

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from tools.testing import BIN, LLAMAFACTORY, ROOT, max_steps_by_module, one_step, run, weights
+from tools.testing import BIN, LLAMAFACTORY, ROOT, max_steps_by_module, one_step, owner, run, weights
 
 FAMILY = "qwen2_5_vl"
 #: The v1 engine with one registry per plugin family (LLaMA-Factory main); 0.9.5's refuses the plugins by name.
@@ -203,6 +203,15 @@ REFUSED = [
         "lf-multilr: `lr_scheduler_config.decay: 'step'` is refused: it is not a decay the plugin knows. Fix: use one "
         "of: cosine, linear, constant",
     ),
+    (  # v0's freeze flag inside optim_config, with v0's check of a key for the module it freezes
+        {"optim_config": {"name": "multilr", "vision_tower_lr": 1.0e-4, "freeze_vision_tower": True}},
+        "lf-multilr: `vision_tower_lr: 0.0001` is refused: `freeze_vision_tower: true` freezes the vision_tower, so "
+        "its value would do nothing. Fix: set `freeze_vision_tower: false`",
+    ),
+    (
+        {"optim_config": {"name": "multilr", "freeze_vision_tower": "yes"}},
+        "lf-multilr: `optim_config.freeze_vision_tower: 'yes'` is refused: it is not true or false",
+    ),
     (  # a v0 key at the top level of a v1 config
         {"vision_tower_lr": 1.0e-4},
         "lf-multilr: `vision_tower_lr: 0.0001` is refused: `USE_V1=1` trains with LLaMA-Factory's v1 engine, which "
@@ -298,13 +307,18 @@ def test_a_v1_trainer_whose_optimizer_lacks_the_groups_is_stopped_before_its_fir
 #: v1 on two CPU ranks needs one shim (tests/v1_cpu/sitecustomize.py: torch's CUDA build takes CUDA for the
 #: accelerator that v1 synchronizes after every step).
 CPU_SHIM = ROOT / "tests" / "v1_cpu"
-SIGNATURE = re.compile(r"lf-multilr: rank (\d) of 2: 6 param groups, signature ([0-9a-f]{16}), the same on every rank")
+SIGNATURE = re.compile(r"lf-multilr: rank (\d) of 2: 4 param groups, signature ([0-9a-f]{16}), the same on every rank")
 
 
 @needs_registries
-def test_two_ddp_ranks_build_the_same_groups_and_step_every_module_by_its_lr(tiny, v1_data, tmp_path, env):
-    optim = {"name": "multilr", **LRS, "weight_decay": 0.0, "eps": 1.0e-20}
-    config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, micro_batch_size=1, optim_config=optim)
+def test_two_ddp_ranks_build_the_same_groups_step_every_module_by_its_lr_and_leave_a_frozen_one(
+    tiny, v1_data, tmp_path, env
+):
+    """v1 has no freeze flags: the plugin's ``freeze_multi_modal_projector`` leaves the projector without gradients,
+    groups or optimizer state, on the DDP fallback (which wrapped the model before the plugin froze it)."""
+    trained = {"vision_tower_lr": LRS["vision_tower_lr"], "language_model_lr": LRS["language_model_lr"]}
+    optim = {"name": "multilr", **trained, "freeze_multi_modal_projector": True, "weight_decay": 0.0, "eps": 1.0e-20}
+    config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, micro_batch_size=1, save_steps=1, optim_config=optim)
     two_ranks = {
         "FORCE_TORCHRUN": "1",
         "NPROC_PER_NODE": "2",
@@ -317,10 +331,72 @@ def test_two_ddp_ranks_build_the_same_groups_and_step_every_module_by_its_lr(tin
     assert "falling back to DistributedDataParallel" in output  # v1's DDP fallback, not one process
     found = dict(SIGNATURE.findall(output))
     assert set(found) == {"0", "1"} and found["0"] == found["1"], output[-3000:]
-    steps = max_steps_by_module(FAMILY, weights(tiny(FAMILY)), weights(out))
-    assert set(steps) == set(EXPECTED)
+    before = weights(tiny(FAMILY))
+    steps = max_steps_by_module(FAMILY, before, weights(out))
+    assert set(steps) == {"vision_tower", "language_model"}  # the projector did not move
     for module, values in steps.items():
         assert values == one_step(EXPECTED[module], len(values)), module
     (record,) = v1_log(out)
-    norms = [record[f"grad_norm/{module}"] for module in MODULES]
+    assert "lr/multi_modal_projector" not in record and "grad_norm/multi_modal_projector" not in record
+    norms = [record[f"grad_norm/{module}"] for module in trained and ("vision_tower", "language_model")]
     assert math.sqrt(sum(norm * norm for norm in norms)) == pytest.approx(record["grad_norm"], rel=1e-5)
+    state = torch.load(out / "checkpoint-1" / "optimizer" / "state_dict.pt", weights_only=True)
+    grouped = [index for group in state["param_groups"] for index in group["params"]]
+    assert {group["module"] for group in state["param_groups"]} == {"vision_tower", "language_model"}
+    projector = [name for name in before if owner(FAMILY, name) == "multi_modal_projector"]
+    assert projector and len(grouped) == len(state["state"]) == len(before) - len(projector)
+
+
+@needs_registries
+def test_a_v1_checkpoint_resumes_with_its_groups_and_one_of_another_layout_is_refused(tiny, v1_data, tmp_path, env):
+    """Two steps of the module LRs under the plugin's cosine decay, a checkpoint after each; resumed from the first,
+    the run ends tensor for tensor where the uninterrupted one does (the optimizer state in its groups, the
+    schedule's step), and a run whose groups differ (the vision tower frozen since) is refused before it steps."""
+    schedule = {"name": "multilr"}  # cosine over the two steps: the second step's LRs are half the first's
+    two = {"max_steps": 2, "save_steps": 1, "lr_scheduler_config": schedule}
+    whole, whole_out = v1_config(
+        tmp_path, tiny(FAMILY), v1_data, name="whole", optim_config={"name": "multilr", **LRS}, **two
+    )
+    result = sft(whole, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = whole_out / "checkpoint-1"
+    resumed, resumed_out = v1_config(
+        tmp_path,
+        tiny(FAMILY),
+        v1_data,
+        name="resumed",
+        optim_config={"name": "multilr", **LRS},
+        resume_from_checkpoint=str(checkpoint),
+        **two,
+    )
+    result = sft(resumed, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from checkpoint: step=1" in result.stdout + result.stderr
+    after_whole, after_resumed = weights(whole_out), weights(resumed_out)
+    assert [name for name in after_whole if not torch.equal(after_whole[name], after_resumed[name])] == []
+    last = v1_log(whole_out)[-1]
+    (record,) = v1_log(resumed_out)
+    assert (
+        {module: record[f"lr/{module}"] for module in MODULES}
+        == {module: last[f"lr/{module}"] for module in MODULES}
+        == {module: lr / 2 for module, lr in EXPECTED.items()}
+    )
+    assert record["loss"] == last["loss"]
+
+    frozen = {"name": "multilr", **LRS, "freeze_vision_tower": True}
+    del frozen["vision_tower_lr"]
+    other, other_out = v1_config(
+        tmp_path,
+        tiny(FAMILY),
+        v1_data,
+        name="other",
+        optim_config=frozen,
+        resume_from_checkpoint=str(checkpoint),
+        **two,
+    )
+    result = sft(other, env)
+    assert result.returncode != 0
+    assert "its optimizer state was saved for other param groups" in result.stderr, result.stderr[-3000:]
+    assert "this run has 2 groups: language_model/decay (27), multi_modal_projector/decay (5))" in result.stderr
+    assert "start a new run from its weights (`model` set to the checkpoint" in result.stderr
+    assert not (other_out / "trainer_log.jsonl").exists()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, TypeGuard
 
+from lf_multilr.config.checks import refuse_frozen
 from lf_multilr.config.keys import KEYS, LR_GROUPS, SWITCHES, key_name
 from lf_multilr.config.settings import Settings
 from lf_multilr.errors import ConfigError
@@ -33,11 +34,15 @@ TORCH_ADAMW_WEIGHT_DECAY = 0.01
 #: The keys of the optimizer plugin that are not lf-multilr's module keys: v1's own (``name``, and ``lr``, which v1
 #: sets from ``learning_rate``), the base weight decay, and AdamW's.
 OPTIM_OWN = ("name", "lr", "weight_decay", "betas", "eps")
+#: v1 has no freeze flags: the plugin takes v0's (``freeze_vision_tower`` ...), one per module of the table that has
+#: one; a frozen module's parameters get no gradient, no group and no optimizer state.
+FREEZE_FLAGS = {row.freeze_flag: row.name for row in TABLE.rows if row.freeze_flag}
 OPTIM_KEYS: tuple[str, ...] = (
     *OPTIM_OWN,
     *(key.name for key in KEYS),
     LR_GROUPS.name,
     *(switch.name for switch in SWITCHES),
+    *FREEZE_FLAGS,
 )
 #: The scheduler's decays after its warm-up (each a multiplier of every group's LR, so the modules' ratios hold).
 DECAYS = ("cosine", "linear", "constant")
@@ -87,6 +92,8 @@ class OptimConfig:
     #: AdamW's own keyword arguments (``betas``, ``eps``), as given.
     adamw: dict[str, Any] = field(default_factory=dict)
     log_module_metrics: bool = True
+    #: The modules a ``freeze_*`` key freezes, in the table's order.
+    frozen: tuple[str, ...] = ()
 
 
 def weight_decay_keys() -> list[str]:
@@ -117,6 +124,8 @@ def read_optim_config(config: Mapping[str, Any]) -> OptimConfig:
             )
         adamw["betas"] = tuple(_number(f"{OPTIM_CONFIG}.betas", beta, 0.0, 1.0) for beta in betas)
     metrics = config.get(SWITCHES[0].name)
+    flags = {flag: _switch(OPTIM_CONFIG, flag, config[flag]) for flag in FREEZE_FLAGS if config.get(flag) is not None}
+    refuse_frozen(settings, SimpleNamespace(finetuning_type="full", additional_target=None, **flags))
     return OptimConfig(
         settings,
         learning_rate,
@@ -124,6 +133,7 @@ def read_optim_config(config: Mapping[str, Any]) -> OptimConfig:
         not decay_set,
         adamw,
         SWITCHES[0].default if metrics is None else _switch(OPTIM_CONFIG, SWITCHES[0].name, metrics),
+        tuple(module for flag, module in FREEZE_FLAGS.items() if flags.get(flag)),
     )
 
 
