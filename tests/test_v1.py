@@ -310,6 +310,15 @@ CPU_SHIM = ROOT / "tests" / "v1_cpu"
 SIGNATURE = re.compile(r"lf-multilr: rank (\d) of 2: 4 param groups, signature ([0-9a-f]{16}), the same on every rank")
 
 
+def two_ranks(env):
+    return {
+        "FORCE_TORCHRUN": "1",
+        "NPROC_PER_NODE": "2",
+        "PATH": f"{BIN}:{env['PATH']}",  # v1's launcher runs `torchrun` from PATH
+        "PYTHONPATH": os.pathsep.join([str(CPU_SHIM), *filter(None, [env.get("PYTHONPATH")])]),
+    }
+
+
 @needs_registries
 def test_two_ddp_ranks_build_the_same_groups_step_every_module_by_its_lr_and_leave_a_frozen_one(
     tiny, v1_data, tmp_path, env
@@ -319,13 +328,7 @@ def test_two_ddp_ranks_build_the_same_groups_step_every_module_by_its_lr_and_lea
     trained = {"vision_tower_lr": LRS["vision_tower_lr"], "language_model_lr": LRS["language_model_lr"]}
     optim = {"name": "multilr", **trained, "freeze_multi_modal_projector": True, "weight_decay": 0.0, "eps": 1.0e-20}
     config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, micro_batch_size=1, save_steps=1, optim_config=optim)
-    two_ranks = {
-        "FORCE_TORCHRUN": "1",
-        "NPROC_PER_NODE": "2",
-        "PATH": f"{BIN}:{env['PATH']}",  # v1's launcher runs `torchrun` from PATH
-        "PYTHONPATH": os.pathsep.join([str(CPU_SHIM), *filter(None, [env.get("PYTHONPATH")])]),
-    }
-    result = sft(config, env, **two_ranks)
+    result = sft(config, env, **two_ranks(env))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "falling back to DistributedDataParallel" in output  # v1's DDP fallback, not one process
@@ -400,3 +403,31 @@ def test_a_v1_checkpoint_resumes_with_its_groups_and_one_of_another_layout_is_re
     assert "this run has 2 groups: language_model/decay (27), multi_modal_projector/decay (5))" in result.stderr
     assert "start a new run from its weights (`model` set to the checkpoint" in result.stderr
     assert not (other_out / "trainer_log.jsonl").exists()
+
+
+@needs_registries
+def test_two_fsdp2_ranks_on_gloo_step_every_module_by_its_lr_on_dtensors_and_leave_a_frozen_one(
+    tiny, v1_data, tmp_path, env
+):
+    """v1's FSDP2 plugin (``dist_config: {name: fsdp2}``) shards every parameter into a DTensor before the plugin
+    sees the model; the groups are placed by name all the same, and the frozen vision tower stays as it was."""
+    trained = {
+        "multi_modal_projector_lr": LRS["multi_modal_projector_lr"],
+        "language_model_lr": LRS["language_model_lr"],
+    }
+    optim = {"name": "multilr", **trained, "freeze_vision_tower": True, "weight_decay": 0.0, "eps": 1.0e-20}
+    config, out = v1_config(
+        tmp_path, tiny(FAMILY), v1_data, micro_batch_size=1, dist_config={"name": "fsdp2"}, optim_config=optim
+    )
+    result = sft(config, env, **two_ranks(env))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Applying per-layer FSDP to" in output  # v1's FSDP2 plugin, not the DDP fallback
+    found = dict(SIGNATURE.findall(output))
+    assert set(found) == {"0", "1"} and found["0"] == found["1"], output[-3000:]
+    steps = max_steps_by_module(FAMILY, weights(tiny(FAMILY)), weights(out))
+    assert set(steps) == {"multi_modal_projector", "language_model"}  # the vision tower did not move
+    for module, values in steps.items():
+        assert values == one_step(EXPECTED[module], len(values)), module
+    (record,) = v1_log(out)
+    assert {key for key in record if key.startswith("lr/")} == {"lr/multi_modal_projector", "lr/language_model"}
