@@ -406,28 +406,66 @@ def test_a_v1_checkpoint_resumes_with_its_groups_and_one_of_another_layout_is_re
 
 
 @needs_registries
-def test_two_fsdp2_ranks_on_gloo_step_every_module_by_its_lr_on_dtensors_and_leave_a_frozen_one(
+def test_two_fsdp2_ranks_on_gloo_step_every_module_by_its_lr_leave_a_frozen_one_and_resume_from_dcp(
     tiny, v1_data, tmp_path, env
 ):
     """v1's FSDP2 plugin (``dist_config: {name: fsdp2}``) shards every parameter into a DTensor before the plugin
-    sees the model; the groups are placed by name all the same, and the frozen vision tower stays as it was."""
+    sees the model; the groups are placed by name all the same, and the frozen vision tower stays as it was. Its
+    checkpoints are torch DCP: resumed from the first, the run ends where the uninterrupted one does; a run with the
+    vision tower trained since is refused."""
     trained = {
         "multi_modal_projector_lr": LRS["multi_modal_projector_lr"],
         "language_model_lr": LRS["language_model_lr"],
     }
     optim = {"name": "multilr", **trained, "freeze_vision_tower": True, "weight_decay": 0.0, "eps": 1.0e-20}
-    config, out = v1_config(
-        tmp_path, tiny(FAMILY), v1_data, micro_batch_size=1, dist_config={"name": "fsdp2"}, optim_config=optim
-    )
+    fsdp2 = {
+        "micro_batch_size": 1,
+        "dist_config": {"name": "fsdp2"},
+        "max_steps": 2,
+        "save_steps": 1,
+        "save_ckpt_as_hf": True,  # the weights after the first step, beside the DCP checkpoint
+    }
+    config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, optim_config=optim, **fsdp2)
     result = sft(config, env, **two_ranks(env))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Applying per-layer FSDP to" in output  # v1's FSDP2 plugin, not the DDP fallback
     found = dict(SIGNATURE.findall(output))
     assert set(found) == {"0", "1"} and found["0"] == found["1"], output[-3000:]
-    steps = max_steps_by_module(FAMILY, weights(tiny(FAMILY)), weights(out))
+    checkpoint = out / "checkpoint-1"
+    steps = max_steps_by_module(FAMILY, weights(tiny(FAMILY)), weights(checkpoint / "hf_model"))
     assert set(steps) == {"multi_modal_projector", "language_model"}  # the vision tower did not move
     for module, values in steps.items():
         assert values == one_step(EXPECTED[module], len(values)), module
-    (record,) = v1_log(out)
-    assert {key for key in record if key.startswith("lr/")} == {"lr/multi_modal_projector", "lr/language_model"}
+    first = v1_log(out)[0]
+    assert {key for key in first if key.startswith("lr/")} == {"lr/multi_modal_projector", "lr/language_model"}
+
+    resumed, resumed_out = v1_config(
+        tmp_path,
+        tiny(FAMILY),
+        v1_data,
+        name="resumed",
+        optim_config=optim,
+        resume_from_checkpoint=str(checkpoint),
+        **fsdp2,
+    )
+    result = sft(resumed, env, **two_ranks(env))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    after_whole, after_resumed = weights(out), weights(resumed_out)
+    assert [name for name in after_whole if not torch.equal(after_whole[name], after_resumed[name])] == []
+
+    unfrozen = {"name": "multilr", **LRS, "weight_decay": 0.0, "eps": 1.0e-20}
+    other, other_out = v1_config(
+        tmp_path,
+        tiny(FAMILY),
+        v1_data,
+        name="other",
+        optim_config=unfrozen,
+        resume_from_checkpoint=str(checkpoint),
+        **fsdp2,
+    )
+    result = sft(other, env, **two_ranks(env))
+    assert result.returncode != 0
+    # torch's DCP loader refuses it first: the run's fifth group is not in the checkpoint
+    assert "Missing key in checkpoint state_dict: param_groups.4.lr" in result.stdout + result.stderr
+    assert not (other_out / "trainer_log.jsonl").exists()
