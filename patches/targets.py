@@ -131,7 +131,7 @@ TARGETS: tuple[Target, ...] = (
         v1.CHECKPOINT,
         "TrainingCheckpointCoordinator.resume",
         v1.wrap_resume,
-        role="the v1 engine's resume check",
+        role="the v1 engine's resume check (and its full checkpoints' weights through the model's key renaming)",
         signature=("self", "ckpt_path"),
         optional=True,
         verified=LLAMAFACTORY_MAIN,
