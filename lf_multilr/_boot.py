@@ -32,6 +32,10 @@ WATCHED = frozenset(
         "llamafactory.webui.components.train",
         "llamafactory.webui.runner",
         "llamafactory.v1.config",
+        "llamafactory.v1.plugins.trainer_plugins.optimizers.optimizer",
+        "llamafactory.v1.plugins.trainer_plugins.lr_scheduler",
+        "llamafactory.v1.utils.callbacks.trainer_callback",
+        "llamafactory.v1.core.utils.checkpoint",
     }
 )
 

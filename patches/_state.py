@@ -69,6 +69,10 @@ class PatchState:
     monitors: weakref.WeakKeyDictionary[Any, GradNormMonitor | None] = field(default_factory=weakref.WeakKeyDictionary)
     #: Each trainer's module LRs as they were when HF read its ``learning_rate`` (the LR the step just taken used).
     step_lrs: weakref.WeakKeyDictionary[Any, dict[str, float]] = field(default_factory=weakref.WeakKeyDictionary)
+    #: v1: each optimizer lf-multilr's plugin built, its per-module gradient-norm monitor.
+    v1_monitors: weakref.WeakKeyDictionary[Any, GradNormMonitor] = field(default_factory=weakref.WeakKeyDictionary)
+    #: v1: each such optimizer's entries measured before its last step (``lr/<module>``, ``grad_norm/<module>``).
+    v1_measured: weakref.WeakKeyDictionary[Any, dict[str, float]] = field(default_factory=weakref.WeakKeyDictionary)
     #: transformers 4.x: the trainers whose training loop is running, innermost last.
     running: list[Any] = field(default_factory=list)
     #: The callbacks list of the run being set up (``patches/callbacks.py``), until its parsed arguments fill it.

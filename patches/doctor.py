@@ -15,8 +15,16 @@ from lf_multilr import _boot, compat
 from . import _state, applied
 from .targets import TARGETS
 
-#: What doctor imports, so that every target is decided: the training modules, LlamaBoard, the v1 engine's parser.
-ENTRY_MODULES = ("llamafactory.train.tuner", "llamafactory.webui.interface", "llamafactory.v1.config.arg_parser")
+#: What doctor imports, so that every target is decided: the training modules, LlamaBoard, the v1 engine's parser,
+#: plugin registries and trainer.
+ENTRY_MODULES = (
+    "llamafactory.train.tuner",
+    "llamafactory.webui.interface",
+    "llamafactory.v1.config.arg_parser",
+    "llamafactory.v1.plugins.trainer_plugins.optimizers.optimizer",
+    "llamafactory.v1.plugins.trainer_plugins.lr_scheduler",
+    "llamafactory.v1.core.base_trainer",
+)
 
 
 def _version(distribution: str) -> str:

@@ -3,18 +3,21 @@
 The config is parsed by LLaMA-Factory's own parser (with lf-multilr's keys), checked by the same pre-load checks
 as a run, and the model is built by LLaMA-Factory's own ``load_model`` on the meta device (``train_from_scratch``:
 from ``config.json``, no weights), so freezing, LoRA adapters, ``additional_target`` copies and value heads come
-out as in the run. Then the same grouping and checks as the run's optimizer.
+out as in the run. Then the same grouping and checks as the run's optimizer. Under ``USE_V1=1`` the v1 engine's
+parser and optimizer plugin do the same (``patches/v1.py``).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+from lf_multilr.config import backends
 from lf_multilr.config.settings import settings_of
 from lf_multilr.grouping.plan import GroupPlan
 
@@ -62,6 +65,10 @@ def make_plan(config: dict[str, Any]) -> GroupPlan:
     from llamafactory.hparams.parser import _parse_train_args
     from llamafactory.model import load_model
 
+    if backends.env_enabled(os.environ, "USE_V1"):  # LLaMA-Factory's v1 engine reads its own keys
+        from .v1 import make_plan as make_v1_plan
+
+        return make_v1_plan(config)
     refuse_kt(config)
     model_args, _, training_args, finetuning_args, _ = _parse_train_args({**config, **PLAN_OVERRIDES})
     settings = settings_of(finetuning_args)

@@ -35,7 +35,7 @@ from lf_multilr.config.checks import (
     refuse_structure_optim,
     refuse_unknown_model_type,
 )
-from lf_multilr.config.keys import CALLBACKS, CALLBACKS_ENV, FREEZE_FLAGS, KEYS, LR_GROUPS, SWITCHES
+from lf_multilr.config.keys import CALLBACKS, FREEZE_FLAGS, KEYS, LR_GROUPS, SWITCHES
 from lf_multilr.config.settings import Settings, keep, settings_of
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.supplement import left_open
@@ -95,33 +95,6 @@ def _with_fields(base: type, fields: list[tuple[str, Any, Any]], post_init: Any)
         namespace={"__post_init__": post_init, "__doc__": base.__doc__, "__module__": __name__},
     )
     cls.__qualname__ = base.__name__
-    return cls
-
-
-def with_v1_refusal(base: type) -> type:
-    """The v1 engine's ``TrainingArguments`` (``USE_V1=1``) with lf-multilr's keys, refused when set: that engine
-    builds its optimizer through its own plugin registry, so the keys would otherwise be unknown keys there, or be
-    dropped silently under ``ALLOW_EXTRA_KEYS``."""
-    if base in STATE.keyed_classes:
-        return STATE.keyed_classes[base]
-
-    def __post_init__(self: Any) -> None:
-        base.__post_init__(self)  # type: ignore[attr-defined]
-        settings = keep(self, Settings.read(self))
-        if settings.any_set:
-            refuse_backends(settings, [backends.V1])
-        callbacks = getattr(self, CALLBACKS.name)
-        if callback_classes(callbacks, os.environ):  # v1 never runs `_training_function`, where they join a run
-            key, value = (CALLBACKS.name, callbacks) if callbacks else (CALLBACKS_ENV, os.environ.get(CALLBACKS_ENV))
-            raise ConfigError(
-                key,
-                value,
-                "`USE_V1=1` trains with LLaMA-Factory's v1 engine, which never runs the callbacks lf-multilr adds",
-                f"unset USE_V1 to train with LLaMA-Factory's default engine, or remove `{CALLBACKS.name}` and unset "
-                f"{CALLBACKS_ENV}",
-            )
-
-    STATE.keyed_classes[base] = cls = _with_fields(base, key_fields(), __post_init__)
     return cls
 
 
@@ -190,6 +163,12 @@ def read_config(model_args: Any) -> Any:
             "the keys are checked against the model once it has loaded."
         )
         return None
+
+
+def read_model_type(model_args: Any) -> str | None:
+    """The model type from the model's ``config.json`` alone (:func:`read_config`); None where it cannot be read."""
+    config = read_config(model_args)
+    return None if config is None else config_model_type(config)
 
 
 def frozen_modules(settings: Settings, finetuning_args: Any) -> set[str]:
@@ -286,8 +265,7 @@ def wrap_get_train_args(original: Any) -> Any:
                 if lost is not None:
                     flag = next(str(row.freeze_flag) for row in settings.table.parts())
                     raise ConfigError(flag, getattr(finetuning_args, flag), *lost)
-                config = read_config(model_args)
-                refuse_parts(settings, None if config is None else config_model_type(config))
+                refuse_parts(settings, read_model_type(model_args))
             guard.disarm()
             return parsed
         preflight(settings, model_args, training_args, finetuning_args)

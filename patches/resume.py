@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any
 
@@ -189,25 +190,66 @@ def wrap_load_optimizer_and_scheduler(original: Any) -> Any:
         optimizer = getattr(self, "optimizer", None)
         if checkpoint is None or optimizer is None or self.is_deepspeed_enabled:
             return original(self, checkpoint, *args, **kwargs)
-        load = optimizer.load_state_dict
-        lora = _is_peft(self.model)
-
-        def checked_load(state_dict: dict[str, Any], *load_args: Any, **load_kwargs: Any) -> Any:
-            current = optimizer.param_groups
-            why = mismatch(state_dict["param_groups"], current)
-            if why is not None:
-                refuse_other_layout(checkpoint, why, lora)
-            message = lr_message(checkpoint, lr_changes(state_dict["param_groups"], current))
-            if message is not None:
-                logger().warning_rank0(f"lf-multilr: {message}")
-            loaded = load(state_dict, *load_args, **load_kwargs)
-            guard.expect(optimizer.param_groups)  # the checkpoint's LRs are in force now, as the warning says
-            return loaded
-
-        optimizer.load_state_dict = checked_load
-        try:
+        with checked_loading(optimizer, checkpoint, _is_peft(self.model)):
             return original(self, checkpoint, *args, **kwargs)
-        finally:
-            del optimizer.load_state_dict
 
     return _load_optimizer_and_scheduler
+
+
+@contextmanager
+def checked_loading(optimizer: Any, checkpoint: str, lora: bool, weights_key: str | None = None) -> Iterator[None]:
+    """While it lasts, ``optimizer.load_state_dict`` refuses a state saved for other param groups and names the LRs
+    that stay in force (the checkpoint's); v0's and v1's resuming both load the optimizer state through it."""
+    load = optimizer.load_state_dict
+
+    def checked_load(state_dict: dict[str, Any], *load_args: Any, **load_kwargs: Any) -> Any:
+        current = optimizer.param_groups
+        why = mismatch(state_dict["param_groups"], current)
+        if why is not None:
+            refuse_other_layout(checkpoint, why, lora, weights_key)
+        message = lr_message(checkpoint, lr_changes(state_dict["param_groups"], current))
+        if message is not None:
+            logger().warning_rank0(f"lf-multilr: {message}")
+        loaded = load(state_dict, *load_args, **load_kwargs)
+        guard.expect(optimizer.param_groups)  # the checkpoint's LRs are in force now, as the warning says
+        return loaded
+
+    optimizer.load_state_dict = checked_load
+    try:
+        yield
+    finally:
+        del optimizer.load_state_dict
+
+
+@contextmanager
+def hub_layout_loading(model: Any, checkpoint: str) -> Iterator[None]:
+    """While it lasts, ``model.load_state_dict`` takes a state dict in the saved (hub) layout, renamed as
+    ``from_pretrained`` renames it. LLaMA-Factory's v1 engine reloads a full checkpoint with a plain
+    ``load_state_dict`` of the saved files, the same fault as HF's Trainer (see the module's docstring): nothing
+    matches, and it stops on the missing keys."""
+    if not _plain(model):
+        yield
+        return
+    load = model.load_state_dict
+    rename = key_renamer(model, model.state_dict().keys())
+
+    def renamed_load(state_dict: Mapping[str, torch.Tensor], *load_args: Any, **load_kwargs: Any) -> Any:
+        renamed = {}
+        for key, tensor in state_dict.items():
+            new_key, converted = rename(key)
+            if converted:
+                raise ConfigError(
+                    "resume_from_checkpoint",
+                    checkpoint,
+                    f"its tensor `{key}` must be merged or split to fit this model (`{new_key}`), which lf-multilr "
+                    "cannot do in place",
+                    "start a new run from its weights (`model` set to the checkpoint's `model` folder)",
+                )
+            renamed[new_key] = tensor
+        return load(renamed, *load_args, **load_kwargs)
+
+    model.load_state_dict = renamed_load
+    try:
+        yield
+    finally:
+        del model.load_state_dict

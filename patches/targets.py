@@ -12,7 +12,7 @@ from lf_multilr.compat import (
     TRANSFORMERS_CORE,
 )
 
-from . import callbacks, freezing, guard, hparams, metrics, optimizer, resume, schedule, transformers4, webui
+from . import callbacks, freezing, guard, hparams, metrics, optimizer, resume, schedule, transformers4, v1, webui
 from ._patching import Target
 
 _STAGE_TRAINERS = tuple(f"llamafactory.train.{stage}.trainer" for stage in ("sft", "pt", "rm", "dpo", "kto", "ppo"))
@@ -81,13 +81,60 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "llamafactory.v1.config.training_args",
         "TrainingArguments",
-        hparams.with_v1_refusal,
-        role="refusing the keys under USE_V1=1",
-        importers=("llamafactory.v1.config", "llamafactory.v1.config.arg_parser"),
-        trigger="llamafactory.v1.config",
+        v1.with_v1_keys,
+        role="the v1 engine's keys: refused at the top level, checked inside optim_config / lr_scheduler_config",
+        importers=(v1.CONFIG, v1.ARG_PARSER, v1.BASE_TRAINER, *v1.TRAINERS[1:]),
+        trigger=v1.CONFIG,
         optional=True,  # 0.9.4's v1 engine trains nothing yet (no `train` command): verified from 0.9.5 on
         shape=hparams.dataclass_shape,
         verified=LLAMAFACTORY_FULL,
+    ),
+    Target(
+        v1.ARG_PARSER,
+        "get_args",
+        v1.wrap_get_args,
+        role="the v1 engine's pre-load checks",
+        importers=(v1.CONFIG, *v1.TRAINERS),
+        trigger=v1.CONFIG,
+        signature=("args",),
+        optional=True,
+        verified=LLAMAFACTORY_MAIN,
+    ),
+    Target(
+        v1.OPTIMIZERS,
+        v1.OPTIMIZER_REGISTRY,
+        v1.with_optimizer,
+        role="the v1 optimizer plugin `multilr` (the module groups)",
+        optional=True,  # 0.9.5's v1 keeps one registry for every plugin family: refused there by name
+        shape=v1.registry_shape,
+        verified=LLAMAFACTORY_MAIN,
+    ),
+    Target(
+        v1.SCHEDULERS,
+        v1.SCHEDULER_REGISTRY,
+        v1.with_scheduler,
+        role="the v1 scheduler plugin `multilr` (warm-up and decay; each module's start and warm-up)",
+        optional=True,
+        shape=v1.registry_shape,
+        verified=LLAMAFACTORY_MAIN,
+    ),
+    Target(
+        v1.CALLBACK_HANDLER,
+        "CallbackHandler._call",
+        v1.wrap_callback_call,
+        role="the v1 engine's first-step check and per-module log entries",
+        signature=("self", "event", "args", "state"),
+        optional=True,
+        verified=LLAMAFACTORY_MAIN,
+    ),
+    Target(
+        v1.CHECKPOINT,
+        "TrainingCheckpointCoordinator.resume",
+        v1.wrap_resume,
+        role="the v1 engine's resume check (and its full checkpoints' weights through the model's key renaming)",
+        signature=("self", "ckpt_path"),
+        optional=True,
+        verified=LLAMAFACTORY_MAIN,
     ),
     Target(
         "llamafactory.train.trainer_utils",

@@ -86,11 +86,13 @@ def test_importers_hold_the_patched_name_and_the_table_misses_none(loaded):
     for target in applied_targets():
         _, name, current = target.resolve()
         for importer in target.importers:
-            if importer in sys.modules:
+            # an importer that does not bind the name in this release (0.9.5's empty v1 dpo_trainer) holds nothing
+            if importer in sys.modules and hasattr(sys.modules[importer], name):
                 assert getattr(sys.modules[importer], name) is current, (target.dotted, importer)
         if "." not in target.attr:  # module-level names: nobody else may still hold the original
             assert holders(_patching.original_of(target)) == set(), target.dotted
-            assert holders(current) == {target.owner, *target.importers} & sys.modules.keys(), target.dotted
+            binding = {importer for importer in target.importers if hasattr(sys.modules.get(importer), name)}
+            assert holders(current) == {target.owner, *binding} & sys.modules.keys(), target.dotted
 
 
 def test_revert_restores_every_original_and_apply_is_idempotent(loaded):
@@ -103,7 +105,7 @@ def test_revert_restores_every_original_and_apply_is_idempotent(loaded):
         _, name, current = target.resolve()
         assert current is originals[target.dotted]
         for importer in target.importers:
-            if importer in sys.modules:
+            if importer in sys.modules and hasattr(sys.modules[importer], name):
                 assert getattr(sys.modules[importer], name) is originals[target.dotted]
     assert lf_multilr.apply() and lf_multilr.apply()
     assert applied_targets() == targets
@@ -123,6 +125,10 @@ def test_each_target_left_stock_says_why_and_none_is_lost(loaded):
     for target in TARGETS:
         if not _patching.is_applied(target):
             made = decision(target)
+            if made is None and target.optional and target.owner not in sys.modules:  # a module this release lacks
+                with pytest.raises(ImportError):  # (0.9.5's v1 engine has no optimizer plugin family)
+                    importlib.import_module(target.owner)
+                continue
             assert made is not None, target.dotted
             assert made.verdict in expected_stock and not made.broken, (target.dotted, made.status())
             if made.verdict is compat.Verdict.OLDER:  # LlamaBoard and the v1 engine on 0.9.4: verified from 0.9.5 on

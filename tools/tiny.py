@@ -695,6 +695,28 @@ def build_audio_dataset(out_dir: str | Path) -> Path:
     return out
 
 
+def build_v1_dataset(out_dir: str | Path) -> Path:
+    """The multimodal samples of :func:`build_dataset` in the v1 engine's format (``USE_V1=1``): a JSONL of
+    ``{"messages": [{"role", "content": [{"type": "image_url" | "text", "value"}]}]}`` with absolute image paths, and
+    the dataset YAML that names it (``train_dataset``); returns the YAML's path."""
+    out = Path(out_dir)
+    build_dataset(out)
+    rows = []
+    for sample in json.loads((out / "tiny_mm.json").read_text()):
+        images = iter(sample["images"])
+        messages = []
+        for message in sample["messages"]:
+            text = message["content"]
+            content = [{"type": "image_url", "value": str(out / next(images))} for _ in range(text.count("<image>"))]
+            content.append({"type": "text", "value": text.replace("<image>", "")})
+            messages.append({"role": message["role"], "content": content})
+        rows.append(json.dumps({"messages": messages}))
+    (out / "tiny_mm_v1.jsonl").write_text("\n".join(rows) + "\n")
+    info = out / "tiny_mm_v1.yaml"
+    info.write_text(f"tiny_mm_v1:\n  path: {out / 'tiny_mm_v1.jsonl'}\n  source: local\n")
+    return info
+
+
 SWEEP_SHAPES = ("circle", "square", "triangle", "diamond")
 SWEEP_COLOURS = {**COLOURS, "purple": (140, 40, 170), "orange": (240, 130, 20)}
 SWEEP_SCALES = {"small": 4, "large": 2}  # the shape spans 1/4 or 1/2 of the canvas

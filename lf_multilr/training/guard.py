@@ -69,13 +69,24 @@ def ungated(param_groups: Sequence[Mapping[str, Any]], step: int) -> str | None:
     return None
 
 
-def stop_message(why: str, built_by: str) -> str:
+#: How to mend a run whose optimizer lacks the groups: on LLaMA-Factory's default engine, and on its v1 engine.
+V0_FIX = (
+    "train with LLaMA-Factory's own trainers (a trainer that overrides `create_optimizer` must build it with "
+    "`create_custom_optimizer`, as LLaMA-Factory's do), or remove the lf-multilr keys"
+)
+V1_FIX = (
+    "let the v1 engine build the optimizer from `optim_config: {name: multilr, ...}` (a trainer that overrides "
+    "`_init_optimizer` must build it with `OptimizerPlugin(optim_config.name)`, as v1's BaseTrainer does), or remove "
+    "`name: multilr` from `optim_config`"
+)
+
+
+def stop_message(why: str, built_by: str, fix: str = V0_FIX) -> str:
     """The error that stops the run."""
     return (
         f"lf-multilr: the optimizer about to take the first step does not hold lf-multilr's module groups: {why}. "
         f"It was built by {built_by}, so the modules would train at `learning_rate` and the lf-multilr keys would "
-        "do nothing. Fix: train with LLaMA-Factory's own trainers (a trainer that overrides `create_optimizer` must "
-        "build it with `create_custom_optimizer`, as LLaMA-Factory's do), or remove the lf-multilr keys"
+        f"do nothing. Fix: {fix}"
     )
 
 

@@ -90,10 +90,11 @@ def refuse_incomplete(checkpoint: str, account: Account, ignored: Collection[str
     )
 
 
-def refuse_other_layout(checkpoint: str, why: str, lora: bool) -> None:
+def refuse_other_layout(checkpoint: str, why: str, lora: bool, weights_key: str | None = None) -> None:
     """Raise because the checkpoint's optimizer state belongs to other param groups
-    (see :mod:`lf_multilr.grouping.digests`)."""
-    weights = "adapter_name_or_path" if lora else "model_name_or_path"
+    (see :mod:`lf_multilr.grouping.digests`). ``weights_key``: the config key a new run takes the weights from, where
+    it is not LLaMA-Factory's default engine's (v1's ``model``)."""
+    weights = weights_key or ("adapter_name_or_path" if lora else "model_name_or_path")
     raise ConfigError(
         KEY,
         checkpoint,

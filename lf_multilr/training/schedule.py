@@ -14,6 +14,7 @@ first, the gate on top.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -123,3 +124,42 @@ def _keys_of(group: Mapping[str, Any], start: int, warmup: int | None, floor: fl
     if floor is None:
         return f"{module}_start_step / _warmup_steps"
     return f"{module}_start_step / _warmup_steps / _min_lr" if start or warmup else f"{module}_min_lr"
+
+
+def warmup_decay(warmup: int, total: int, decay: str, min_rate: float, step: int) -> float:
+    """The v1 scheduler plugin's multiplier at optimizer step ``step`` (0-based), for every group alike: a linear
+    warm-up ``step / warmup`` (HF's), then ``decay`` (cosine, linear or constant) from 1 down to ``min_rate`` at
+    ``total`` steps."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if decay == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
+    return min_rate + (1.0 - min_rate) * shape
+
+
+def v1_lambdas(
+    param_groups: Sequence[dict[str, Any]], total: int, warmup: int, decay: str, min_rate: float
+) -> list[Callable[[int], float]]:
+    """One ``LambdaLR`` multiplier per group: the run's warm-up and decay, the decay rescaled to end at the group's
+    floor where it has one (:func:`~lf_multilr.training.floors.floored`, as v0's), then gated by the group's own
+    start step and warm-up (they travel in the group: :func:`~lf_multilr.grouping.schema.schedule_of`)."""
+    base = partial(warmup_decay, warmup, total, decay, min_rate)
+    lambdas: list[Callable[[int], float]] = []
+    for group in param_groups:
+        start, own = schedule_of(group)
+        floor = floor_of(group)
+        run: Callable[[int], float] = base
+        if floor is not None:
+            if decay == "constant":  # refused before the model loads; here for a scheduler built by hand
+                raise ConfigError(
+                    _keys_of(group, 0, None, floor),
+                    floor,
+                    "the scheduler plugin's `decay: constant` does not decay, so there is no floor to decay to",
+                    "use `decay: cosine` or `decay: linear`",
+                )
+            lr = float(group.get("initial_lr", group["lr"]))
+            run = partial(floored, base, warmup, min_rate, floor / lr if lr > 0 else 0.0)
+        lambdas.append(gate(run, start, own) if start or own else run)
+    return lambdas
