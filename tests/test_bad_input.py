@@ -291,3 +291,49 @@ def test_a_module_left_frozen_by_the_prepared_model_is_refused_before_the_weight
     )
     assert "Fix: set `freeze_vision_tower: false` so that LoRA adapts it" in result.stderr
     assert WEIGHTS_LOADING not in result.stdout + result.stderr and not out.exists()
+
+
+#: The keys issue 21 added (the language model's and the audio tower's layer decay, the floors, the audio tower's).
+NEW_KEYS = (
+    "language_model_lr_layer_decay",
+    "audio_tower_lr_layer_decay",
+    "vision_tower_min_lr",
+    "multi_modal_projector_min_lr",
+    "language_model_min_lr",
+    "audio_tower_min_lr",
+    "audio_tower_lr",
+    "audio_tower_weight_decay",
+    "audio_tower_start_step",
+    "audio_tower_warmup_steps",
+)
+BAD_VALUES = {
+    "nan": "it is not a finite number",
+    "inf": "it is not a finite number",
+    True: "it is a boolean, not a number",
+    "fast": "it is not a number",
+    -1: "",
+}
+
+
+@pytest.mark.parametrize("value", list(BAD_VALUES), ids=[repr(value) for value in BAD_VALUES])
+@pytest.mark.parametrize("key", NEW_KEYS)
+def test_every_new_key_is_checked_by_llamafactorys_parser_naming_it(key, value, get_train_args, tmp_path):
+    """Through LLaMA-Factory's own parser, on a model folder with no weights: each bad value is refused naming the key
+    and the value, with the reason where it is one of the shared checks (a negative number's reason is the kind's)."""
+    model = config_only_model(tmp_path, "qwen2_vl")
+    args = {
+        "model_name_or_path": str(model),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset": "none",
+        "template": "qwen2_vl",
+        "output_dir": str(tmp_path / "out"),
+        "lr_scheduler_type": "cosine",
+        key: value,
+    }
+    with pytest.raises(ValueError) as refused:
+        get_train_args(args)
+    message = str(refused.value)
+    assert f"lf-multilr: `{key}: {value!r}` is refused: {BAD_VALUES[value]}" in message, message
+    assert "Fix:" in message and not (tmp_path / "out").exists()
