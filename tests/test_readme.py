@@ -58,3 +58,17 @@ def test_every_source_file_is_in_the_design_layout():
         str(p.relative_to(ROOT)) for p in files if p.name != "__init__.py" and f"  {p.name} " not in layout
     )
     assert not missing, f"add these files to the layout of docs/design.md: {missing}"
+
+
+def test_the_v1_example_is_a_config_the_plugins_accept():
+    """The README's v1 YAML, read by the checks v1's parser runs on it: accepted, with the floor it shows."""
+    import yaml
+
+    from lf_multilr.config.v1 import read_optim_config, read_scheduler_config
+
+    section = README.split("### LLaMA-Factory's v1 engine", 1)[1]
+    example = yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
+    optim = read_optim_config(example["optim_config"])
+    assert optim.settings.floors() == [("language_model_min_lr", 1.0e-6)]
+    assert optim.settings.values["vision_tower_lr"] == 2.0e-6
+    assert read_scheduler_config(example["lr_scheduler_config"]).warmup_steps == 10
