@@ -53,6 +53,9 @@ class Verdict(Enum):
     NOT_NEEDED = "not needed"
     #: Left stock: an optional name this version does not have (another engine's parser, say).
     ABSENT = "absent"
+    #: Left stock: an optional target on a release older than it was verified on, where nothing needs it (0.9.5's v1
+    #: engine, which refuses lf-multilr's plugins by name).
+    PREDATES = "predates"
 
 
 APPLIED = frozenset({Verdict.VERIFIED, Verdict.UNVERIFIED})
@@ -125,6 +128,8 @@ class Decision:
             return f"stands in for {self.detail}, which the installed version has"
         if self.verdict is Verdict.ABSENT:
             return f"{self.where} has no such name and needs none"
+        if self.verdict is Verdict.PREDATES:
+            return f"{self.where} is older than the oldest release it was {self.verified_text()}, and needs none"
         return ""
 
     def status(self) -> str:
@@ -199,7 +204,7 @@ def decide(facts: TargetFacts) -> Decision:
     if facts.installed in facts.verified:
         return facts.decision(Verdict.VERIFIED)
     if older_than_all(facts.installed, facts.verified) and not facts.stock_safe:
-        return facts.decision(Verdict.OLDER)
+        return facts.decision(Verdict.PREDATES if facts.optional else Verdict.OLDER)
     return facts.decision(Verdict.UNVERIFIED)
 
 

@@ -22,8 +22,9 @@ class Target:
     ``verified`` are the versions of the owner's package it was verified on; ``role`` says what lf-multilr does
     through it; an ``essential`` one is needed for the keys to work at all (lost, they are refused). ``stock_safe``
     targets also apply on releases older than verified (they only add the keys and refuse them); ``optional`` ones
-    may be missing without loss (another engine's parser). ``instead_of`` names the targets this one stands in for:
-    it applies only where none of them exists (transformers 4.x measures the gradient norm inline).
+    may be missing, or older than verified, without loss (another engine's parser, 0.9.5's v1 engine). ``instead_of``
+    names the targets this one stands in for: it applies only where none of them exists (transformers 4.x measures the
+    gradient norm inline).
     """
 
     owner: str

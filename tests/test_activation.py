@@ -24,6 +24,12 @@ from lf_multilr import compat
 import llamafactory.train.tuner  # every training module lf-multilr patches
 if importlib.util.find_spec("llamafactory.v1") is not None:
     import llamafactory.v1.config.arg_parser  # the v1 engine's parser, where the keys are refused
+    for target in TARGETS:  # and the rest of the v1 engine's targets, which a default-engine run does not import
+        if target.owner.startswith("llamafactory.v1"):
+            try:
+                importlib.import_module(target.owner)
+            except ImportError:  # a module this release's v1 engine lacks
+                pass
 import llamafactory.train.sft.trainer as sft
 imported = [t for t in TARGETS if t.trigger_module in sys.modules and t.owner in sys.modules]
 ready = [t for t in imported if compat.decide(patches.facts_of(t)).applies]
@@ -47,8 +53,18 @@ def _here(target) -> bool:
     return hasattr(module, target.attr.split(".")[0])
 
 
+def _applies_here(target) -> bool:
+    """Whether an optional target applies on the installed LLaMA-Factory: it has the target, at a release it applies
+    on (0.9.5's v1 engine predates the v1 targets verified on main)."""
+    if not _here(target):
+        return False
+    from lf_multilr import compat, patches
+
+    return compat.decide(patches.facts_of(target)).verdict in compat.APPLIED
+
+
 # transformers 4.x's stand-ins stay stock on 5.x (the full suite's); `core` tests do not count targets
-PATCHED = [t for t in TARGETS if not t.instead_of and (not t.optional or _here(t))]
+PATCHED = [t for t in TARGETS if not t.instead_of and (not t.optional or _applies_here(t))]
 TRAINING = [t for t in PATCHED if not t.owner.startswith("llamafactory.webui")]
 ALL, TRAIN = str(len(PATCHED)), str(len(TRAINING))
 

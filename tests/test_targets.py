@@ -121,7 +121,13 @@ def test_each_applied_target_is_verified_on_the_installed_version(loaded):
 
 
 def test_each_target_left_stock_says_why_and_none_is_lost(loaded):
-    expected_stock = {compat.Verdict.STOOD_IN, compat.Verdict.NOT_NEEDED, compat.Verdict.ABSENT, compat.Verdict.OLDER}
+    expected_stock = {
+        compat.Verdict.STOOD_IN,
+        compat.Verdict.NOT_NEEDED,
+        compat.Verdict.ABSENT,
+        compat.Verdict.OLDER,
+        compat.Verdict.PREDATES,
+    }
     for target in TARGETS:
         if not _patching.is_applied(target):
             made = decision(target)
