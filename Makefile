@@ -119,7 +119,9 @@ lint: venv
 	@dist=$$(mktemp -d) && .venv/bin/python -m build -q --no-isolation --outdir $$dist . >/dev/null \
 		&& .venv/bin/twine check --strict $$dist/*; status=$$?; rm -rf $$dist; exit $$status
 
-# The legs' commands (a shard adds the test files it runs or leaves).
+# The legs' commands (a shard adds the test files it runs or leaves). Each prints its 25 slowest tests, fixtures'
+# set-up included (a shared training is paid by the first test that uses it).
+PYTEST_ARGS ?= --durations=25
 FULL = .venv/bin/python -m pytest $(PYTEST_ARGS)
 MAIN = .venv-main/bin/python -m pytest -m "core or targets" $(PYTEST_ARGS)
 T57 = DISABLE_VERSION_CHECK=1 .venv-t57/bin/python -m pytest -m core $(PYTEST_ARGS)
