@@ -39,7 +39,7 @@ from lf_multilr.config.v1 import (
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.checks import check_plan
 from lf_multilr.grouping.placement import ModuleMap
-from lf_multilr.grouping.plan import GroupPlan, build_plan
+from lf_multilr.grouping.plan import GroupPlan, MuonSplit, build_plan
 from lf_multilr.grouping.schema import ours
 from lf_multilr.reports.table import format_table
 from lf_multilr.training.guard import V1_FIX, missing_groups, stop_message, ungated, ungated_message
@@ -106,12 +106,11 @@ def create_optimizer(model: torch.nn.Module, optim_config: Mapping[str, Any]) ->
     same = check_ranks(plan.param_groups)  # every rank, before any of them trains
     if same is not None:
         logger().info(same)
-    optimizer = torch.optim.AdamW(
-        cast(list[dict[str, Any]], plan.param_groups),
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-        **config.adamw,
-    )
+    groups = cast(list[dict[str, Any]], plan.param_groups)
+    if config.base == "muon":
+        optimizer = muon_over(groups, config)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay, **config.adamw)
     guard.expect(optimizer.param_groups)
     if config.log_module_metrics:
         STATE.v1_monitors[optimizer] = GradNormMonitor.of_groups(optimizer.param_groups)
@@ -119,6 +118,44 @@ def create_optimizer(model: torch.nn.Module, optim_config: Mapping[str, Any]) ->
     logger().info_rank0(format_table(plan, warnings=False))
     for warning in plan.warnings:
         logger().warning_rank0(f"lf-multilr: {warning}")
+    return optimizer
+
+
+class V1MuonSplit(MuonSplit):
+    """v1's Muon plugin's rule (``create_muon_optimizer``): a 2-D tensor whose name holds none of ``embed``,
+    ``lm_head``, ``wte``, ``wpe`` and ``lora`` steps with Muon, the rest with its internal AdamW."""
+
+    describe = (
+        "base: muon: v1's Muon steps the 2-D matrices (not embeddings, lm_head, wte, wpe or LoRA factors), its AdamW "
+        "the rest"
+    )
+
+    @staticmethod
+    def uses_muon(name: str, tensor: torch.Tensor) -> bool:
+        return tensor.ndim == 2 and not any(part in name for part in ("embed", "lm_head", "wte", "wpe", "lora"))
+
+
+def muon_over(groups: list[dict[str, Any]], config: OptimConfig) -> torch.optim.Optimizer:
+    """v1's own Muon class, built as its plugin builds it (its defaults, or the keys given), then holding the module
+    groups: ``<module>/muon`` and ``<module>/adamw``, each at its module's LR and weight decay (``wd``: Muon decays
+    every tensor)."""
+    muon_class = importlib.import_module(f"{OPTIMIZERS.rsplit('.', 1)[0]}.muon_optimizer").Muon
+    muon = dict(config.muon)
+    optimizer = muon_class(
+        lr=config.learning_rate,
+        wd=config.weight_decay,
+        muon_params=[tensor for group in groups if group["role"] == "muon" for tensor in group["params"]],
+        momentum=muon.get("momentum", 0.95),
+        nesterov=muon.get("nesterov", True),
+        ns_steps=muon.get("ns_steps", 5),
+        adamw_params=[tensor for group in groups if group["role"] == "adamw" for tensor in group["params"]],
+        adamw_betas=tuple(muon.get("adamw_betas", [0.9, 0.95])),
+        adamw_eps=muon.get("adamw_eps", 1e-8),
+    )
+    optimizer.param_groups = []
+    for group in groups:
+        optimizer.add_param_group(group)
+        group["wd"] = group["weight_decay"]
     return optimizer
 
 
@@ -145,7 +182,8 @@ def plan_for(model: torch.nn.Module, optim_config: Mapping[str, Any]) -> tuple[G
     named = list(model.named_parameters())
     freeze(named, mapping, config.frozen)
     decay = {name for name, _ in named} if config.decay_every_tensor else hf_decay_names(model)
-    plan = build_plan(named, mapping, settings, config.learning_rate, config.weight_decay, decay)
+    split = V1MuonSplit() if config.base == "muon" else None
+    plan = build_plan(named, mapping, settings, config.learning_rate, config.weight_decay, decay, split)
     check_plan(plan, "lora" if _is_peft(model) else "full")
     return plan, config
 

@@ -115,6 +115,35 @@ def test_module_lrs_equal_to_learning_rate_reproduce_a_stock_v1_run_exactly(tiny
     assert our_record["loss"] == stock_record["loss"] and our_record["grad_norm"] == stock_record["grad_norm"]
 
 
+@needs_registries
+def test_muon_as_the_base_reproduces_stock_v1_muon_and_steps_each_tensor_by_its_module_lr(tiny, v1_data, tmp_path, env):
+    """``base: muon``: v1's own Muon class over the module groups. With every module LR at ``learning_rate`` the run is
+    stock ``{name: muon}``'s tensor for tensor; with three module LRs each tensor's first step is the stock step times
+    its module's LR over ``learning_rate`` (Muon's and its AdamW's first updates are linear in the LR; no decay)."""
+    from tools.testing import owner
+
+    stock = {"name": "muon", "wd": 0.0}
+    same = {"name": "multilr", "base": "muon", "weight_decay": 0.0, **dict.fromkeys(LRS, 1.0e-3)}
+    modules = {"name": "multilr", "base": "muon", "weight_decay": 0.0, **LRS}
+    after = {}
+    for name, optim in (("stock", stock), ("same", same), ("modules", modules)):
+        config, out = v1_config(tmp_path, tiny(FAMILY), v1_data, name=name, optim_config=optim)
+        result = sft(config, env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        after[name] = weights(out)
+    output = result.stdout + result.stderr
+    assert "base: muon: v1's Muon steps the 2-D matrices" in output  # the table's Muon / AdamW split, per module
+    assert "vision_tower: Muon 10 tensors (32.77k params), AdamW 15 tensors (38.59k params)" in output
+    before = weights(tiny(FAMILY))
+    moved = [name for name in before if not torch.equal(before[name], after["stock"][name])]
+    assert len(moved) > 50
+    assert [name for name in before if not torch.equal(after["stock"][name], after["same"][name])] == []
+    for name in moved:
+        ratio = EXPECTED[owner(FAMILY, name)] / 1.0e-3
+        stock_step, module_step = after["stock"][name] - before[name], after["modules"][name] - before[name]
+        assert torch.allclose(module_step, stock_step * ratio, rtol=1e-3, atol=1e-7), (name, ratio)
+
+
 def expected_lr(module, step, total, warmup, start, ramp):
     """The LR the schedule must give ``module`` at optimizer step ``step`` (0-based), written out from its definition:
     HF's linear warm-up and cosine decay, times the module's own start and warm-up."""
@@ -205,7 +234,8 @@ REFUSED = [
     (
         {"optim_config": {"name": "multilr", "vision_lr": 1.0e-5}},
         "lf-multilr: `optim_config.vision_lr: 1e-05` is refused: it is not a key of lf-multilr's optimizer plugin "
-        "`multilr`. Fix: remove it, or use one of: lr, weight_decay, betas, eps, vision_tower_lr,",
+        "`multilr`. Fix: remove it, or use one of: lr, weight_decay, betas, eps, base, momentum, nesterov, ns_steps, "
+        "adamw_betas, adamw_eps, vision_tower_lr,",
     ),
     (  # the same key, check and message as v0's
         {"optim_config": {"name": "multilr", "vision_tower_lr": -1.0}},
@@ -233,6 +263,16 @@ REFUSED = [
         {"lr_scheduler_config": {"name": "multilr", "decay": "step"}},
         "lf-multilr: `lr_scheduler_config.decay: 'step'` is refused: it is not a decay the plugin knows. Fix: use one "
         "of: cosine, linear, constant",
+    ),
+    (
+        {"optim_config": {"name": "multilr", "base": "sgd"}},
+        "lf-multilr: `optim_config.base: 'sgd'` is refused: it is not an optimizer the plugin builds on. Fix: use one "
+        "of: adamw, muon",
+    ),
+    (
+        {"optim_config": {"name": "multilr", "base": "muon", "betas": [0.9, 0.99]}},
+        "lf-multilr: `optim_config.betas: [0.9, 0.99]` is refused: it is a key of the adamw base, and the plugin "
+        "builds on muon. Fix: set `base: adamw`, or remove the key (Muon's AdamW takes `adamw_betas` and `adamw_eps`)",
     ),
     (  # the audio tower apart is v0's
         {"optim_config": {"name": "multilr", "audio_tower_lr": 1.0e-6}},

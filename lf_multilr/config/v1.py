@@ -33,12 +33,19 @@ OPTIM_CONFIG, SCHEDULER_CONFIG = "optim_config", "lr_scheduler_config"
 TORCH_ADAMW_WEIGHT_DECAY = 0.01
 #: The keys of the optimizer plugin that are not lf-multilr's module keys: v1's own (``name``, and ``lr``, which v1
 #: sets from ``learning_rate``), the base weight decay, and AdamW's.
-OPTIM_OWN = ("name", "lr", "weight_decay", "betas", "eps")
+OPTIM_OWN = ("name", "lr", "weight_decay", "betas", "eps", "base")
+#: The bases the plugin builds its groups on: torch's AdamW (stock v1's default), or v1's own Muon.
+BASES = ("adamw", "muon")
+#: What stock v1's Muon plugin (``optim_config: {name: muon}``) uses when its config does not say: its weight decay
+#: (``wd``, on every tensor) and its own keys, which the plugin passes to the same class under ``base: muon``.
+MUON_WEIGHT_DECAY = 0.1
+MUON_KEYS = ("momentum", "nesterov", "ns_steps", "adamw_betas", "adamw_eps")
 #: v1 has no freeze flags: the plugin takes v0's (``freeze_vision_tower`` ...), one per module of the table that has
 #: one; a frozen module's parameters get no gradient, no group and no optimizer state.
 FREEZE_FLAGS = {row.freeze_flag: row.name for row in TABLE.rows if row.freeze_flag}
 OPTIM_KEYS: tuple[str, ...] = (
     *OPTIM_OWN,
+    *MUON_KEYS,
     *(key.name for key in KEYS),
     LR_GROUPS.name,
     *(switch.name for switch in SWITCHES),
@@ -94,6 +101,9 @@ class OptimConfig:
     log_module_metrics: bool = True
     #: The modules a ``freeze_*`` key freezes, in the table's order.
     frozen: tuple[str, ...] = ()
+    #: The optimizer the groups are built on (:data:`BASES`), and v1's Muon's own keyword arguments, as given.
+    base: str = "adamw"
+    muon: dict[str, Any] = field(default_factory=dict)
 
 
 def weight_decay_keys(table: Table) -> list[str]:
@@ -146,6 +156,10 @@ def read_optim_config(config: Mapping[str, Any]) -> OptimConfig:
     metrics = config.get(SWITCHES[0].name)
     flags = {flag: _switch(OPTIM_CONFIG, flag, config[flag]) for flag in FREEZE_FLAGS if config.get(flag) is not None}
     refuse_frozen(settings, SimpleNamespace(finetuning_type="full", additional_target=None, **flags))
+    base, muon = read_base(config)
+    if base == "muon":  # v1's Muon decays every tensor, at its own default where no weight-decay key is set
+        weight_decay = MUON_WEIGHT_DECAY if given_decay is None else weight_decay
+        decay_set = False
     return OptimConfig(
         settings,
         learning_rate,
@@ -154,7 +168,34 @@ def read_optim_config(config: Mapping[str, Any]) -> OptimConfig:
         adamw,
         SWITCHES[0].default if metrics is None else _switch(OPTIM_CONFIG, SWITCHES[0].name, metrics),
         tuple(module for flag, module in FREEZE_FLAGS.items() if flags.get(flag)),
+        base,
+        muon,
     )
+
+
+def read_base(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``base`` (:data:`BASES`) and, under ``base: muon``, v1's Muon keys as given; each base's own keys refused
+    under the other."""
+    base = config.get("base", "adamw")
+    if base not in BASES:
+        raise ConfigError(
+            f"{OPTIM_CONFIG}.base",
+            base,
+            "it is not an optimizer the plugin builds on",
+            f"use one of: {', '.join(BASES)}",
+        )
+    own = {"adamw": ("betas", "eps"), "muon": MUON_KEYS}
+    other = "muon" if base == "adamw" else "adamw"
+    for key in own[other]:
+        if config.get(key) is not None:
+            raise ConfigError(
+                f"{OPTIM_CONFIG}.{key}",
+                config[key],
+                f"it is a key of the {other} base, and the plugin builds on {base}",
+                f"set `base: {other}`, or remove the key"
+                + (" (Muon's AdamW takes `adamw_betas` and `adamw_eps`)" if base == "muon" else ""),
+            )
+    return base, {key: config[key] for key in MUON_KEYS if config.get(key) is not None}
 
 
 @dataclass(frozen=True)

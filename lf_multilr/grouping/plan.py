@@ -52,6 +52,9 @@ class MuonSplit:
     """LLaMA-Factory's Muon (``use_muon``): which tensors its ``_create_muon_optimizer`` hands to Muon, the rest going
     to Muon's internal AdamW. That class decays every tensor (its one ``wd``), so every role here decays."""
 
+    #: The table's line for it.
+    describe = "use_muon: LLaMA-Factory's Muon steps the 2-D matrices (not embeddings or lm_head), its AdamW the rest"
+
     @staticmethod
     def uses_muon(name: str, tensor: torch.Tensor) -> bool:
         """LLaMA-Factory's rule, on the name as the model's ``named_parameters()`` gives it: a 2-D tensor whose name
@@ -135,6 +138,8 @@ class GroupPlan:
     notes: list[str] = field(default_factory=list)
     #: Each grouped tensor's parameter name as ``named_parameters()`` gives it, wrapper prefixes removed (by ``id``).
     tensor_names: dict[int, str] = field(default_factory=dict)
+    #: How each module was split into roles (:data:`Split`).
+    split: Split = None
 
     def names_of(self, group: ModuleGroup) -> list[str]:
         """The parameter names of ``group``'s tensors, in the group's order."""
@@ -463,7 +468,7 @@ def build_plan(
     groups = order(bucket(params, rows, settings, decay_names, split, layers), rows)
     check_exactly_once(groups, params)
     other = [param.name for param in params if param.row == OTHER and param.tensor.requires_grad]
-    plan = GroupPlan(module_map, settings, rows, groups, other, supplement=supplement)
+    plan = GroupPlan(module_map, settings, rows, groups, other, supplement=supplement, split=split)
     plan.notes = notes(plan, stacks)
     plan.tensor_names = {id(param.tensor): normalize(param.name) for param in params}
     return plan

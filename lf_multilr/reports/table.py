@@ -6,7 +6,7 @@ supplement rule that placed parameters says which, where, and why the registry's
 
 from __future__ import annotations
 
-from lf_multilr.grouping.plan import GroupPlan, SupplementUse, numel
+from lf_multilr.grouping.plan import GroupPlan, MuonSplit, SupplementUse, numel
 
 
 def human(count: int) -> str:
@@ -32,10 +32,8 @@ def muon_lines(plan: GroupPlan) -> list[str]:
     with its AdamW. Nothing for other optimizers."""
     if not any(group["role"] in ("muon", "adamw") for group in plan.param_groups):
         return []
-    lines = [
-        "use_muon: LLaMA-Factory's Muon steps the 2-D matrices (not embeddings or lm_head), its AdamW the rest; "
-        "every tensor decays at its module's weight_decay"
-    ]
+    describe = plan.split.describe if isinstance(plan.split, MuonSplit) else MuonSplit.describe
+    lines = [f"{describe}; every tensor decays at its module's weight_decay"]
     for module in plan.rows:
         parts = []
         for role, label in (("muon", "Muon"), ("adamw", "AdamW")):
