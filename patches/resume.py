@@ -102,6 +102,21 @@ def key_renamer(model: Any, own_keys: Iterable[str]) -> Callable[[str], tuple[st
     return rename_v5
 
 
+def renamed_in_place(rename: Callable[[str], tuple[str, bool]], key: str, checkpoint: str, model_key: str) -> str:
+    """The model's name for a checkpoint tensor ``key``; refused where the tensor must be merged or split to fit
+    (``model_key``: how the fix names the config key that starts a new run from the checkpoint)."""
+    new_key, converted = rename(key)
+    if converted:
+        raise ConfigError(
+            "resume_from_checkpoint",
+            checkpoint,
+            f"its tensor `{key}` must be merged or split to fit this model (`{new_key}`), which lf-multilr cannot do "
+            "in place",
+            f"start a new run from its weights ({model_key})",
+        )
+    return new_key
+
+
 def load_full_checkpoint(model: Any, checkpoint: str, files: list[str]) -> Account:
     """Load every file of a full-model checkpoint into ``model`` in place; the account of what was filled."""
     named = model.state_dict(keep_vars=True)
@@ -110,15 +125,7 @@ def load_full_checkpoint(model: Any, checkpoint: str, files: list[str]) -> Accou
     for path in files:
         renamed: dict[str, torch.Tensor] = {}
         for key, tensor in _read(path).items():
-            new_key, converted = rename(key)
-            if converted:
-                raise ConfigError(
-                    "resume_from_checkpoint",
-                    checkpoint,
-                    f"its tensor `{key}` must be merged or split to fit this model (`{new_key}`), which lf-multilr "
-                    "cannot do in place",
-                    "start a new run from its weights (`model_name_or_path` set to the checkpoint)",
-                )
+            new_key = renamed_in_place(rename, key, checkpoint, "`model_name_or_path` set to the checkpoint")
             if new_key in named:
                 renamed[new_key] = tensor
             else:
@@ -234,18 +241,8 @@ def hub_layout_loading(model: Any, checkpoint: str) -> Iterator[None]:
     rename = key_renamer(model, model.state_dict().keys())
 
     def renamed_load(state_dict: Mapping[str, torch.Tensor], *load_args: Any, **load_kwargs: Any) -> Any:
-        renamed = {}
-        for key, tensor in state_dict.items():
-            new_key, converted = rename(key)
-            if converted:
-                raise ConfigError(
-                    "resume_from_checkpoint",
-                    checkpoint,
-                    f"its tensor `{key}` must be merged or split to fit this model (`{new_key}`), which lf-multilr "
-                    "cannot do in place",
-                    "start a new run from its weights (`model` set to the checkpoint's `model` folder)",
-                )
-            renamed[new_key] = tensor
+        fix = "`model` set to the checkpoint's `model` folder"
+        renamed = {renamed_in_place(rename, key, checkpoint, fix): tensor for key, tensor in state_dict.items()}
         return load(renamed, *load_args, **load_kwargs)
 
     model.load_state_dict = renamed_load

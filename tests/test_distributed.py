@@ -35,6 +35,7 @@ from tools.testing import (
     max_steps_by_module,
     one_step,
     owner,
+    rank_signature,
     run,
     step_records,
     train,
@@ -47,7 +48,7 @@ FAMILY = "qwen2_vl"
 LRS = {"vision_tower_lr": 1.0e-4, "multi_modal_projector_lr": 1.0e-3, "language_model_lr": 1.0e-2}
 EXPECTED = {"vision_tower": 1.0e-4, "multi_modal_projector": 1.0e-3, "language_model": 1.0e-2}
 MODULES = tuple(EXPECTED)
-SIGNATURE = re.compile(r"lf-multilr: rank (\d) of 2: 6 param groups, signature ([0-9a-f]{16}), the same on every rank")
+SIGNATURE = rank_signature(6)
 
 ACCELERATE = {
     "compute_environment": "LOCAL_MACHINE",

@@ -10,13 +10,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import re
 
 import pytest
 import torch
 import yaml
 
-from tools.testing import BIN, LLAMAFACTORY, ROOT, max_steps_by_module, one_step, owner, run, weights
+from tools.testing import BIN, LLAMAFACTORY, ROOT, max_steps_by_module, one_step, owner, rank_signature, run, weights
 
 FAMILY = "qwen2_5_vl"
 #: The v1 engine with one registry per plugin family (LLaMA-Factory main); 0.9.5's refuses the plugins by name.
@@ -397,7 +396,7 @@ def test_a_v1_trainer_whose_optimizer_lacks_the_groups_is_stopped_before_its_fir
 #: v1 on two CPU ranks needs one shim (tests/v1_cpu/sitecustomize.py: torch's CUDA build takes CUDA for the
 #: accelerator that v1 synchronizes after every step).
 CPU_SHIM = ROOT / "tests" / "v1_cpu"
-SIGNATURE = re.compile(r"lf-multilr: rank (\d) of 2: 4 param groups, signature ([0-9a-f]{16}), the same on every rank")
+SIGNATURE = rank_signature(4)
 
 
 def two_ranks(env):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -285,3 +286,10 @@ def decay_names(model: nn.Module) -> set[str]:
     """HF's default rule, restated for the toy: no decay for biases and LayerNorm weights."""
     norms = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.LayerNorm)}
     return {name for name, _ in model.named_parameters() if "bias" not in name and name not in norms}
+
+
+def rank_signature(groups: int) -> re.Pattern[str]:
+    """The line each of two ranks says of its ``groups`` param groups; ``findall`` gives (rank, signature) pairs."""
+    return re.compile(
+        rf"lf-multilr: rank (\d) of 2: {groups} param groups, signature ([0-9a-f]{{16}}), the same on every rank"
+    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 #: The ``lr_scheduler_type`` s whose decay ends at a known multiplier (:func:`decay_end`), where a floor is defined.
@@ -67,6 +68,14 @@ class Decay:
     ) -> Decay | None:
         end = decay_end(scheduler_type, kwargs, learning_rate)
         return None if end is None else cls(int(warmup_steps), end)
+
+
+def to_floor(
+    base: Callable[[int], float], warmup_steps: int, end: float, floor: float, lr: float
+) -> Callable[[int], float]:
+    """``base`` rescaled after the warm-up to decay a group at ``lr`` down to ``floor`` (:func:`floored`, as a
+    ``functools.partial``, which a ``LambdaLR`` checkpoints); a group held at 0 has no ratio to keep."""
+    return partial(floored, base, warmup_steps, end, floor / lr if lr > 0 else 0.0)
 
 
 def floored(base: Callable[[int], float], warmup_steps: int, end: float, rate: float, step: int) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 
 from lf_multilr.errors import ConfigError
 from lf_multilr.grouping.schema import floor_of, module_of, schedule_of
-from lf_multilr.training.floors import Decay, floored
+from lf_multilr.training.floors import Decay, to_floor
 
 #: Scheduler kwargs that are absolute learning rates, with the value the scheduler uses when unset.
 ABSOLUTE_BOUNDS: dict[str, dict[str, float]] = {
@@ -107,9 +107,7 @@ def gate_scheduler(scheduler: Any, param_groups: Sequence[dict[str, Any]], decay
                     "decay to",
                     "use a decaying lr_scheduler_type (e.g. cosine, linear, polynomial, warmup_stable_decay)",
                 )
-            initial = float(group["initial_lr"])
-            rate = floor / initial if initial > 0 else 0.0
-            base = partial(floored, base, decay.warmup_steps, decay.end, rate)
+            base = to_floor(base, decay.warmup_steps, decay.end, floor, float(group["initial_lr"]))
         lambdas[index] = gate(base, start, warmup)
         group["lr"] = group["initial_lr"] * lambdas[index](scheduler.last_epoch)
         gated += 1
@@ -159,7 +157,6 @@ def v1_lambdas(
                     "the scheduler plugin's `decay: constant` does not decay, so there is no floor to decay to",
                     "use `decay: cosine` or `decay: linear`",
                 )
-            lr = float(group.get("initial_lr", group["lr"]))
-            run = partial(floored, base, warmup, min_rate, floor / lr if lr > 0 else 0.0)
+            run = to_floor(base, warmup, min_rate, floor, float(group.get("initial_lr", group["lr"])))
         lambdas.append(gate(run, start, own) if start or own else run)
     return lambdas
