@@ -32,6 +32,7 @@ from lf_multilr.config.v1 import (
     PLUGIN,
     SCHEDULER_CONFIG,
     OptimConfig,
+    SchedulerConfig,
     names_plugin,
     read_optim_config,
     read_scheduler_config,
@@ -257,7 +258,7 @@ def refuse_top_level(settings: Settings) -> None:
 
 def check_plugin_configs(training_args: Any) -> bool:
     """Check what the v1 config gives lf-multilr's plugins; whether it names the optimizer plugin."""
-    named = False
+    read: dict[str, Any] = {}
     for section in (OPTIM_CONFIG, SCHEDULER_CONFIG):
         config = getattr(training_args, section, None)
         if not names_plugin(config):
@@ -265,30 +266,23 @@ def check_plugin_configs(training_args: Any) -> bool:
         why = unsupported(section)
         if why is not None:
             raise ConfigError(f"{section}.name", PLUGIN, why, V1_ELSEWHERE)
-        if section == OPTIM_CONFIG:
-            read_optim_config(config)
-            named = True
-        else:
-            read_scheduler_config(config)
-    if named:
-        refuse_floors_without_decay(training_args)
-    return named
+        read[section] = (read_optim_config if section == OPTIM_CONFIG else read_scheduler_config)(config)
+    if OPTIM_CONFIG in read:
+        refuse_floors_without_decay(read[OPTIM_CONFIG], read.get(SCHEDULER_CONFIG))
+    return OPTIM_CONFIG in read
 
 
-def refuse_floors_without_decay(training_args: Any) -> None:
+def refuse_floors_without_decay(optim: OptimConfig, scheduler: SchedulerConfig | None) -> None:
     """A floor (``<module>_min_lr``, an ``lr_groups`` entry's ``min_lr``) needs a decay to end at: v1 alone keeps a
-    constant LR, and the scheduler plugin's ``decay: constant`` does not decay."""
-    floors = read_optim_config(getattr(training_args, OPTIM_CONFIG)).settings.floors()
-    if not floors:
-        return
-    scheduler = getattr(training_args, SCHEDULER_CONFIG, None)
-    named = names_plugin(scheduler)
-    if named and scheduler is not None and read_scheduler_config(scheduler).decay != "constant":
+    constant LR (``scheduler`` None: the plugin not named), and the scheduler plugin's ``decay: constant`` does not
+    decay."""
+    floors = optim.settings.floors()
+    if not floors or (scheduler is not None and scheduler.decay != "constant"):
         return
     key, value = floors[0]
     why = (
         "the scheduler plugin's `decay: constant` does not decay"
-        if named
+        if scheduler is not None
         else f"without `{SCHEDULER_CONFIG}: {{name: {PLUGIN}}}` the v1 engine keeps a constant LR"
     )
     raise ConfigError(
