@@ -96,11 +96,11 @@ def sharded_norms(model: torch.nn.Module) -> tuple[Reduce | None, str | None]:
     if flat_parameters(named):
         return None, (
             "FSDP1 without `use_orig_params` flattens the parameters of several modules into one tensor, so no "
-            "module's gradient can be told apart"
+            "module's gradient can be told apart; a piece's norm is not the module's"
         )
     if any(type(param).__name__ == "DTensor" for _, param in named):  # FSDP2: norms of DTensors are global
         return None, None
     pieces = fsdp1_pieces(model)
     if isinstance(pieces, str):
-        return None, f"each rank holds only a piece of the gradients and {pieces}"
+        return None, f"each rank holds only a piece of the gradients and {pieces}; a piece's norm is not the module's"
     return pieces, None

@@ -18,6 +18,7 @@ from typing import Any
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lf_multilr.training.guard import Expected, missing_groups, stop_message, ungated, ungated_message
+from lf_multilr.training.layerwise import stepping_groups
 
 from ._state import STATE
 
@@ -82,11 +83,12 @@ def _verify(trainer: Any, optimizer: Any, step: int) -> None:
     """Stop the run unless ``optimizer`` holds the groups lf-multilr built, at their LRs, and every module that starts
     later than ``step`` (the optimizer step about to be taken) at LR 0."""
     expected = STATE.guard.expected
-    why = missing_groups(expected, optimizer.param_groups)
+    groups = stepping_groups(optimizer)  # a layer-wise run's: its per-tensor optimizers'
+    why = missing_groups(expected, groups)
     disarm()
     if why is not None:
         raise RuntimeError(stop_message(why, built_by(trainer, optimizer, expected)))
-    gate = ungated(optimizer.param_groups, step)
+    gate = ungated(groups, step)
     if gate is not None:
         raise RuntimeError(ungated_message(gate))
 

@@ -30,6 +30,7 @@ from lf_multilr.config.checks import (
     refuse_flat,
     refuse_floors,
     refuse_frozen,
+    refuse_layerwise,
     refuse_own_optimizers,
     refuse_ppo_schedule,
     refuse_structure_optim,
@@ -182,6 +183,7 @@ def preflight(settings: Settings, model_args: Any, training_args: Any, finetunin
     """Everything that can be refused before the model loads (the run and ``lf-multilr plan`` alike)."""
     if own_optimizer(finetuning_args) != "muon":  # LLaMA-Factory's Muon takes no `optim`
         refuse_structure_optim(settings, getattr(training_args, "optim", ""))
+    refuse_layerwise(settings, training_args, finetuning_args)
     refuse_floors(settings, training_args.lr_scheduler_type, float(training_args.learning_rate))
     refuse_deepspeed_blocks(settings, deepspeed_given(getattr(training_args, "deepspeed", None), os.environ))
     refuse_flat(settings, fsdp_of(getattr(training_args, "fsdp_plugin_args", None), os.environ))

@@ -10,20 +10,28 @@ from typing import Any
 from lf_multilr.config.settings import settings_of
 from lf_multilr.grouping.schema import ours
 from lf_multilr.reports.plots import plot_module_metrics
+from lf_multilr.training.layerwise import stepping_groups
 from lf_multilr.training.metrics import GradNormMonitor, Reduce, module_entries, module_lrs, will_log
 
 from ._state import STATE, warn_once
 from .distributed import sharded_norms
+from .guard import innermost
 from .registry import config_model_type, model_config, module_map
 
 
 def _sharding(trainer: Any) -> tuple[Reduce | None, str | None]:
     """How this trainer's per-module gradient norms are made whole across ranks: (a reducer or None; None, or why
     they cannot be). DDP's gradients are whole on every rank; FSDP2's are DTensors, whose norms are global; FSDP1's
-    with ``use_orig_params`` are pieces whose squares add up; DeepSpeed keeps them in its own partitioned buffers."""
+    with ``use_orig_params`` are pieces whose squares add up; DeepSpeed keeps them in its own partitioned buffers. A
+    layer-wise optimizer (one per tensor, stepped in the gradient hooks) leaves no gradient to measure."""
+    if getattr(innermost(getattr(trainer, "optimizer", None)), "optimizer_dict", None) is not None:
+        return None, "layer-wise GaLore / APOLLO steps and clears each gradient inside the backward pass"
     kind = str(getattr(getattr(trainer, "accelerator", None), "distributed_type", ""))
     if "DEEPSPEED" in kind:
-        return None, "under DeepSpeed each rank holds only a partition of the gradients, in DeepSpeed's own buffers"
+        return None, (
+            "under DeepSpeed each rank holds only a partition of the gradients, in DeepSpeed's own buffers; a piece's "
+            "norm is not the module's"
+        )
     if "FSDP" in kind:
         return sharded_norms(trainer.model)
     return None, None
@@ -39,11 +47,11 @@ def monitor_of(trainer: Any) -> GradNormMonitor | None:
         table = settings_of(finetuning_args).table
         mapping = module_map(config_model_type(model_config(trainer.model)), table)
         optimizer = getattr(trainer, "optimizer", None)
-        groups = ours(getattr(optimizer, "param_groups", []))
+        groups = ours(stepping_groups(innermost(optimizer))) if optimizer is not None else []
         reduce, withheld = _sharding(trainer) if mapping is not None or groups else (None, None)
         if withheld is not None:
             warn_once(
-                f"per-module gradient norms are not logged: {withheld}; a piece's norm is not the module's.",
+                f"per-module gradient norms are not logged: {withheld}.",
                 every_rank=False,
             )
         elif groups:
@@ -89,7 +97,7 @@ def wrap_get_learning_rate(original: Any) -> Any:
         value = original(self, *args, **kwargs)
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None and will_log(self.args, self.state):
-            STATE.step_lrs[self] = module_lrs(optimizer.param_groups)
+            STATE.step_lrs[self] = module_lrs(stepping_groups(innermost(optimizer)))
         return value
 
     return _get_learning_rate
@@ -103,7 +111,7 @@ def wrap_trainer_log(original: Any) -> Any:
         optimizer = getattr(self, "optimizer", None)
         lrs = STATE.step_lrs.pop(self, None)
         if optimizer is not None and "learning_rate" in logs:
-            logs.update(lrs if lrs is not None else module_lrs(optimizer.param_groups))
+            logs.update(lrs if lrs is not None else module_lrs(stepping_groups(innermost(optimizer))))
         monitor = STATE.monitors.get(self)
         if monitor is not None:
             logs.update(monitor.entries(self.state.global_step))

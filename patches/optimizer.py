@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 from functools import wraps
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 
 from lf_multilr.config.checks import (
+    layerwise_form,
     own_optimizer,
     refuse_absent_parts,
     refuse_flat_parameters,
@@ -21,7 +23,8 @@ from lf_multilr.grouping.checks import badam_ratio_warnings, check_plan
 from lf_multilr.grouping.placement import ModuleMap
 from lf_multilr.grouping.plan import GroupPlan, LoraPlus, MuonSplit, Projected, Split, build_plan
 from lf_multilr.reports.table import format_table
-from lf_multilr.training.metrics import stage_notes
+from lf_multilr.training import layerwise
+from lf_multilr.training.metrics import LAYERWISE_UNLOGGED, stage_notes
 
 from . import guard
 from ._state import logger
@@ -65,13 +68,22 @@ def optim_name(training_args: Any) -> str:
     return str(getattr(training_args.optim, "value", training_args.optim))
 
 
+def is_layerwise(training_args: Any, finetuning_args: Any) -> bool:
+    """Whether the run's GaLore or APOLLO is the layer-wise form (one optimizer per tensor, stepped in its gradient
+    hook): LLaMA-Factory's ``galore_layerwise`` / ``apollo_layerwise``, or HF's ``optim: *_layerwise``."""
+    return layerwise_form(training_args.optim, finetuning_args) is not None
+
+
 def hf_low_rank(training_args: Any, model: torch.nn.Module) -> tuple[str, Any, dict[str, Any], list[Any]] | None:
-    """HF's ``optim: galore_*`` / ``apollo_*`` in its non-layer-wise form (the layer-wise ones are refused before the
-    model loads): (kind, class, kwargs, HF's two groups: the other tensors, then the projected ones with the
-    projection's settings); None for any other ``optim``."""
+    """HF's ``optim: galore_*`` / ``apollo_*``: (kind, class, kwargs, HF's two groups: the other tensors, then the
+    projected ones with the projection's settings); None for any other ``optim``. The layer-wise forms are read as
+    their plain form (the same class, kwargs and groups: HF's layer-wise build would register its own hooks)."""
     optim = optim_name(training_args)
-    if not optim.startswith(("galore_", "apollo_")) or optim.endswith("layerwise"):
+    if not optim.startswith(("galore_", "apollo_")):
         return None
+    if optim.endswith("_layerwise"):
+        training_args = copy.copy(training_args)
+        training_args.optim = type(training_args.optim)(optim.removesuffix("_layerwise"))
     cls, kwargs = transformers_trainer().get_optimizer_cls_and_kwargs(training_args, model)
     groups = kwargs.pop("params")
     return optim.split("_", 1)[0], cls, kwargs, groups
@@ -153,7 +165,8 @@ def projected_optimizer(
     """GaLore's or APOLLO's optimizer over the plan's groups: the class and kwargs stock picks (LLaMA-Factory's for
     its flags, HF's for its ``optim``), the projection's settings on each module's projected group. APOLLO seeds each
     tensor's random projection by its position among the groups: each keeps the seed stock grouping gives it, so
-    regrouping changes no projection."""
+    regrouping changes no projection. The layer-wise form (:mod:`lf_multilr.training.layerwise`): one such optimizer
+    per tensor, over a one-tensor copy of its module's group."""
     low_rank = hf_low_rank(training_args, model) if own_optimizer(finetuning_args) is None else None
     if low_rank is not None:
         _, cls, kwargs, stock_groups = low_rank
@@ -171,6 +184,8 @@ def projected_optimizer(
     for group in param_groups:
         if group["role"] == split.kind:
             group.update(settings)
+    if is_layerwise(training_args, finetuning_args):  # each tensor seeded 1, as in stock's one-tensor optimizers
+        return layerwise.build(param_groups, lambda group: cls([group], **kwargs), float(training_args.learning_rate))
     optimizer = cls(param_groups, **kwargs)
     if split.kind == "apollo":
         for group in optimizer.param_groups:
@@ -254,6 +269,8 @@ def build_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, 
         split,
         fsdp1_sizes(model),
     )
+    if is_layerwise(training_args, finetuning_args):
+        plan.notes.append(LAYERWISE_UNLOGGED)
     if own_optimizer(finetuning_args) == "badam":  # its ratio mode: the layer mode is refused
         plan.warnings.extend(badam_ratio_warnings(plan, [name for name, _ in model.named_parameters()]))
     decays = [key for key in settings.set_keys() if key.endswith("_weight_decay")]
@@ -320,7 +337,7 @@ def wrap_create_custom_optimizer(original: Any) -> Any:
             cls, kwargs = optimizer_cls_and_kwargs(training_args, model, settings)
             optimizer = cls(plan.param_groups, **kwargs)
             keep_embeddings_in_32_bits(cls, kwargs, model)
-        guard.expect(optimizer.param_groups)
+        guard.expect(layerwise.stepping_groups(optimizer))
         plan.notes.extend(stage_notes(getattr(finetuning_args, "stage", None)))
         logger().info_rank0(format_table(plan, warnings=False))
         for warning in plan.warnings:

@@ -81,15 +81,6 @@ CASES = {
         r"OFT put no adapter on it",
     ),
     # LLaMA-Factory's own optimizers whose structure cannot hold the module groups (the others take them)
-    "galore": (
-        {"vision_tower_lr": 1e-5, "use_galore": True, "galore_layerwise": True},
-        r"`galore_layerwise: true` is set, and layer-wise GaLore steps one optimizer per tensor inside its "
-        r"gradient hook.*Fix: set `galore_layerwise: false`",
-    ),
-    "apollo": (
-        {"vision_tower_lr": 1e-5, "use_apollo": True, "apollo_layerwise": True},
-        r"`apollo_layerwise: true` is set, and layer-wise APOLLO steps one optimizer per tensor",
-    ),
     "badam": (
         {"vision_tower_lr": 1e-5, "use_badam": True},
         r"`badam_mode: layer` is set, and BAdam's BlockOptimizer gives every group the first group's LR.*"
@@ -103,14 +94,18 @@ CASES = {
     # HF optimizers that build their own parameter structure: refused before the model loads, not at optimizer time
     "optim lomo": ({"vision_tower_lr": 1e-5, "optim": "lomo"}, r"`optim: lomo` builds its own parameter structure"),
     "optim adalomo": ({"language_model_lr": 1e-5, "optim": "adalomo"}, r"`optim: adalomo` builds its own"),
-    "optim galore": (
-        {"vision_tower_lr": 1e-5, "optim": "galore_adamw_layerwise", "optim_target_modules": ["q_proj"]},
-        r"`optim: galore_adamw_layerwise` builds its own parameter structure",
+    # the layer-wise GaLore / APOLLO forms take the module groups (one optimizer per tensor), but cannot accumulate
+    # gradients or resume (LLaMA-Factory's `galore_layerwise` / `apollo_layerwise`: tests/test_optimizers.py, where
+    # their packages are installed)
+    "optim galore layerwise accumulation": (
+        {"vision_tower_lr": 1e-5, "optim": "galore_adamw_layerwise", "gradient_accumulation_steps": 2},
+        r"`gradient_accumulation_steps: 2` is refused: `optim: galore_adamw_layerwise` steps each tensor's optimizer "
+        r"inside its gradient hook.*Fix: set `gradient_accumulation_steps: 1`.*or use `optim: galore_adamw`",
     ),
-    "optim apollo": (
-        {"vision_tower_lr": 1e-5, "optim": "apollo_adamw_layerwise", "optim_target_modules": ["q_proj"]},
-        r"`optim: apollo_adamw_layerwise` builds its own parameter structure.*Fix: use its non-layer-wise form "
-        r"\(`optim: apollo_adamw`",
+    "optim apollo layerwise resume": (
+        {"vision_tower_lr": 1e-5, "optim": "apollo_adamw_layerwise", "resume_from_checkpoint": "ckpt"},
+        r"`resume_from_checkpoint: 'ckpt'` is refused: `optim: apollo_adamw_layerwise` keeps each tensor's optimizer "
+        r"state and schedule outside the checkpoint.*Fix: train afresh.*`optim: apollo_adamw` from the start",
     ),
     # the audio tower's keys, checked like the others; on a model without an audio tower, refused by name
     "audio negative": ({"audio_tower_lr": -1e-5}, r"`audio_tower_lr: -1e-05` is refused: a learning rate cannot be"),

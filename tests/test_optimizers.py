@@ -4,7 +4,7 @@ packages are installed there only, since every LLaMA-Factory start-up imports Ga
 import pytest
 import torch
 
-from tools.testing import base_config
+from tools.testing import base_config, clean_env, log_records, owner, train, weights, write_config
 
 pytestmark = pytest.mark.optim
 
@@ -218,3 +218,168 @@ def test_hf_s_galore_and_apollo_optims_step_each_tensor_at_its_modules_lr(optim,
 
     moved, _ = steps_match_stock(model, ours, stock_for, 0.01)
     assert moved == {name for name, param in model.named_parameters() if param.requires_grad}
+
+
+def backward_with(model, grads):
+    """One backward pass whose gradient on every trainable tensor is ``grads[name]``: it fires the post-accumulate-grad
+    hooks where a layer-wise optimizer steps, as a training step's backward pass does."""
+    loss = sum((param * grads[name]).sum() for name, param in model.named_parameters() if param.requires_grad)
+    loss.backward()
+
+
+LAYERWISE = {
+    "galore": {"use_galore": True, "galore_layerwise": True, "galore_rank": 4, "galore_update_interval": 1},
+    "apollo": {"use_apollo": True, "apollo_layerwise": True, "apollo_rank": 4, "apollo_update_interval": 1},
+    "galore_adamw_layerwise": {"optim": "galore_adamw_layerwise", "optim_args": "rank=4,update_proj_gap=1"},
+    "apollo_adamw_layerwise": {"optim": "apollo_adamw_layerwise", "optim_args": "rank=4,update_proj_gap=1"},
+}
+
+
+@pytest.mark.parametrize("form", list(LAYERWISE))
+def test_layerwise_galore_and_apollo_step_every_tensor_in_its_hook_as_stock_at_its_modules_lr(form, prepared):
+    """The layer-wise forms, LLaMA-Factory's flags and HF's `optim: *_layerwise` alike: one optimizer per tensor, each
+    holding a one-tensor copy of its module's group (LR, weight decay, role), stepped in the tensor's gradient hook;
+    after two backward passes every tensor ends exactly where the stock layer-wise optimizer, built with its LR and
+    weight decay as the run's, takes it (APOLLO seeds each one-tensor optimizer as stock does)."""
+    import copy
+
+    from llamafactory.train import trainer_utils
+    from transformers import Trainer
+
+    from lf_multilr.training.layerwise import LayerwiseOptimizer, stepping_groups
+
+    own = not form.startswith(("galore_", "apollo_"))
+    kind = form.split("_")[0]
+    settings = {**LAYERWISE[form], "gradient_accumulation_steps": 1}
+    settings.update(
+        {"optim": "adamw_torch", f"{kind}_target": "all"} if own else {"optim_target_modules": "all-linear"}
+    )
+    keys = KEYS if own else {**LRS, "vision_tower_lr_layer_decay": 0.5}  # HF's build applies no weight decay
+    model, training_args, finetuning_args = prepared(weight_decay=0.01, **settings, **keys)
+    ours = trainer_utils.create_custom_optimizer(model, training_args, finetuning_args)
+    assert type(ours) is LayerwiseOptimizer and ours.step() is None
+    groups = stepping_groups(ours)
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    assert len(groups) == len(trainable) and all(len(group["params"]) == 1 for group in groups)
+    assert {(g["module"], g["role"]) for g in groups} >= {("language_model", kind), ("vision_tower", kind)}
+    names = {id(param): name for name, param in model.named_parameters()}
+    for group in groups:
+        lr, wd = expected_lr_wd(names[id(group["params"][0])], 0.01)
+        assert group["lr"] == pytest.approx(lr)
+        assert group["weight_decay"] == (wd if own and group["role"] != "no_decay" else 0.0)  # HF's: none
+
+    def stock_for(copy_model, lr, wd):  # registers its own hooks on copy_model, as stock does
+        args = copy.copy(training_args)
+        args.learning_rate, args.weight_decay = lr, wd
+        if own:
+            return getattr(trainer_utils, f"_create_{kind}_optimizer")(copy_model, args, finetuning_args)
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, copy_model)
+        return kwargs["optimizer_dict"]
+
+    start = {name: param.detach().clone() for name, param in model.named_parameters()}
+    pairs = {expected_lr_wd(name, 0.01) for name in start}
+    stocks = {}
+    for lr, wd in pairs:
+        copy_model = copy.deepcopy(model)
+        for param in copy_model.parameters():
+            param._post_accumulate_grad_hooks = None  # deepcopy carries ours along; stock registers its own
+        stocks[lr, wd] = (copy_model, stock_for(copy_model, lr, wd))
+    torch.manual_seed(0)
+    for _ in range(2):
+        grads = {name: torch.randn_like(param) for name, param in model.named_parameters()}
+        for each in [model, *(copy_model for copy_model, _ in stocks.values())]:
+            backward_with(each, grads)
+    for name, param in model.named_parameters():
+        stock_model = stocks[expected_lr_wd(name, 0.01)][0]
+        assert torch.equal(param, dict(stock_model.named_parameters())[name]), name
+        assert not torch.equal(param, start[name]) or not param.requires_grad, name
+        assert param.grad is None or not param.grad.any(), name  # stepped and cleared in the hook
+
+
+# End to end: real `llamafactory-cli train` runs of GaLore with the keys, layer-wise and not, four cosine steps with a
+# module that starts late, one that warms up and one that decays to a floor of its own. Per tensor, the layer-wise step
+# is the same GaLore AdamW step on the same gradient (nothing clips: `max_grad_norm: 0`, since the layer-wise form
+# steps before HF would clip), so both runs must train alike, the schedule's gates included.
+GALORE_RUN = {
+    "use_galore": True,
+    "galore_rank": 4,
+    "galore_update_interval": 1,
+    "galore_target": "all",
+    "optim": "adamw_torch",
+    "max_grad_norm": 0.0,
+    "weight_decay": 0.01,
+    "adam_epsilon": 1.0e-8,
+    "max_steps": 4,
+    "lr_scheduler_type": "cosine",
+    "save_strategy": "steps",
+    "save_steps": 2,
+    "save_only_model": True,
+    **LRS,
+    "vision_tower_start_step": 2,
+    "multi_modal_projector_warmup_steps": 2,
+    "language_model_min_lr": 1.0e-3,
+}
+
+
+@pytest.fixture(scope="module")
+def galore_runs(tiny, data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("galore")
+    (folder / "hf_home").mkdir()
+    env = clean_env(folder / "hf_home")
+    runs = {}
+    for name, layerwise in (("grouped", False), ("layerwise", True)):
+        config, out = write_config(folder / name, tiny(FAMILY), data, FAMILY, **GALORE_RUN, galore_layerwise=layerwise)
+        result = train(config, env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = (result, out)
+    return runs
+
+
+@pytest.mark.slow
+def test_layerwise_galore_trains_as_grouped_galore_with_each_modules_start_warmup_and_floor(galore_runs, tiny):
+    (_, grouped_out), (layerwise, layerwise_out) = galore_runs["grouped"], galore_runs["layerwise"]
+    records = {name: [r for r in log_records(out) if "loss" in r] for name, (_, out) in galore_runs.items()}
+    assert len(records["layerwise"]) == 4
+    for ours, theirs in zip(records["layerwise"], records["grouped"], strict=True):
+        lrs = {key: value for key, value in ours.items() if key.startswith("lr/")}
+        assert lrs == pytest.approx({key: theirs[key] for key in lrs}, rel=1e-9)
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert not any(key.startswith("grad_norm/") for key in ours)  # none left to measure: said in the table
+    first, second, third = records["layerwise"][:3]
+    assert first["lr/vision_tower"] == second["lr/vision_tower"] == 0.0 < third["lr/vision_tower"]
+    assert first["lr/multi_modal_projector"] == pytest.approx(0.5e-3)  # half of its warm-up
+    assert records["layerwise"][-1]["lr/language_model"] > 1.0e-3  # on its way down to its floor, not below it
+    assert "layer-wise GaLore / APOLLO: grad_norm/<module> is not logged" in layerwise.stdout
+    before = weights(tiny(FAMILY))
+    at_two, end, grouped_end = weights(layerwise_out / "checkpoint-2"), weights(layerwise_out), weights(grouped_out)
+    moved_by_two = {owner(FAMILY, name) for name, tensor in at_two.items() if not torch.equal(tensor, before[name])}
+    assert moved_by_two == {"language_model", "multi_modal_projector"}  # the vision tower starts at step 2
+    for name, tensor in end.items():
+        assert not torch.equal(tensor, before[name]), name
+        assert torch.allclose(tensor, grouped_end[name], rtol=0, atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            {"use_galore": True, "galore_layerwise": True, "gradient_accumulation_steps": 4},
+            r"`gradient_accumulation_steps: 4` is refused: `galore_layerwise: true` steps each tensor's optimizer "
+            r"inside its gradient hook after every backward pass, so it cannot accumulate gradients.*Fix: set "
+            r"`gradient_accumulation_steps: 1`.*or use `galore_layerwise: false`",
+        ),
+        (
+            {"use_apollo": True, "apollo_layerwise": True, "resume_from_checkpoint": "ckpt"},
+            r"`resume_from_checkpoint: 'ckpt'` is refused: `apollo_layerwise: true` keeps each tensor's optimizer "
+            r"state and schedule outside the checkpoint.*restart every module's schedule at step 0.*Fix: train afresh",
+        ),
+    ],
+    ids=["galore accumulation", "apollo resume"],
+)
+def test_what_the_layerwise_forms_cannot_do_is_refused_before_the_model_loads(flags, message, tiny, data, tmp_path):
+    from llamafactory.hparams import get_train_args
+
+    config = {**base_config(tiny(FAMILY), data, FAMILY, tmp_path / "out"), "vision_tower_lr": 1e-5, **flags}
+    with pytest.raises(ValueError, match=message):
+        get_train_args(config)
+    assert not (tmp_path / "out").exists()

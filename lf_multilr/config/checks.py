@@ -43,16 +43,6 @@ def _own_structure(finetuning_args: Any) -> tuple[str, Any, str, str] | None:
     """(flag, value, why, fix) where LLaMA-Factory's own optimizer keeps a structure that cannot hold the module
     groups; None where lf-multilr builds it with them."""
     builds = own_optimizer(finetuning_args)
-    for kind, label in (("galore", "GaLore"), ("apollo", "APOLLO")):
-        if builds == kind and getattr(finetuning_args, f"{kind}_layerwise", False):
-            return (
-                f"{kind}_layerwise",
-                "true",
-                f"layer-wise {label} steps one optimizer per tensor inside its gradient hook, under one scheduler per "
-                "tensor that LLaMA-Factory builds itself, where lf-multilr's module start steps, first-step check and "
-                "per-module logs cannot reach",
-                f"set `{kind}_layerwise: false` (the module keys work with its non-layer-wise form)",
-            )
     if builds == "badam" and getattr(finetuning_args, "badam_mode", "layer") == "layer":
         return (
             "badam_mode",
@@ -100,10 +90,9 @@ def refuse_optimizer_structure(settings: Settings, optim: str) -> None:
 
 
 #: HF ``optim`` values whose optimizer builds its own parameter structure instead of taking param groups (HF hands
-#: them ``model`` or ``optimizer_dict``): LOMO, AdaLOMO, and the layer-wise GaLore and APOLLO forms (their other forms
-#: are built with the module groups).
+#: them ``model``): LOMO and AdaLOMO. (The layer-wise GaLore and APOLLO forms are built with the module groups, one
+#: optimizer per tensor: :mod:`lf_multilr.training.layerwise`.)
 STRUCTURE_OPTIMS = frozenset({"lomo", "adalomo"})
-STRUCTURE_OPTIM_PREFIXES = ("galore_", "apollo_")
 
 
 def refuse_structure_optim(settings: Settings, optim: Any) -> None:
@@ -112,13 +101,50 @@ def refuse_structure_optim(settings: Settings, optim: Any) -> None:
     name = str(getattr(optim, "value", optim))
     if name in STRUCTURE_OPTIMS:
         refuse_optimizer_structure(settings, name)
-    if name.startswith(STRUCTURE_OPTIM_PREFIXES) and name.endswith("_layerwise"):
-        raise refusal(
-            settings,
-            f"`optim: {name}` builds its own parameter structure (one optimizer per tensor, stepped inside its "
-            "gradient hook under LLaMA-Factory's per-tensor schedulers), which would drop the module groups",
-            f"use its non-layer-wise form (`optim: {name.removesuffix('_layerwise')}`, which takes the module "
-            "groups), or remove the lf-multilr keys",
+
+
+def layerwise_form(optim: Any, finetuning_args: Any) -> tuple[str, str] | None:
+    """How the run asks for layer-wise GaLore or APOLLO (one optimizer per tensor, stepped in its gradient hook), and
+    its plain form: (``galore_layerwise: true``, ``galore_layerwise: false``), the same for APOLLO, or HF's
+    (``optim: galore_adamw_layerwise``, ``optim: galore_adamw``); None where it does not."""
+    builds = own_optimizer(finetuning_args)
+    if builds in ("galore", "apollo"):
+        flag = f"{builds}_layerwise"
+        return (f"{flag}: true", f"{flag}: false") if getattr(finetuning_args, flag, False) else None
+    name = str(getattr(optim, "value", optim))
+    if builds is None and name.startswith(("galore_", "apollo_")) and name.endswith("_layerwise"):
+        return f"optim: {name}", f"optim: {name.removesuffix('_layerwise')}"
+    return None
+
+
+def refuse_layerwise(settings: Settings, training_args: Any, finetuning_args: Any) -> None:
+    """What layer-wise GaLore / APOLLO cannot do with the module groups, refused before the weights load: accumulate
+    gradients (each tensor steps in its hook after every backward pass: LLaMA-Factory and HF refuse it only when
+    they build the optimizer), and resume (the checkpoint holds the trainer's dummy optimizer, not the per-tensor
+    optimizers and schedules)."""
+    forms = layerwise_form(getattr(training_args, "optim", ""), finetuning_args)
+    if forms is None:
+        return
+    form, plain = forms
+    accumulation = int(getattr(training_args, "gradient_accumulation_steps", 1) or 1)
+    if accumulation != 1:
+        raise ConfigError(
+            "gradient_accumulation_steps",
+            accumulation,
+            f"`{form}` steps each tensor's optimizer inside its gradient hook after every backward pass, so it "
+            "cannot accumulate gradients (LLaMA-Factory and HF refuse it too, once the weights have loaded)",
+            f"set `gradient_accumulation_steps: 1` (a larger `per_device_train_batch_size` instead), or use `{plain}`",
+        )
+    resume = getattr(training_args, "resume_from_checkpoint", None)
+    if resume:
+        raise ConfigError(
+            "resume_from_checkpoint",
+            resume,
+            f"`{form}` keeps each tensor's optimizer state and schedule outside the checkpoint (the trainer saves only "
+            "its dummy optimizer), so the resumed run would restart every module's schedule at step 0 (its start "
+            "step and warm-up again, its decay from the top) and every optimizer state from zero",
+            f"train afresh (a new `output_dir`, or `overwrite_output_dir: true`), or train with `{plain}` from the "
+            f"start, or remove the lf-multilr keys ({', '.join(settings.set_keys())})",
         )
 
 

@@ -125,3 +125,11 @@ PPO_UNLOGGED = (
 def stage_notes(stage: str | None) -> list[str]:
     """The table's lines about what the run's stage leaves out of the per-module logs."""
     return [PPO_UNLOGGED] if stage == "ppo" else []
+
+
+#: What a layer-wise GaLore / APOLLO run does not log, and why (LLaMA-Factory warns the same of its ``grad_norm``).
+LAYERWISE_UNLOGGED = (
+    "layer-wise GaLore / APOLLO: grad_norm/<module> is not logged: each tensor's optimizer steps and clears its "
+    "gradient inside the backward pass, so no gradient is left where HF measures the norm (HF's own grad_norm reads "
+    "0); lr/<module> is logged from the per-tensor optimizers"
+)
