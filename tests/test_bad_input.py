@@ -102,6 +102,24 @@ CASES = {
         r"`gradient_accumulation_steps: 2` is refused: `optim: galore_adamw_layerwise` steps each tensor's optimizer "
         r"inside its gradient hook.*Fix: set `gradient_accumulation_steps: 1`.*or use `optim: galore_adamw`",
     ),
+    "optim galore layerwise ppo": (
+        {"vision_tower_lr": 1e-5, "optim": "galore_adamw_layerwise", **PPO},
+        r"`stage: 'ppo'` is refused: `stage: ppo` builds its LR scheduler itself.*under `optim: "
+        r"galore_adamw_layerwise` no tensor's own optimizer would follow the run's schedule.*Fix: use `optim: "
+        r"galore_adamw` under PPO",
+    ),
+    "optim galore layerwise plateau": (
+        {
+            "vision_tower_lr": 1e-5,
+            "optim": "galore_adamw_layerwise",
+            "lr_scheduler_type": "reduce_lr_on_plateau",
+            "eval_strategy": "steps",
+            "eval_steps": 1,
+            "val_size": 0.5,
+        },
+        r"`lr_scheduler_type: 'reduce_lr_on_plateau'` is refused: `optim: galore_adamw_layerwise` steps each "
+        r"tensor's scheduler in its gradient hook",
+    ),
     "optim apollo layerwise resume": (
         {"vision_tower_lr": 1e-5, "optim": "apollo_adamw_layerwise", "resume_from_checkpoint": "ckpt"},
         r"`resume_from_checkpoint: 'ckpt'` is refused: `optim: apollo_adamw_layerwise` keeps each tensor's optimizer "

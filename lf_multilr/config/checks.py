@@ -118,14 +118,32 @@ def layerwise_form(optim: Any, finetuning_args: Any) -> tuple[str, str] | None:
 
 
 def refuse_layerwise(settings: Settings, training_args: Any, finetuning_args: Any) -> None:
-    """What layer-wise GaLore / APOLLO cannot do with the module groups, refused before the weights load: accumulate
-    gradients (each tensor steps in its hook after every backward pass: LLaMA-Factory and HF refuse it only when
-    they build the optimizer), and resume (the checkpoint holds the trainer's dummy optimizer, not the per-tensor
-    optimizers and schedules)."""
+    """What layer-wise GaLore / APOLLO cannot do with the module groups, refused before the weights load: PPO (its own
+    scheduler never reaches the per-tensor optimizers), ``reduce_lr_on_plateau`` (no eval loss in a gradient hook),
+    accumulating gradients (each tensor steps in its hook after every backward pass: LLaMA-Factory and HF refuse it
+    only when they build the optimizer), and resuming (the checkpoint holds the trainer's dummy optimizer, not the
+    per-tensor optimizers and schedules)."""
     forms = layerwise_form(getattr(training_args, "optim", ""), finetuning_args)
     if forms is None:
         return
     form, plain = forms
+    if getattr(finetuning_args, "stage", None) == "ppo":
+        raise ConfigError(
+            "stage",
+            "ppo",
+            f"`stage: ppo` builds its LR scheduler itself (transformers' get_scheduler) over the trainer's optimizer "
+            f"alone, so under `{form}` no tensor's own optimizer would follow the run's schedule",
+            f"use `{plain}` under PPO, or remove the lf-multilr keys ({', '.join(settings.set_keys())})",
+        )
+    scheduler = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+    if scheduler == "reduce_lr_on_plateau":
+        raise ConfigError(
+            "lr_scheduler_type",
+            scheduler,
+            f"`{form}` steps each tensor's scheduler in its gradient hook, where no eval loss is at hand for "
+            "`reduce_lr_on_plateau` (stock fails there at the first step)",
+            f"use a scheduled lr_scheduler_type (e.g. cosine, linear, constant), or `{plain}`",
+        )
     accumulation = int(getattr(training_args, "gradient_accumulation_steps", 1) or 1)
     if accumulation != 1:
         raise ConfigError(
