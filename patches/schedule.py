@@ -67,8 +67,7 @@ def wrap_create_scheduler(original: Any) -> Any:
         held = guard.innermost(optimizer if optimizer is not None else self.optimizer)
         if isinstance(held, layerwise.LayerwiseOptimizer):
             run = original(self, num_training_steps, optimizer, *args, **kwargs)  # the dummy's: `learning_rate`
-            if not held.schedulers:
-                per_tensor(self, held, num_training_steps, run)
+            per_tensor(self, held, num_training_steps, run)  # anew for each run scheduler HF builds
             return run
         groups = held.param_groups
         if not ours(groups):  # only optimizers lf-multilr built

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lf_multilr.config.checks import refuse_deepspeed_blocks
+from lf_multilr.config.checks import refuse_deepspeed_blocks, refuse_layerwise
 from lf_multilr.config.settings import Settings
 from lf_multilr.patches.hparams import own_hyper_parallel_trainer
 from tools.testing import PROJECTOR_COPY, WEIGHTS_LOADING, base_config, train, write_config
@@ -117,13 +117,23 @@ CASES = {
             "eval_steps": 1,
             "val_size": 0.5,
         },
-        r"`lr_scheduler_type: 'reduce_lr_on_plateau'` is refused: `optim: galore_adamw_layerwise` steps each "
-        r"tensor's scheduler in its gradient hook",
+        r"`lr_scheduler_type: 'reduce_lr_on_plateau'` is refused: `optim: galore_adamw_layerwise` gives each "
+        r"tensor a scheduler of its own, stepped without an eval loss",
+    ),
+    "optim apollo layerwise greedy": (
+        {
+            "vision_tower_lr": 1e-5,
+            "optim": "apollo_adamw_layerwise",
+            "lr_scheduler_type": "greedy",
+            **{"eval_strategy": "steps", "eval_steps": 1, "val_size": 0.5},
+        },
+        r"`lr_scheduler_type: 'greedy'` is refused: `optim: apollo_adamw_layerwise` gives each tensor a scheduler of "
+        r"its own, stepped without an eval loss",
     ),
     "optim apollo layerwise resume": (
         {"vision_tower_lr": 1e-5, "optim": "apollo_adamw_layerwise", "resume_from_checkpoint": "ckpt"},
         r"`resume_from_checkpoint: 'ckpt'` is refused: `optim: apollo_adamw_layerwise` keeps each tensor's optimizer "
-        r"state and schedule outside the checkpoint.*Fix: train afresh.*`optim: apollo_adamw` from the start",
+        r"state outside the checkpoint.*Adam moments.*Fix: train afresh.*`optim: apollo_adamw` from the start",
     ),
     # the audio tower's keys, checked like the others; on a model without an audio tower, refused by name
     "audio negative": ({"audio_tower_lr": -1e-5}, r"`audio_tower_lr: -1e-05` is refused: a learning rate cannot be"),
@@ -350,3 +360,26 @@ def test_every_new_key_is_checked_by_llamafactorys_parser_naming_it(key, value, 
     message = str(refused.value)
     assert f"lf-multilr: `{key}: {value!r}` is refused: {BAD_VALUES[value]}" in message, message
     assert "Fix:" in message and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("optim", "flags", "key"),
+    [
+        ("galore_adamw_layerwise", {}, "optim"),
+        ("adamw_torch", {"use_apollo": True, "apollo_layerwise": True}, "apollo_layerwise"),
+    ],
+)
+def test_layerwise_forms_under_several_processes_are_refused_naming_the_form(optim, flags, key):
+    """Under DDP a tensor's optimizer would step on its rank's own gradient, before DDP averages it: refused (HF
+    refuses its own forms only when it builds the optimizer, and lf-multilr reads HF's as their plain form; the
+    parser's `parallel_mode` needs a launched process group, so the check is called with it here)."""
+    training_args = SimpleNamespace(
+        optim=optim, parallel_mode=SimpleNamespace(value="distributed"), lr_scheduler_type="cosine"
+    )
+    finetuning_args = SimpleNamespace(stage="sft", **flags)
+    with pytest.raises(
+        ValueError,
+        match=rf"`{key}: .*` is refused: each tensor's optimizer would step in its gradient "
+        r"hook on its own rank's gradient, before DDP averages it.*Fix: use `",
+    ):
+        refuse_layerwise(Settings.read(SimpleNamespace(vision_tower_lr=1e-5)), training_args, finetuning_args)

@@ -371,7 +371,8 @@ def test_layerwise_galore_trains_as_grouped_galore_with_each_modules_start_warmu
         (
             {"use_apollo": True, "apollo_layerwise": True, "resume_from_checkpoint": "ckpt"},
             r"`resume_from_checkpoint: 'ckpt'` is refused: `apollo_layerwise: true` keeps each tensor's optimizer "
-            r"state and schedule outside the checkpoint.*restart every module's schedule at step 0.*Fix: train afresh",
+            r"state outside the checkpoint.*restart every tensor's Adam moments and GaLore / APOLLO projection "
+            r"from zero.*Fix: train afresh",
         ),
     ],
     ids=["galore accumulation", "apollo resume"],

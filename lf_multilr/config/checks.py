@@ -119,10 +119,11 @@ def layerwise_form(optim: Any, finetuning_args: Any) -> tuple[str, str] | None:
 
 def refuse_layerwise(settings: Settings, training_args: Any, finetuning_args: Any) -> None:
     """What layer-wise GaLore / APOLLO cannot do with the module groups, refused before the weights load: PPO (its own
-    scheduler never reaches the per-tensor optimizers), ``reduce_lr_on_plateau`` (no eval loss in a gradient hook),
-    accumulating gradients (each tensor steps in its hook after every backward pass: LLaMA-Factory and HF refuse it
-    only when they build the optimizer), and resuming (the checkpoint holds the trainer's dummy optimizer, not the
-    per-tensor optimizers and schedules)."""
+    scheduler never reaches the per-tensor optimizers), several processes (a tensor would step on its rank's
+    gradient), ``reduce_lr_on_plateau`` and ``greedy`` (they step on an eval loss), accumulating gradients (each
+    tensor steps in its hook after every backward pass: LLaMA-Factory and HF refuse it only when they build the
+    optimizer), and resuming (the checkpoint holds the trainer's dummy optimizer, not the per-tensor optimizers'
+    states)."""
     forms = layerwise_form(getattr(training_args, "optim", ""), finetuning_args)
     if forms is None:
         return
@@ -135,13 +136,22 @@ def refuse_layerwise(settings: Settings, training_args: Any, finetuning_args: An
             f"alone, so under `{form}` no tensor's own optimizer would follow the run's schedule",
             f"use `{plain}` under PPO, or remove the lf-multilr keys ({', '.join(settings.set_keys())})",
         )
+    parallel = str(getattr(getattr(training_args, "parallel_mode", None), "value", ""))
+    if parallel == "distributed":
+        raise ConfigError(
+            form.split(":")[0],
+            form.split(": ")[1],
+            "each tensor's optimizer would step in its gradient hook on its own rank's gradient, before DDP averages "
+            "it across the ranks (HF refuses its layer-wise forms under DDP, LLaMA-Factory its own flags)",
+            f"use `{plain}` when training on several processes, or train on one",
+        )
     scheduler = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
-    if scheduler == "reduce_lr_on_plateau":
+    if scheduler in ("reduce_lr_on_plateau", "greedy"):
         raise ConfigError(
             "lr_scheduler_type",
             scheduler,
-            f"`{form}` steps each tensor's scheduler in its gradient hook, where no eval loss is at hand for "
-            "`reduce_lr_on_plateau` (stock fails there at the first step)",
+            f"`{form}` gives each tensor a scheduler of its own, stepped without an eval loss, which `{scheduler}` "
+            "needs at every step (stock fails there too)",
             f"use a scheduled lr_scheduler_type (e.g. cosine, linear, constant), or `{plain}`",
         )
     accumulation = int(getattr(training_args, "gradient_accumulation_steps", 1) or 1)
@@ -158,9 +168,9 @@ def refuse_layerwise(settings: Settings, training_args: Any, finetuning_args: An
         raise ConfigError(
             "resume_from_checkpoint",
             resume,
-            f"`{form}` keeps each tensor's optimizer state and schedule outside the checkpoint (the trainer saves only "
-            "its dummy optimizer), so the resumed run would restart every module's schedule at step 0 (its start "
-            "step and warm-up again, its decay from the top) and every optimizer state from zero",
+            f"`{form}` keeps each tensor's optimizer state outside the checkpoint (the trainer saves only its dummy "
+            "optimizer), so the resumed run would restart every tensor's Adam moments and GaLore / APOLLO projection "
+            "from zero: its first steps would not be the steps the run was taking",
             f"train afresh (a new `output_dir`, or `overwrite_output_dir: true`), or train with `{plain}` from the "
             f"start, or remove the lf-multilr keys ({', '.join(settings.set_keys())})",
         )

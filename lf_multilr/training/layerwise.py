@@ -15,6 +15,7 @@ schedule read); :func:`stepping_groups` gives the groups that really step.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,8 +37,24 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """Nothing to clear: each tensor's optimizer clears its gradient in the hook, right after its step."""
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Nothing to step: each tensor's optimizer stepped in its gradient hook during the backward pass."""
+        """Each tensor's optimizer stepped in its gradient hook during the backward pass; here (where the trainer
+        steps its optimizer, just before it reads the step's LR) the schedules of tensors that got no gradient in
+        this step catch up too, so every group holds the LR of the step being taken."""
+        self.catch_up()
         return None
+
+    def catch_up(self, param: torch.Tensor | None = None) -> None:
+        """Bring one tensor's scheduler (or every tensor's) to the run's step. A tensor that got no gradient yet has an
+        optimizer that never stepped, for which torch would warn that the schedule skips its first value: it skips
+        nothing here (the schedule is brought to the step its tensor is at), so the warning is not shown."""
+        now = self.clock()
+        for scheduler in self.schedulers.values() if param is None else [self.schedulers.get(param)]:
+            if scheduler is None or scheduler.last_epoch >= now:
+                continue
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                while scheduler.last_epoch < now:
+                    scheduler.step()
 
     def step_tensor(self, param: torch.Tensor) -> None:
         """What a tensor's gradient hook does: bring its scheduler to the run's step (``clock``: how many steps the
@@ -46,12 +63,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         Stock steps each tensor's scheduler right after its optimizer, in the hook; here the schedule catches up just
         before, so between the backward pass and the run's scheduler step (where HF reads ``learning_rate``, and
         lf-multilr ``lr/<module>``) each group holds the LR its step used, and a tensor that got no gradient for a
-        step does not fall behind the run's schedule."""
+        step does not fall behind the run's schedule (:meth:`step` brings those up)."""
         if param.grad is None:
             return
-        scheduler = self.schedulers.get(param)
-        while scheduler is not None and scheduler.last_epoch < self.clock():
-            scheduler.step()
+        self.catch_up(param)
         self.optimizer_dict[param].step()
         self.optimizer_dict[param].zero_grad()
 
@@ -91,7 +106,8 @@ def attach_schedulers(
     optimizer: LayerwiseOptimizer, make: Callable[[torch.optim.Optimizer], Any], clock: Callable[[], int]
 ) -> int:
     """Give each tensor's optimizer its scheduler (``make``: the run's scheduler over that optimizer, gated for its
-    group), kept at the run's step (``clock``) by :meth:`LayerwiseOptimizer.step_tensor`; returns how many."""
+    group), kept at the run's step (``clock``) by :class:`LayerwiseOptimizer`; returns how many. Called again (a
+    second ``train()``, which builds a new run scheduler), it replaces them."""
     optimizer.schedulers = {param: make(each) for param, each in optimizer.optimizer_dict.items()}
     optimizer.clock = clock
     return len(optimizer.schedulers)
