@@ -79,11 +79,17 @@ def innermost(optimizer: Any) -> Any:
     return optimizer
 
 
+def stepping(optimizer: Any) -> list[Any]:
+    """The param groups that step, inside accelerate's and DeepSpeed's wrappers (a layer-wise run's: its per-tensor
+    optimizers')."""
+    return stepping_groups(innermost(optimizer))
+
+
 def _verify(trainer: Any, optimizer: Any, step: int) -> None:
     """Stop the run unless ``optimizer`` holds the groups lf-multilr built, at their LRs, and every module that starts
     later than ``step`` (the optimizer step about to be taken) at LR 0."""
     expected = STATE.guard.expected
-    groups = stepping_groups(optimizer)  # a layer-wise run's: its per-tensor optimizers'
+    groups = stepping(optimizer)
     why = missing_groups(expected, groups)
     disarm()
     if why is not None:

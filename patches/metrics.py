@@ -10,12 +10,11 @@ from typing import Any
 from lf_multilr.config.settings import settings_of
 from lf_multilr.grouping.schema import ours
 from lf_multilr.reports.plots import plot_module_metrics
-from lf_multilr.training.layerwise import stepping_groups
 from lf_multilr.training.metrics import GradNormMonitor, Reduce, module_entries, module_lrs, will_log
 
 from ._state import STATE, warn_once
 from .distributed import sharded_norms
-from .guard import innermost
+from .guard import innermost, stepping
 from .registry import config_model_type, model_config, module_map
 
 
@@ -47,7 +46,7 @@ def monitor_of(trainer: Any) -> GradNormMonitor | None:
         table = settings_of(finetuning_args).table
         mapping = module_map(config_model_type(model_config(trainer.model)), table)
         optimizer = getattr(trainer, "optimizer", None)
-        groups = ours(stepping_groups(innermost(optimizer))) if optimizer is not None else []
+        groups = ours(stepping(optimizer)) if optimizer is not None else []
         reduce, withheld = _sharding(trainer) if mapping is not None or groups else (None, None)
         if withheld is not None:
             warn_once(
@@ -97,7 +96,7 @@ def wrap_get_learning_rate(original: Any) -> Any:
         value = original(self, *args, **kwargs)
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None and will_log(self.args, self.state):
-            STATE.step_lrs[self] = module_lrs(stepping_groups(innermost(optimizer)))
+            STATE.step_lrs[self] = module_lrs(stepping(optimizer))
         return value
 
     return _get_learning_rate
@@ -111,7 +110,7 @@ def wrap_trainer_log(original: Any) -> Any:
         optimizer = getattr(self, "optimizer", None)
         lrs = STATE.step_lrs.pop(self, None)
         if optimizer is not None and "learning_rate" in logs:
-            logs.update(lrs if lrs is not None else module_lrs(stepping_groups(innermost(optimizer))))
+            logs.update(lrs if lrs is not None else module_lrs(stepping(optimizer)))
         monitor = STATE.monitors.get(self)
         if monitor is not None:
             logs.update(monitor.entries(self.state.global_step))

@@ -218,25 +218,34 @@ def transformers_trainer() -> Any:
     return Trainer
 
 
-def muon_optimizer(param_groups: list[Any], training_args: Any) -> torch.optim.Optimizer:
-    """LLaMA-Factory's own Muon class, built as its ``_create_muon_optimizer`` builds it (the class's defaults, the
-    run's ``learning_rate`` and ``weight_decay`` as its defaults, the run's AdamW betas and epsilon; each tensor marked
-    Muon or AdamW), then holding the plan's groups instead of its one: its step reads ``lr`` and its weight decay
-    ``wd`` from each group, so every group gets its module's."""
-    muon_class = importlib.import_module("llamafactory.third_party.muon").Muon
+def muon_over_groups(muon_class: Any, param_groups: list[Any], **kwargs: Any) -> torch.optim.Optimizer:
+    """A Muon class of the design LLaMA-Factory's and v1's share, built with ``kwargs``, each tensor marked Muon or
+    AdamW by its group's role, then holding the plan's groups instead of its own: its step reads ``lr`` and its
+    weight decay ``wd`` from each group, so every group gets its module's."""
     optimizer = muon_class(
-        lr=training_args.learning_rate,
-        wd=training_args.weight_decay,
         muon_params=[tensor for group in param_groups if group["role"] == "muon" for tensor in group["params"]],
         adamw_params=[tensor for group in param_groups if group["role"] == "adamw" for tensor in group["params"]],
-        adamw_betas=(training_args.adam_beta1, training_args.adam_beta2),
-        adamw_eps=training_args.adam_epsilon,
+        **kwargs,
     )
     optimizer.param_groups = []
     for group in param_groups:
         optimizer.add_param_group(group)
         group["wd"] = group["weight_decay"]
-    return optimizer
+    return optimizer  # type: ignore[no-any-return]
+
+
+def muon_optimizer(param_groups: list[Any], training_args: Any) -> torch.optim.Optimizer:
+    """LLaMA-Factory's own Muon class, built as its ``_create_muon_optimizer`` builds it (the class's defaults, the
+    run's ``learning_rate`` and ``weight_decay`` as its defaults, the run's AdamW betas and epsilon), over the plan's
+    groups (:func:`muon_over_groups`)."""
+    return muon_over_groups(
+        importlib.import_module("llamafactory.third_party.muon").Muon,
+        param_groups,
+        lr=training_args.learning_rate,
+        wd=training_args.weight_decay,
+        adamw_betas=(training_args.adam_beta1, training_args.adam_beta2),
+        adamw_eps=training_args.adam_epsilon,
+    )
 
 
 def plan_for(model: torch.nn.Module, training_args: Any, finetuning_args: Any, settings: Settings) -> GroupPlan:

@@ -50,6 +50,7 @@ from lf_multilr.training.schedule import v1_lambdas
 from . import guard
 from ._state import STATE, logger
 from .distributed import check_ranks
+from .optimizer import muon_over_groups
 from .registry import config_model_type, known_types, model_config, module_map
 
 OPTIMIZERS = "llamafactory.v1.plugins.trainer_plugins.optimizers.optimizer"
@@ -139,25 +140,19 @@ class V1MuonSplit(MuonSplit):
 def muon_over(groups: list[dict[str, Any]], config: OptimConfig) -> torch.optim.Optimizer:
     """v1's own Muon class, built as its plugin builds it (its defaults, or the keys given), then holding the module
     groups: ``<module>/muon`` and ``<module>/adamw``, each at its module's LR and weight decay (``wd``: Muon decays
-    every tensor)."""
-    muon_class = importlib.import_module(f"{OPTIMIZERS.rsplit('.', 1)[0]}.muon_optimizer").Muon
-    muon = dict(config.muon)
-    optimizer = muon_class(
+    every tensor; :func:`~lf_multilr.patches.optimizer.muon_over_groups`)."""
+    muon = config.muon
+    return muon_over_groups(
+        importlib.import_module(f"{OPTIMIZERS.rsplit('.', 1)[0]}.muon_optimizer").Muon,
+        groups,
         lr=config.learning_rate,
         wd=config.weight_decay,
-        muon_params=[tensor for group in groups if group["role"] == "muon" for tensor in group["params"]],
         momentum=muon.get("momentum", 0.95),
         nesterov=muon.get("nesterov", True),
         ns_steps=muon.get("ns_steps", 5),
-        adamw_params=[tensor for group in groups if group["role"] == "adamw" for tensor in group["params"]],
         adamw_betas=tuple(muon.get("adamw_betas", [0.9, 0.95])),
         adamw_eps=muon.get("adamw_eps", 1e-8),
     )
-    optimizer.param_groups = []
-    for group in groups:
-        optimizer.add_param_group(group)
-        group["wd"] = group["weight_decay"]
-    return optimizer
 
 
 def plan_for(model: torch.nn.Module, optim_config: Mapping[str, Any]) -> tuple[GroupPlan, OptimConfig]:

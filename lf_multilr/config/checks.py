@@ -103,17 +103,17 @@ def refuse_structure_optim(settings: Settings, optim: Any) -> None:
         refuse_optimizer_structure(settings, name)
 
 
-def layerwise_form(optim: Any, finetuning_args: Any) -> tuple[str, str] | None:
-    """How the run asks for layer-wise GaLore or APOLLO (one optimizer per tensor, stepped in its gradient hook), and
-    its plain form: (``galore_layerwise: true``, ``galore_layerwise: false``), the same for APOLLO, or HF's
-    (``optim: galore_adamw_layerwise``, ``optim: galore_adamw``); None where it does not."""
+def layerwise_form(optim: Any, finetuning_args: Any) -> tuple[str, str, str] | None:
+    """How the run asks for layer-wise GaLore or APOLLO (one optimizer per tensor, stepped in its gradient hook):
+    (key, value, the value of its plain form): (``galore_layerwise``, ``true``, ``false``), the same for APOLLO, or
+    HF's (``optim``, ``galore_adamw_layerwise``, ``galore_adamw``); None where it does not."""
     builds = own_optimizer(finetuning_args)
     if builds in ("galore", "apollo"):
         flag = f"{builds}_layerwise"
-        return (f"{flag}: true", f"{flag}: false") if getattr(finetuning_args, flag, False) else None
+        return (flag, "true", "false") if getattr(finetuning_args, flag, False) else None
     name = str(getattr(optim, "value", optim))
     if builds is None and name.startswith(("galore_", "apollo_")) and name.endswith("_layerwise"):
-        return f"optim: {name}", f"optim: {name.removesuffix('_layerwise')}"
+        return "optim", name, name.removesuffix("_layerwise")
     return None
 
 
@@ -124,10 +124,11 @@ def refuse_layerwise(settings: Settings, training_args: Any, finetuning_args: An
     tensor steps in its hook after every backward pass: LLaMA-Factory and HF refuse it only when they build the
     optimizer), and resuming (the checkpoint holds the trainer's dummy optimizer, not the per-tensor optimizers'
     states)."""
-    forms = layerwise_form(getattr(training_args, "optim", ""), finetuning_args)
-    if forms is None:
+    found = layerwise_form(getattr(training_args, "optim", ""), finetuning_args)
+    if found is None:
         return
-    form, plain = forms
+    key, value, plain_value = found
+    form, plain = f"{key}: {value}", f"{key}: {plain_value}"
     if getattr(finetuning_args, "stage", None) == "ppo":
         raise ConfigError(
             "stage",
@@ -139,8 +140,8 @@ def refuse_layerwise(settings: Settings, training_args: Any, finetuning_args: An
     parallel = str(getattr(getattr(training_args, "parallel_mode", None), "value", ""))
     if parallel == "distributed":
         raise ConfigError(
-            form.split(":")[0],
-            form.split(": ")[1],
+            key,
+            value,
             "each tensor's optimizer would step in its gradient hook on its own rank's gradient, before DDP averages "
             "it across the ranks (HF refuses its layer-wise forms under DDP, LLaMA-Factory its own flags)",
             f"use `{plain}` when training on several processes, or train on one",
